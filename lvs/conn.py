@@ -1,0 +1,182 @@
+"""A connection entry (``struct ip_vs_conn``), for connections and templates alike.
+
+One entry records where a client flow was sent: client (``caddr:cport``),
+virtual (``vaddr:vport``) and real server (``daddr:dport``).  Persistence
+templates are entries too, flagged TEMPLATE, with client port 0 and the
+client address masked.  ``expires`` is the virtual time the entry runs out;
+``timeout`` the period its timer is re-armed with on every packet.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .addr import format_endpoint
+from .constants import (
+    CONN_F_FWD_MASK,
+    CONN_F_INACTIVE,
+    CONN_F_ONE_PACKET,
+    CONN_F_TEMPLATE,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+)
+
+if TYPE_CHECKING:
+    from .model import Dest, Service
+
+# TCP states (IP_VS_TCP_S_*), in the kernel's numbering.
+TCP_S_NONE = 0
+TCP_S_ESTABLISHED = 1
+TCP_S_SYN_SENT = 2
+TCP_S_SYN_RECV = 3
+TCP_S_FIN_WAIT = 4
+TCP_S_TIME_WAIT = 5
+TCP_S_CLOSE = 6
+TCP_S_CLOSE_WAIT = 7
+TCP_S_LAST_ACK = 8
+TCP_S_LISTEN = 9
+TCP_S_SYNACK = 10
+TCP_S_LAST = 11
+
+TCP_STATE_NAMES = (
+    "NONE",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "SYNACK",
+)
+
+# UDP has one state (IP_VS_UDP_S_NORMAL) named "UDP".
+UDP_S_NORMAL = 0
+
+# Template states (IP_VS_CTPL_S_*).
+CTPL_S_NONE = 0
+CTPL_S_ASSURED = 1
+CTPL_STATE_NAMES = ("NONE", "ASSURED")
+
+
+class Conn:
+    """One entry of the connection table."""
+
+    __slots__ = (
+        "af",
+        "protocol",
+        "caddr",
+        "cport",
+        "vaddr",
+        "vport",
+        "daf",
+        "daddr",
+        "dport",
+        "fwmark",
+        "flags",
+        "state",
+        "old_state",
+        "timeout",
+        "expires",
+        "dest",
+        "svc",
+        "control",
+        "n_control",
+        "in_pkts",
+        "pe_name",
+        "pe_data",
+        "timer_slot",
+        "hashed",
+        "user_data",
+    )
+
+    def __init__(
+        self,
+        af: int,
+        protocol: int,
+        caddr: int,
+        cport: int,
+        vaddr: int,
+        vport: int,
+        daf: int,
+        daddr: int,
+        dport: int,
+        flags: int,
+        fwmark: int = 0,
+    ) -> None:
+        self.af = af
+        self.protocol = protocol
+        self.caddr = caddr
+        self.cport = cport
+        self.vaddr = vaddr
+        self.vport = vport
+        self.daf = daf
+        self.daddr = daddr
+        self.dport = dport
+        self.fwmark = fwmark
+        self.flags = flags
+        self.state = 0
+        self.old_state = 0
+        self.timeout = 3.0
+        self.expires = 0.0
+        self.dest: Dest | None = None
+        self.svc: Service | None = None
+        #: the persistence template that controls this connection
+        self.control: Conn | None = None
+        #: how many connections this (template) entry controls
+        self.n_control = 0
+        self.in_pkts = 0
+        self.pe_name = ""
+        self.pe_data = b""
+        #: bookkeeping of the timer wheel (see lvs.timerwheel)
+        self.timer_slot: object = None
+        self.hashed = False
+        #: free for a forwarder (the NAT proxy keeps its transports here)
+        self.user_data: object = None
+
+    # -- views -------------------------------------------------------------
+    @property
+    def is_template(self) -> bool:
+        return bool(self.flags & CONN_F_TEMPLATE)
+
+    @property
+    def is_inactive(self) -> bool:
+        return bool(self.flags & CONN_F_INACTIVE)
+
+    @property
+    def is_one_packet(self) -> bool:
+        return bool(self.flags & CONN_F_ONE_PACKET)
+
+    @property
+    def fwd_method(self) -> int:
+        return self.flags & CONN_F_FWD_MASK
+
+    def state_name(self) -> str:
+        """The name /proc/net/ip_vs_conn and ``ipvsadm -L -c`` print."""
+        if self.flags & CONN_F_TEMPLATE:
+            return CTPL_STATE_NAMES[self.state] if self.state < len(CTPL_STATE_NAMES) else "ERR!"
+        if self.protocol == IPPROTO_TCP:
+            return TCP_STATE_NAMES[self.state] if self.state < TCP_S_LAST else "ERR!"
+        if self.protocol == IPPROTO_UDP:
+            return "UDP"
+        if self.protocol == IPPROTO_SCTP:
+            from .proto_sctp import SCTP_STATE_NAMES
+
+            return SCTP_STATE_NAMES[self.state]
+        return "NONE"
+
+    def client(self) -> str:
+        return format_endpoint(self.af, self.caddr, self.cport)
+
+    def virtual(self) -> str:
+        return format_endpoint(self.af, self.vaddr, self.vport)
+
+    def real(self) -> str:
+        return format_endpoint(self.daf, self.daddr, self.dport)
+
+    def __repr__(self) -> str:
+        kind = "Tpl" if self.is_template else "Conn"
+        return f"{kind}({self.client()} -> {self.virtual()} -> {self.real()} {self.state_name()})"

@@ -1,0 +1,290 @@
+"""Virtual services, real servers (destinations) and flow keys.
+
+These mirror ``struct ip_vs_service`` and ``struct ip_vs_dest``
+(include/net/ip_vs.h).  A service keeps its destinations in the kernel's
+order: a newly added real server is linked at the *head* of the list
+(``list_add_rcu`` in ``__ip_vs_update_dest``), so iteration is newest first,
+and every scheduler's tie-break depends on that order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .addr import format_endpoint, format_ip
+from .constants import (
+    AF_INET,
+    AF_INET6,
+    CONN_F_FWD_MASK,
+    DEST_F_AVAILABLE,
+    DEST_F_OVERLOAD,
+    IPPROTO_IP,
+    PROTO_NAMES,
+    SVC_F_ONEPACKET,
+    SVC_F_PERSISTENT,
+    TUN_TYPE_IPIP,
+)
+from .stats import Stats
+
+if TYPE_CHECKING:
+    from schedulers.base import Scheduler
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceKey:
+    """How a service is found: (af, protocol, address, port) or (af, fwmark).
+
+    For a firewall-mark service ``protocol``, ``addr`` and ``port`` are 0.
+    """
+
+    af: int
+    protocol: int
+    addr: int
+    port: int
+    fwmark: int = 0
+
+    def describe(self) -> str:
+        if self.fwmark:
+            return f"FWM {self.fwmark}" + (" IPv6" if self.af == AF_INET6 else "")
+        return f"{PROTO_NAMES.get(self.protocol, '?')} {format_endpoint(self.af, self.addr, self.port)}"
+
+
+class Flow:
+    """The plain key of a packet or connection, as a forwarder hands it in.
+
+    ``caddr``/``cport``: the client; ``vaddr``/``vport``: the address the
+    client used (for a fwmark service, the packet's real destination);
+    ``fwmark``: the packet mark, 0 if none.  Addresses are integers (see
+    :mod:`lvs.addr`).
+    """
+
+    __slots__ = ("af", "protocol", "caddr", "cport", "vaddr", "vport", "fwmark")
+
+    def __init__(
+        self,
+        af: int,
+        protocol: int,
+        caddr: int,
+        cport: int,
+        vaddr: int,
+        vport: int,
+        fwmark: int = 0,
+    ) -> None:
+        self.af = af
+        self.protocol = protocol
+        self.caddr = caddr
+        self.cport = cport
+        self.vaddr = vaddr
+        self.vport = vport
+        self.fwmark = fwmark
+
+    def __repr__(self) -> str:
+        return (
+            f"Flow({PROTO_NAMES.get(self.protocol, self.protocol)} "
+            f"{format_endpoint(self.af, self.caddr, self.cport)} -> "
+            f"{format_endpoint(self.af, self.vaddr, self.vport)}"
+            + (f" mark={self.fwmark}" if self.fwmark else "")
+            + ")"
+        )
+
+
+class Dest:
+    """A real server of one service (``struct ip_vs_dest``).
+
+    Counters follow the kernel: ``activeconns`` counts non-template
+    connections in an active protocol state, ``inactconns`` the other
+    non-template connections, ``persistconns`` the persistence templates bound
+    to this server.  ``last_weight`` is the latest non-zero weight (only mh
+    reads it).  ``flags`` holds AVAILABLE and OVERLOAD.
+    """
+
+    __slots__ = (
+        "af",
+        "addr",
+        "port",
+        "weight",
+        "last_weight",
+        "conn_flags",
+        "flags",
+        "u_threshold",
+        "l_threshold",
+        "l_threshold_val",
+        "activeconns",
+        "inactconns",
+        "persistconns",
+        "tun_type",
+        "tun_port",
+        "tun_flags",
+        "svc",
+        "stats",
+        "pos",
+        "sched_data",
+        "trash_since",
+        "refcnt",
+        "__weakref__",
+    )
+
+    def __init__(self, af: int, addr: int, port: int) -> None:
+        self.af = af
+        self.addr = addr
+        self.port = port
+        self.weight = 1
+        self.last_weight = 1
+        self.conn_flags = 0
+        self.flags = DEST_F_AVAILABLE
+        self.u_threshold = 0
+        self.l_threshold = 0
+        self.l_threshold_val = 0
+        self.activeconns = 0
+        self.inactconns = 0
+        self.persistconns = 0
+        self.tun_type = TUN_TYPE_IPIP
+        self.tun_port = 0
+        self.tun_flags = 0
+        self.svc: Service | None = None
+        self.stats = Stats()
+        #: index in ``svc.destinations`` (kernel order), kept by the service
+        self.pos = -1
+        #: free for the scheduler's per-destination bookkeeping
+        self.sched_data: Any = None
+        #: virtual time the dest entered the trash list, or None
+        self.trash_since: float | None = None
+        #: connections and templates that point at this dest
+        self.refcnt = 0
+
+    # -- views -------------------------------------------------------------
+    @property
+    def fwd_method(self) -> int:
+        return self.conn_flags & CONN_F_FWD_MASK
+
+    @property
+    def available(self) -> bool:
+        return bool(self.flags & DEST_F_AVAILABLE)
+
+    @property
+    def overloaded(self) -> bool:
+        return bool(self.flags & DEST_F_OVERLOAD)
+
+    @property
+    def totalconns(self) -> int:
+        return self.activeconns + self.inactconns
+
+    def endpoint(self) -> str:
+        return format_endpoint(self.af, self.addr, self.port)
+
+    def __repr__(self) -> str:
+        return f"Dest({self.endpoint()} w={self.weight} a={self.activeconns} i={self.inactconns})"
+
+
+class Service:
+    """A virtual service (``struct ip_vs_service``).
+
+    ``destinations`` is in kernel order (newest first).  ``timeout`` is the
+    persistence timeout in seconds, ``netmask`` the persistence mask: an
+    IPv4 mask as an integer, or an IPv6 prefix length.  ``flags`` holds
+    PERSISTENT, ONEPACKET and the scheduler flags SCHED1..3 (``-b``).
+    """
+
+    __slots__ = (
+        "key",
+        "sched_name",
+        "scheduler",
+        "flags",
+        "timeout",
+        "netmask",
+        "pe_name",
+        "destinations",
+        "stats",
+        "_addrs",
+        "__weakref__",
+    )
+
+    def __init__(self, key: ServiceKey) -> None:
+        self.key = key
+        self.sched_name = ""
+        self.scheduler: Scheduler | None = None
+        self.flags = 0
+        self.timeout = 0
+        self.netmask = 0xFFFFFFFF if key.af == AF_INET else 128
+        self.pe_name = ""
+        self.destinations: list[Dest] = []
+        self.stats = Stats()
+        self._addrs: dict[tuple[int, int, int], Dest] = {}
+
+    # -- identity ----------------------------------------------------------
+    @property
+    def af(self) -> int:
+        return self.key.af
+
+    @property
+    def protocol(self) -> int:
+        return self.key.protocol
+
+    @property
+    def addr(self) -> int:
+        return self.key.addr
+
+    @property
+    def port(self) -> int:
+        return self.key.port
+
+    @property
+    def fwmark(self) -> int:
+        return self.key.fwmark
+
+    @property
+    def persistent(self) -> bool:
+        return bool(self.flags & SVC_F_PERSISTENT)
+
+    @property
+    def onepacket(self) -> bool:
+        return bool(self.flags & SVC_F_ONEPACKET)
+
+    @property
+    def num_dests(self) -> int:
+        return len(self.destinations)
+
+    # -- destination list (kernel order) -----------------------------------
+    def find_dest(self, af: int, addr: int, port: int) -> Dest | None:
+        return self._addrs.get((af, addr, port))
+
+    def link_dest(self, dest: Dest) -> None:
+        """Link at the head of the list, as ``list_add_rcu`` does."""
+        self.destinations.insert(0, dest)
+        self._addrs[(dest.af, dest.addr, dest.port)] = dest
+        self._renumber()
+
+    def unlink_dest(self, dest: Dest) -> int:
+        """Remove from the list; returns the index the dest had."""
+        index = dest.pos
+        del self.destinations[index]
+        del self._addrs[(dest.af, dest.addr, dest.port)]
+        dest.pos = -1
+        self._renumber()
+        return index
+
+    def _renumber(self) -> None:
+        for i, d in enumerate(self.destinations):
+            d.pos = i
+
+    def describe(self) -> str:
+        return self.key.describe()
+
+    def __repr__(self) -> str:
+        return f"Service({self.describe()} {self.sched_name} dests={len(self.destinations)})"
+
+
+def proto_is_fwmark(protocol: int) -> bool:
+    return protocol == IPPROTO_IP
+
+
+__all__ = [
+    "AF_INET",
+    "AF_INET6",
+    "Dest",
+    "Flow",
+    "Service",
+    "ServiceKey",
+    "format_ip",
+]
