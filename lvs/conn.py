@@ -53,6 +53,23 @@ TCP_STATE_NAMES = (
     "SYNACK",
 )
 
+SCTP_STATE_NAMES = (
+    "NONE",
+    "INIT1",
+    "INIT",
+    "COOKIE_SENT",
+    "COOKIE_REPLIED",
+    "COOKIE_WAIT",
+    "COOKIE",
+    "COOKIE_ECHOED",
+    "ESTABLISHED",
+    "SHUTDOWN_SENT",
+    "SHUTDOWN_RECEIVED",
+    "SHUTDOWN_ACK_SENT",
+    "REJECTED",
+    "CLOSED",
+)
+
 # UDP has one state (IP_VS_UDP_S_NORMAL) named "UDP".
 UDP_S_NORMAL = 0
 
@@ -67,30 +84,30 @@ class Conn:
 
     __slots__ = (
         "af",
-        "protocol",
         "caddr",
+        "control",
         "cport",
+        "daddr",
+        "daf",
+        "dest",
+        "dport",
+        "expires",
+        "flags",
+        "fwmark",
+        "hashed",
+        "in_pkts",
+        "n_control",
+        "old_state",
+        "pe_data",
+        "pe_name",
+        "protocol",
+        "state",
+        "svc",
+        "timeout",
+        "timer_slot",
+        "user_data",
         "vaddr",
         "vport",
-        "daf",
-        "daddr",
-        "dport",
-        "fwmark",
-        "flags",
-        "state",
-        "old_state",
-        "timeout",
-        "expires",
-        "dest",
-        "svc",
-        "control",
-        "n_control",
-        "in_pkts",
-        "pe_name",
-        "pe_data",
-        "timer_slot",
-        "hashed",
-        "user_data",
     )
 
     def __init__(
@@ -134,6 +151,8 @@ class Conn:
         #: bookkeeping of the timer wheel (see lvs.timerwheel)
         self.timer_slot: object = None
         self.hashed = False
+        #: next entry in the same hash chain (entries sharing a client endpoint)
+        self.hnext: Conn | None = None
         #: free for a forwarder (the NAT proxy keeps its transports here)
         self.user_data: object = None
 
@@ -163,9 +182,7 @@ class Conn:
         if self.protocol == IPPROTO_UDP:
             return "UDP"
         if self.protocol == IPPROTO_SCTP:
-            from .proto_sctp import SCTP_STATE_NAMES
-
-            return SCTP_STATE_NAMES[self.state]
+            return SCTP_STATE_NAMES[self.state] if self.state < len(SCTP_STATE_NAMES) else "ERR!"
         return "NONE"
 
     def client(self) -> str:

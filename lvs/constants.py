@@ -50,6 +50,7 @@ CONN_F_SEQ_MASK = 0x0600
 CONN_F_NO_CPORT = 0x0800
 CONN_F_TEMPLATE = 0x1000
 CONN_F_ONE_PACKET = 0x2000
+CONN_F_DEST_MASK = 0x00FF  # what a dest passes to its connections
 
 FWD_NAMES = {
     CONN_F_MASQ: "Masq",

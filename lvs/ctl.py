@@ -102,6 +102,21 @@ class Timeouts:
     udp: float = DEFAULT_UDP_TIMEOUT
 
 
+def update_overload(dest: Dest) -> None:
+    """``ip_vs_dest_update_overload`` (2026 stable kernels): no upper threshold
+    clears OVERLOAD; a non-template total at or above it sets the flag; below
+    the lower mark (``-y``, or ``u - u/4`` without one) clears it; in between
+    the flag stays as it was (hysteresis)."""
+    u = dest.u_threshold
+    total = dest.activeconns + dest.inactconns
+    if u == 0:
+        dest.flags &= ~DEST_F_OVERLOAD
+    elif total >= u:
+        dest.flags |= DEST_F_OVERLOAD
+    elif total < (dest.l_threshold or u - (u >> 2)):
+        dest.flags &= ~DEST_F_OVERLOAD
+
+
 class IPVS:
     """One network namespace's IPVS: services, real servers, sysctls, timeouts.
 
@@ -324,57 +339,40 @@ class IPVS:
         dest.tun_port = spec.tun_port
         dest.tun_flags = spec.tun_flags
         dest.flags |= DEST_F_AVAILABLE
-        old_u = dest.u_threshold
+        old_u, old_l = dest.u_threshold, dest.l_threshold
         dest.u_threshold = spec.u_threshold
         dest.l_threshold = spec.l_threshold
         if self.classic:
+            # classic kernels only ever clear the flag on edit
             if spec.u_threshold == 0 or spec.u_threshold > old_u:
                 dest.flags &= ~DEST_F_OVERLOAD
-        else:
-            dest.l_threshold_val = spec.l_threshold or (spec.u_threshold - spec.u_threshold // 4)
-            self._update_overload_on_edit(dest)
-        dest.trash_since = None
-
-    @staticmethod
-    def _update_overload_on_edit(dest: Dest) -> None:
-        """Recent kernels re-evaluate OVERLOAD against the new thresholds, with
-        hysteresis: set at or above the upper one, cleared at or below the
-        lower one, unchanged in between; no upper threshold clears it."""
-        u = dest.u_threshold
-        total = dest.totalconns
-        if u == 0:
-            dest.flags &= ~DEST_F_OVERLOAD
-        elif total >= u:
-            dest.flags |= DEST_F_OVERLOAD
-        elif total <= dest.l_threshold_val:
-            dest.flags &= ~DEST_F_OVERLOAD
+        elif (old_u, old_l) != (spec.u_threshold, spec.l_threshold):
+            update_overload(dest)
 
     # -- connection counters (ip_vs_bind_dest / ip_vs_unbind_dest) ---------------
     def dest_conn_bound(self, dest: Dest) -> None:
-        """A non-template connection was bound to ``dest`` (counters already
-        updated): set OVERLOAD when the total reaches the upper threshold."""
+        """A connection was bound to ``dest`` (counters already updated): set
+        OVERLOAD when the non-template total reaches the upper threshold."""
         u = dest.u_threshold
-        if u and dest.totalconns >= u:
+        if u and dest.activeconns + dest.inactconns >= u:
             dest.flags |= DEST_F_OVERLOAD
 
     def dest_conn_unbound(self, dest: Dest) -> None:
-        """A non-template connection left ``dest``: clear OVERLOAD by the lower
-        threshold (recent kernels: ``l_threshold_val``; classic: ``-y`` if set,
-        else 3/4 of ``-x``, else always)."""
+        """A connection left ``dest``: maybe clear OVERLOAD by the lower threshold."""
         if not dest.flags & DEST_F_OVERLOAD:
             return
-        total = dest.totalconns
         if self.classic:
+            total = dest.activeconns + dest.inactconns
             if dest.l_threshold:
                 clear = total < dest.l_threshold
             elif dest.u_threshold:
                 clear = total * 4 < dest.u_threshold * 3
             else:
                 clear = True
+            if clear:
+                dest.flags &= ~DEST_F_OVERLOAD
         else:
-            clear = dest.u_threshold == 0 or total <= dest.l_threshold_val
-        if clear:
-            dest.flags &= ~DEST_F_OVERLOAD
+            update_overload(dest)
 
     # -- trash ---------------------------------------------------------------------
     def _to_trash(self, dest: Dest, now: float) -> None:
@@ -441,4 +439,4 @@ class IPVS:
             cb(what, svc)
 
 
-__all__ = ["IPVS", "DestSpec", "ServiceSpec", "SyncDaemon", "Timeouts", "AF_INET6", "CONN_F_INACTIVE"]
+__all__ = ["AF_INET6", "CONN_F_INACTIVE", "IPVS", "DestSpec", "ServiceSpec", "SyncDaemon", "Timeouts"]

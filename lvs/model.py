@@ -59,7 +59,7 @@ class Flow:
     :mod:`lvs.addr`).
     """
 
-    __slots__ = ("af", "protocol", "caddr", "cport", "vaddr", "vport", "fwmark")
+    __slots__ = ("af", "caddr", "cport", "fwmark", "protocol", "vaddr", "vport")
 
     def __init__(
         self,
@@ -100,29 +100,28 @@ class Dest:
     """
 
     __slots__ = (
-        "af",
+        "__weakref__",
+        "activeconns",
         "addr",
-        "port",
-        "weight",
-        "last_weight",
+        "af",
         "conn_flags",
         "flags",
-        "u_threshold",
-        "l_threshold",
-        "l_threshold_val",
-        "activeconns",
         "inactconns",
+        "l_threshold",
+        "last_weight",
         "persistconns",
-        "tun_type",
-        "tun_port",
-        "tun_flags",
-        "svc",
-        "stats",
+        "port",
         "pos",
-        "sched_data",
-        "trash_since",
         "refcnt",
-        "__weakref__",
+        "sched_data",
+        "stats",
+        "svc",
+        "trash_since",
+        "tun_flags",
+        "tun_port",
+        "tun_type",
+        "u_threshold",
+        "weight",
     )
 
     def __init__(self, af: int, addr: int, port: int) -> None:
@@ -135,7 +134,6 @@ class Dest:
         self.flags = DEST_F_AVAILABLE
         self.u_threshold = 0
         self.l_threshold = 0
-        self.l_threshold_val = 0
         self.activeconns = 0
         self.inactconns = 0
         self.persistconns = 0
@@ -187,17 +185,17 @@ class Service:
     """
 
     __slots__ = (
-        "key",
-        "sched_name",
-        "scheduler",
+        "__weakref__",
+        "_addrs",
+        "destinations",
         "flags",
-        "timeout",
+        "key",
         "netmask",
         "pe_name",
-        "destinations",
+        "sched_name",
+        "scheduler",
         "stats",
-        "_addrs",
-        "__weakref__",
+        "timeout",
     )
 
     def __init__(self, key: ServiceKey) -> None:

@@ -16,17 +16,17 @@ class Stats:
     """Five counters plus their estimator state (``struct ip_vs_stats``)."""
 
     __slots__ = (
-        "conns",
-        "inpkts",
-        "outpkts",
-        "inbytes",
-        "outbytes",
-        "_last",
         "_cps",
-        "_inpps",
-        "_outpps",
         "_inbps",
+        "_inpps",
+        "_last",
         "_outbps",
+        "_outpps",
+        "conns",
+        "inbytes",
+        "inpkts",
+        "outbytes",
+        "outpkts",
     )
 
     def __init__(self) -> None:

@@ -1,0 +1,135 @@
+"""The connection table (ip_vs_conn.c): one hash of entries keyed by the
+client endpoint, found from both directions, with a timer wheel for expiry.
+
+As in the kernel, inbound packets (client to virtual service) and outbound
+ones (real server to client, NAT) hash the same thing, the client's
+(protocol, address, port), and then compare the rest: the virtual address
+and port inbound, the real server's address and port outbound.  Persistence
+templates live in the same table under their masked client address and
+port 0.  Entries sharing a client endpoint are chained through ``hnext``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from .conn import Conn
+from .constants import AF_INET6, CONN_F_TEMPLATE
+from .timerwheel import TimerWheel
+
+#: port numbers of an invalidated template (``ip_vs_check_template``)
+INVALID_PORT = 0xFFFF
+
+
+def client_key(protocol: int, af: int, caddr: int, cport: int) -> int:
+    """Pack (protocol, family, client address, client port) into one int."""
+    return (((caddr << 16) | cport) << 9) | (protocol << 1) | (af == AF_INET6)
+
+
+class ConnTable:
+    """Hash of connection entries plus their timers."""
+
+    __slots__ = ("_tab", "count", "templates", "wheel")
+
+    def __init__(self) -> None:
+        self._tab: dict[int, Conn] = {}
+        self.wheel = TimerWheel()
+        #: hashed entries (connections and templates)
+        self.count = 0
+        #: hashed templates
+        self.templates = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Conn]:
+        """Every hashed entry, templates included."""
+        for head in list(self._tab.values()):
+            c: Conn | None = head
+            while c is not None:
+                nxt = c.hnext
+                yield c
+                c = nxt
+
+    # -- hashing ----------------------------------------------------------------
+    def hash(self, cp: Conn) -> None:
+        """Link ``cp`` at the head of its chain (``ip_vs_conn_hash``)."""
+        key = client_key(cp.protocol, cp.af, cp.caddr, cp.cport)
+        tab = self._tab
+        cp.hnext = tab.get(key)
+        tab[key] = cp
+        cp.hashed = True
+        self.count += 1
+        if cp.flags & CONN_F_TEMPLATE:
+            self.templates += 1
+
+    def unhash(self, cp: Conn) -> bool:
+        """Unlink ``cp``; False if it was not hashed."""
+        if not cp.hashed:
+            return False
+        key = client_key(cp.protocol, cp.af, cp.caddr, cp.cport)
+        tab = self._tab
+        head = tab.get(key)
+        if head is cp:
+            if cp.hnext is None:
+                del tab[key]
+            else:
+                tab[key] = cp.hnext
+        else:
+            prev = head
+            while prev is not None and prev.hnext is not cp:
+                prev = prev.hnext
+            if prev is None:
+                return False
+            prev.hnext = cp.hnext
+        cp.hnext = None
+        cp.hashed = False
+        self.count -= 1
+        if cp.flags & CONN_F_TEMPLATE:
+            self.templates -= 1
+        return True
+
+    # -- lookups ---------------------------------------------------------------
+    def lookup_in(
+        self, protocol: int, af: int, caddr: int, cport: int, vaddr: int, vport: int
+    ) -> Conn | None:
+        """``ip_vs_conn_in_get``: the connection a client packet belongs to."""
+        c = self._tab.get((((caddr << 16) | cport) << 9) | (protocol << 1) | (af == AF_INET6))
+        while c is not None:
+            if c.vport == vport and c.vaddr == vaddr and not c.flags & CONN_F_TEMPLATE:
+                return c
+            c = c.hnext
+        return None
+
+    def lookup_out(
+        self, protocol: int, af: int, daddr: int, dport: int, caddr: int, cport: int
+    ) -> Conn | None:
+        """``ip_vs_conn_out_get``: the connection a real server's reply belongs to
+        (source = real server ``daddr:dport``, destination = client)."""
+        c = self._tab.get(client_key(protocol, af, caddr, cport))
+        while c is not None:
+            if c.dport == dport and c.daddr == daddr and not c.flags & CONN_F_TEMPLATE:
+                return c
+            c = c.hnext
+        return None
+
+    def lookup_template(self, protocol: int, af: int, caddr: int, vaddr: int, vport: int) -> Conn | None:
+        """``ip_vs_ct_in_get``: a valid persistence template for the masked client."""
+        c = self._tab.get(client_key(protocol, af, caddr, 0))
+        while c is not None:
+            if (
+                c.flags & CONN_F_TEMPLATE
+                and c.vport == vport
+                and c.vaddr == vaddr
+                and c.dport != INVALID_PORT
+            ):
+                return c
+            c = c.hnext
+        return None
+
+    # -- timers ---------------------------------------------------------------
+    def arm(self, cp: Conn) -> None:
+        self.wheel.arm(cp)
+
+    def expire_due(self, now: float, on_due: Callable[[Conn], None], budget: int = -1) -> bool:
+        return self.wheel.advance(now, on_due, budget)

@@ -1,0 +1,539 @@
+"""Decisions on packets (ip_vs_core.c): find or create the connection entry a
+packet belongs to, move its protocol state, count it, expire entries.
+
+The :class:`Director` is what forwarders and ``lvsadm simulate`` drive.  It
+never touches a socket or a clock: callers pass the flow key, the TCP flags
+and the packet length, and the current virtual time ``now``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .addr import v6_prefix_mask
+from .conn import (
+    CTPL_S_ASSURED,
+    TCP_S_CLOSE,
+    TCP_S_ESTABLISHED,
+    TCP_S_FIN_WAIT,
+    TCP_S_NONE,
+    TCP_S_TIME_WAIT,
+    Conn,
+)
+from .conntab import INVALID_PORT, ConnTable
+from .constants import (
+    AF_INET6,
+    CONN_F_INACTIVE,
+    CONN_F_NOOUTPUT,
+    CONN_F_ONE_PACKET,
+    CONN_F_TEMPLATE,
+    DEST_F_AVAILABLE,
+    IPPROTO_IP,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    SVC_F_ONEPACKET,
+    SVC_F_PERSISTENT,
+)
+from .ctl import IPVS
+from .model import Dest, Flow, Service
+from .proto_tcp import ACK, DIR_INPUT, DIR_INPUT_ONLY, DIR_OUTPUT, RST, SYN, is_active, next_state
+from .stats import ESTIMATOR_PERIOD
+
+FTPPORT = 21
+#: how long an entry that cannot go yet is kept before the next try
+EXPIRE_RETRY = 60.0
+#: the timeout of a new entry before its first state transition
+INITIAL_TIMEOUT = 3.0
+#: the dest trash is examined this often
+TRASH_CHECK = 60.0
+
+# Verdicts of process_in.
+ACCEPT = "accept"  # not ours: the packet goes on to the local stack
+DROP = "drop"  # dropped silently
+REJECT = "reject"  # no real server: ICMP port unreachable (a proxy resets)
+FORWARD = "forward"  # send to conn's real server
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What to do with a packet: ``action`` and the entry it belongs to."""
+
+    action: str
+    conn: Conn | None = None
+    new: bool = False
+
+
+class Director:
+    """The packet path of one IPVS table."""
+
+    def __init__(self, ipvs: IPVS | None = None) -> None:
+        self.ipvs = ipvs or IPVS()
+        self.conns = ConnTable()
+        self.ipvs.conns = self.conns  # type: ignore[attr-defined]
+        self._next_estimate = 0.0
+        self._next_trash = 0.0
+        self._next_sched_tick = 0.0
+
+    # ------------------------------------------------------------------------
+    # entries
+    # ------------------------------------------------------------------------
+    def conn_new(
+        self,
+        flow_af: int,
+        protocol: int,
+        caddr: int,
+        cport: int,
+        vaddr: int,
+        vport: int,
+        dest: Dest,
+        dport: int,
+        flags: int,
+        fwmark: int,
+        now: float,
+    ) -> Conn:
+        """``ip_vs_conn_new`` + ``ip_vs_bind_dest``: a new entry bound to ``dest``.
+
+        It inherits the dest's forwarding flags, which always include INACTIVE,
+        so it counts as inactive until its protocol state says otherwise.
+        """
+        conn_flags = dest.conn_flags
+        if protocol != IPPROTO_UDP:
+            conn_flags &= ~CONN_F_ONE_PACKET
+        cp = Conn(
+            flow_af,
+            protocol,
+            caddr,
+            cport,
+            vaddr,
+            vport,
+            dest.af,
+            dest.addr,
+            dport,
+            flags | conn_flags,
+            fwmark,
+        )
+        cp.dest = dest
+        cp.svc = dest.svc
+        cp.timeout = INITIAL_TIMEOUT
+        cp.expires = now + INITIAL_TIMEOUT
+        dest.refcnt += 1
+        if cp.flags & CONN_F_TEMPLATE:
+            dest.persistconns += 1
+        else:
+            if cp.flags & CONN_F_INACTIVE:
+                dest.inactconns += 1
+            else:
+                dest.activeconns += 1
+            self._counts_changed(dest)
+        self.ipvs.dest_conn_bound(dest)
+        if not cp.flags & CONN_F_ONE_PACKET:
+            self.conns.hash(cp)
+        return cp
+
+    def _unbind(self, cp: Conn) -> None:
+        """``ip_vs_unbind_dest``: give back the dest's counters."""
+        dest = cp.dest
+        if dest is None:
+            return
+        if cp.flags & CONN_F_TEMPLATE:
+            dest.persistconns -= 1
+        else:
+            if cp.flags & CONN_F_INACTIVE:
+                dest.inactconns -= 1
+            else:
+                dest.activeconns -= 1
+            self._counts_changed(dest)
+            self.ipvs.dest_conn_unbound(dest)
+        dest.refcnt -= 1
+        cp.dest = None
+
+    @staticmethod
+    def _counts_changed(dest: Dest) -> None:
+        svc = dest.svc
+        if svc is not None and svc.scheduler is not None:
+            hook = getattr(svc.scheduler, "counts_changed", None)
+            if hook is not None:
+                hook(dest)
+
+    def _put(self, cp: Conn, now: float) -> None:
+        """``ip_vs_conn_put``: re-arm the entry's timer with its timeout."""
+        cp.expires = now + cp.timeout
+        self.conns.arm(cp)
+
+    def expire(self, cp: Conn, now: float) -> bool:
+        """``ip_vs_conn_expire``: remove the entry unless it still controls
+        others; then it is kept another 60 s (and keeps 60 s as its timeout)."""
+        if cp.n_control:
+            cp.timeout = EXPIRE_RETRY
+            self._put(cp, now)
+            return False
+        self.conns.unhash(cp)
+        self.conns.wheel.discard(cp)
+        ct = cp.control
+        if ct is not None:
+            ct.n_control -= 1
+            cp.control = None
+        self._unbind(cp)
+        return True
+
+    def expire_now(self, cp: Conn, now: float) -> None:
+        """``ip_vs_conn_expire_now``: let the timer fire at once."""
+        if cp.n_control:
+            return
+        self.expire(cp, now)
+
+    # ------------------------------------------------------------------------
+    # scheduling (ip_vs_schedule, ip_vs_sched_persist)
+    # ------------------------------------------------------------------------
+    def schedule(self, svc: Service, flow: Flow, now: float) -> tuple[Conn | None, int]:
+        """Pick a real server for a new flow and create its entry.
+
+        Returns ``(conn, ignored)`` like the kernel: ``ignored`` 0 means no
+        server (reject), -1 drop, 1 let it pass.
+        """
+        if svc.flags & SVC_F_PERSISTENT:
+            return self._sched_persist(svc, flow, now)
+        if not svc.key.fwmark and flow.vport != svc.key.port:
+            return None, 0
+        sched = svc.scheduler
+        dest = sched.schedule(flow, now) if sched is not None else None
+        if dest is None:
+            return None, 0
+        flags = CONN_F_ONE_PACKET if svc.flags & SVC_F_ONEPACKET and flow.protocol == IPPROTO_UDP else 0
+        cp = self.conn_new(
+            flow.af,
+            flow.protocol,
+            flow.caddr,
+            flow.cport,
+            flow.vaddr,
+            flow.vport,
+            dest,
+            dest.port or flow.vport,
+            flags,
+            flow.fwmark,
+            now,
+        )
+        self._conn_stats(cp, svc)
+        return cp, 0
+
+    def _masked_client(self, svc: Service, caddr: int) -> int:
+        if svc.key.af == AF_INET6:
+            return caddr & v6_prefix_mask(svc.netmask)
+        return caddr & svc.netmask
+
+    def template_key(self, svc: Service, flow: Flow) -> tuple[int, int, int, int]:
+        """(protocol, masked client, vaddr, vport) of the flow's template:
+        port services ⟨proto, net, vaddr, vport⟩ (vport 0 for FTP), port-zero
+        services ⟨proto, net, vaddr, 0⟩, fwmark ⟨IPPROTO_IP, net, mark, 0⟩."""
+        snet = self._masked_client(svc, flow.caddr)
+        protocol = flow.protocol
+        vaddr = flow.vaddr
+        vport = 0
+        if flow.vport == svc.key.port:
+            if svc.key.port != FTPPORT:
+                vport = flow.vport
+        elif svc.key.fwmark:
+            protocol = IPPROTO_IP
+            vaddr = svc.key.fwmark
+        return protocol, snet, vaddr, vport
+
+    def check_template(self, ct: Conn) -> bool:
+        """``ip_vs_check_template``: the template's dest must still be available
+        (and, with expire_quiescent_template, have a weight); otherwise the
+        template is marked invalid and left to expire."""
+        dest = ct.dest
+        if (
+            dest is None
+            or not dest.flags & DEST_F_AVAILABLE
+            or (self.ipvs.sysctl.expire_quiescent_template and dest.weight == 0)
+        ):
+            ct.dport = INVALID_PORT
+            return False
+        return True
+
+    def _sched_persist(self, svc: Service, flow: Flow, now: float) -> tuple[Conn | None, int]:
+        protocol, snet, tvaddr, tvport = self.template_key(svc, flow)
+        ct = self.conns.lookup_template(protocol, flow.af, snet, tvaddr, tvport)
+        if ct is None or not self.check_template(ct):
+            sched = svc.scheduler
+            dest = sched.schedule(flow, now) if sched is not None else None
+            if dest is None:
+                return None, 0
+            dport = dest.port if (flow.vport == svc.key.port and svc.key.port != FTPPORT) else 0
+            ct = self.conn_new(
+                flow.af, protocol, snet, 0, tvaddr, tvport, dest, dport, CONN_F_TEMPLATE, flow.fwmark, now
+            )
+            ct.timeout = float(svc.timeout)
+        else:
+            dest = ct.dest
+            assert dest is not None
+        dport = flow.vport
+        if dport == svc.key.port and dest.port:
+            dport = dest.port
+        flags = CONN_F_ONE_PACKET if svc.flags & SVC_F_ONEPACKET and flow.protocol == IPPROTO_UDP else 0
+        cp = self.conn_new(
+            flow.af,
+            flow.protocol,
+            flow.caddr,
+            flow.cport,
+            flow.vaddr,
+            flow.vport,
+            dest,
+            dport,
+            flags,
+            flow.fwmark,
+            now,
+        )
+        cp.control = ct
+        ct.n_control += 1
+        self._put(ct, now)
+        self._conn_stats(cp, svc)
+        return cp, 0
+
+    def _conn_stats(self, cp: Conn, svc: Service) -> None:
+        """``ip_vs_conn_stats``: one more connection for dest, service, total."""
+        dest = cp.dest
+        if dest is not None:
+            dest.stats.conns += 1
+        svc.stats.conns += 1
+        self.ipvs.stats.conns += 1
+
+    # ------------------------------------------------------------------------
+    # the packet path (ip_vs_in_hook / handle_response)
+    # ------------------------------------------------------------------------
+    def process_in(self, flow: Flow, now: float, tcp_flags: int = 0, length: int = 0) -> Verdict:
+        """A packet from a client to a virtual address: ``ip_vs_in_hook``.
+
+        ``tcp_flags`` are the segment's flags for TCP (ignored otherwise) and
+        ``length`` the IP packet length for the byte counters.
+        """
+        ipvs = self.ipvs
+        protocol = flow.protocol
+        cp = self.conns.lookup_in(protocol, flow.af, flow.caddr, flow.cport, flow.vaddr, flow.vport)
+        sysctl = ipvs.sysctl
+        if cp is not None and protocol == IPPROTO_TCP and tcp_flags & SYN and not tcp_flags & RST:
+            cp = self._port_reuse(cp, now)
+        if cp is not None and cp.dest is not None and not cp.dest.flags & DEST_F_AVAILABLE:
+            if sysctl.expire_nodest_conn:
+                self.expire_now(cp, now)
+                cp = None
+            else:
+                return Verdict(DROP, cp)
+        new = False
+        if cp is None:
+            svc = ipvs.find_service(flow.af, protocol, flow.vaddr, flow.vport, flow.fwmark)
+            if svc is None:
+                return Verdict(ACCEPT)
+            if protocol == IPPROTO_TCP and not self._tcp_may_schedule(tcp_flags):
+                return Verdict(ACCEPT)
+            cp, ignored = self.schedule(svc, flow, now)
+            if cp is None:
+                return Verdict(REJECT if ignored == 0 else (DROP if ignored < 0 else ACCEPT))
+            new = True
+        self._in_stats(cp, length)
+        self.set_state(cp, DIR_INPUT, tcp_flags, now)
+        if cp.flags & CONN_F_ONE_PACKET:
+            # one-packet scheduling: the entry lives for this datagram only
+            self._unbind(cp)
+        else:
+            cp.in_pkts += 1
+            self._put(cp, now)
+        return Verdict(FORWARD, cp, new)
+
+    def _tcp_may_schedule(self, tcp_flags: int) -> bool:
+        """``tcp_conn_schedule``: only a SYN opens a connection (any non-RST
+        segment with sloppy_tcp); a RST never does."""
+        if tcp_flags & RST:
+            return False
+        return bool(tcp_flags & SYN) or bool(self.ipvs.sysctl.sloppy_tcp)
+
+    def _port_reuse(self, cp: Conn, now: float) -> Conn | None:
+        """A SYN for an existing entry: reschedule instead of reusing it when
+        expire_nodest_conn finds the dest quiesced, or when conn_reuse_mode
+        allows and the old connection is over (TIME_WAIT/CLOSE, or FIN_WAIT of
+        DR/TUN with mode bit 2) and nothing controls it."""
+        sysctl = self.ipvs.sysctl
+        resched = False
+        if (sysctl.expire_nodest_conn and cp.dest is not None and cp.dest.weight == 0) or (
+            sysctl.conn_reuse_mode and self._new_conn_expected(cp, sysctl.conn_reuse_mode)
+        ):
+            resched = True
+        if not resched:
+            return cp
+        if not cp.n_control:
+            self.expire_now(cp, now)
+        return None
+
+    @staticmethod
+    def _new_conn_expected(cp: Conn, mode: int) -> bool:
+        if cp.control is not None:
+            return False
+        if cp.protocol == IPPROTO_TCP:
+            return cp.state in (TCP_S_TIME_WAIT, TCP_S_CLOSE) or (
+                bool(mode & 2) and cp.state == TCP_S_FIN_WAIT and bool(cp.flags & CONN_F_NOOUTPUT)
+            )
+        if cp.protocol == IPPROTO_SCTP:
+            return cp.state == 13  # IP_VS_SCTP_S_CLOSED
+        return False
+
+    def process_out(self, cp: Conn, now: float, tcp_flags: int = 0, length: int = 0) -> None:
+        """A reply from the real server through the director (NAT): ``handle_response``."""
+        self._out_stats(cp, length)
+        self.set_state(cp, DIR_OUTPUT, tcp_flags, now)
+        self._put(cp, now)
+
+    def lookup_out(self, flow: Flow, daddr: int, dport: int) -> Conn | None:
+        return self.conns.lookup_out(flow.protocol, flow.af, daddr, dport, flow.caddr, flow.cport)
+
+    # -- protocol state ------------------------------------------------------------
+    def set_state(self, cp: Conn, direction: int, tcp_flags: int, now: float) -> None:
+        """Move ``cp`` by one packet: TCP through its tables, UDP/others just
+        refresh the timeout."""
+        protocol = cp.protocol
+        if protocol == IPPROTO_TCP:
+            self._set_tcp_state(cp, direction, tcp_flags)
+        elif protocol == IPPROTO_UDP:
+            cp.timeout = self.ipvs.timeouts.udp
+            if direction == DIR_OUTPUT:
+                self._assure_template(cp)
+        else:
+            cp.timeout = self.ipvs.timeouts.udp
+
+    def _set_tcp_state(self, cp: Conn, direction: int, tcp_flags: int) -> None:
+        if cp.flags & CONN_F_NOOUTPUT:
+            if direction == DIR_OUTPUT:
+                cp.flags &= ~CONN_F_NOOUTPUT
+            else:
+                direction = DIR_INPUT_ONLY
+        old = cp.state
+        new = next_state(old, direction, tcp_flags, bool(self.ipvs.sysctl.secure_tcp))
+        if new != old:
+            dest = cp.dest
+            if dest is not None:
+                if not cp.flags & CONN_F_INACTIVE and not is_active(new):
+                    dest.activeconns -= 1
+                    dest.inactconns += 1
+                    cp.flags |= CONN_F_INACTIVE
+                    self._counts_changed(dest)
+                elif cp.flags & CONN_F_INACTIVE and is_active(new):
+                    dest.activeconns += 1
+                    dest.inactconns -= 1
+                    cp.flags &= ~CONN_F_INACTIVE
+                    self._counts_changed(dest)
+            if new == TCP_S_ESTABLISHED:
+                self._assure_template(cp)
+            cp.old_state = old
+            cp.state = new
+        cp.timeout = self.ipvs.timeouts.tcp[new]
+
+    @staticmethod
+    def _assure_template(cp: Conn) -> None:
+        ct = cp.control
+        if ct is not None and ct.flags & CONN_F_TEMPLATE:
+            ct.state |= CTPL_S_ASSURED
+
+    # -- stats --------------------------------------------------------------------
+    def _in_stats(self, cp: Conn, length: int) -> None:
+        dest = cp.dest
+        if dest is None or not dest.flags & DEST_F_AVAILABLE:
+            return
+        st = dest.stats
+        st.inpkts += 1
+        st.inbytes += length
+        svc = dest.svc
+        if svc is not None:
+            st = svc.stats
+            st.inpkts += 1
+            st.inbytes += length
+        st = self.ipvs.stats
+        st.inpkts += 1
+        st.inbytes += length
+
+    def _out_stats(self, cp: Conn, length: int) -> None:
+        dest = cp.dest
+        if dest is None or not dest.flags & DEST_F_AVAILABLE:
+            return
+        st = dest.stats
+        st.outpkts += 1
+        st.outbytes += length
+        svc = dest.svc
+        if svc is not None:
+            st = svc.stats
+            st.outpkts += 1
+            st.outbytes += length
+        st = self.ipvs.stats
+        st.outpkts += 1
+        st.outbytes += length
+
+    def add_bytes(
+        self, cp: Conn, inbytes: int = 0, outbytes: int = 0, inpkts: int = 0, outpkts: int = 0
+    ) -> None:
+        """Count traffic a forwarder moved without per-packet calls (the NAT
+        proxy relays byte streams, not packets)."""
+        dest = cp.dest
+        if dest is None:
+            return
+        targets = [dest.stats, self.ipvs.stats]
+        if dest.svc is not None:
+            targets.append(dest.svc.stats)
+        for st in targets:
+            st.inbytes += inbytes
+            st.outbytes += outbytes
+            st.inpkts += inpkts
+            st.outpkts += outpkts
+
+    # ------------------------------------------------------------------------
+    # time
+    # ------------------------------------------------------------------------
+    def tick(self, now: float, budget: int = -1) -> bool:
+        """Run everything that is due at ``now``: entry expiry, the 2-second
+        rate estimator, scheduler timers, the dest trash.  With a ``budget``,
+        at most that many timers are examined; returns True if work remains."""
+        more = self.conns.expire_due(now, self._on_timer, budget)
+        while now >= self._next_estimate:
+            if self.ipvs.sysctl.run_estimation:
+                self._estimate()
+            self._next_estimate += ESTIMATOR_PERIOD
+        if now >= self._next_sched_tick:
+            for svc in self.ipvs.services.values():
+                if svc.scheduler is not None:
+                    svc.scheduler.tick(now)
+            self._next_sched_tick = now + 1.0
+        if now >= self._next_trash:
+            self.ipvs.purge_trash(now)
+            self._next_trash = now + TRASH_CHECK
+        return more
+
+    def advance(self, start: float, end: float) -> None:
+        """Move virtual time from ``start`` to ``end``, firing every timer and
+        estimator run in order (for simulations)."""
+        t = start
+        while True:
+            nxt = self.conns.wheel.next_deadline()
+            step = min(x for x in (end, self._next_estimate, nxt if nxt is not None else end) if x >= t)
+            self.tick(step)
+            if step >= end:
+                break
+            t = step if step > t else t + 1e-6
+
+    def _on_timer(self, cp: Conn) -> None:
+        now = cp.expires
+        self.expire(cp, now)
+
+    def _estimate(self) -> None:
+        ipvs = self.ipvs
+        ipvs.stats.estimate()
+        for svc in ipvs.services.values():
+            svc.stats.estimate()
+            for dest in svc.destinations:
+                dest.stats.estimate()
+
+    def reset_clock(self, now: float) -> None:
+        """Align periodic work with a clock that does not start at zero."""
+        self._next_estimate = now + ESTIMATOR_PERIOD
+        self._next_sched_tick = now + 1.0
+        self._next_trash = now + TRASH_CHECK
+
+
+__all__ = ["ACCEPT", "ACK", "DROP", "FORWARD", "REJECT", "TCP_S_NONE", "Director", "Verdict"]
