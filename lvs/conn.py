@@ -95,6 +95,7 @@ class Conn:
         "flags",
         "fwmark",
         "hashed",
+        "hnext",
         "in_pkts",
         "n_control",
         "old_state",

@@ -125,8 +125,8 @@ class Director:
                 dest.inactconns += 1
             else:
                 dest.activeconns += 1
+            self.ipvs.dest_conn_bound(dest)
             self._counts_changed(dest)
-        self.ipvs.dest_conn_bound(dest)
         if not cp.flags & CONN_F_ONE_PACKET:
             self.conns.hash(cp)
         return cp
@@ -143,18 +143,16 @@ class Director:
                 dest.inactconns -= 1
             else:
                 dest.activeconns -= 1
-            self._counts_changed(dest)
             self.ipvs.dest_conn_unbound(dest)
+            self._counts_changed(dest)
         dest.refcnt -= 1
         cp.dest = None
 
     @staticmethod
     def _counts_changed(dest: Dest) -> None:
         svc = dest.svc
-        if svc is not None and svc.scheduler is not None:
-            hook = getattr(svc.scheduler, "counts_changed", None)
-            if hook is not None:
-                hook(dest)
+        if dest.pos >= 0 and svc is not None and svc.scheduler is not None:
+            svc.scheduler.counts_changed(dest)
 
     def _put(self, cp: Conn, now: float) -> None:
         """``ip_vs_conn_put``: re-arm the entry's timer with its timeout."""

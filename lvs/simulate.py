@@ -1,0 +1,326 @@
+"""``lvsadm simulate``: run an oracle scenario against the emulated kernel.
+
+The scenario format is the kernel oracle's (see tests/data/README or
+docs/simulate.md): ``ipvsadm`` lines change the table, ``tcp``/``udp``/
+``flows`` send client traffic, ``close`` ends held TCP connections,
+``sleep`` advances the virtual clock, ``snapshot`` lists the table.  The
+output is one JSON line per step and per flow, like the oracle's traces, so
+the two can be compared line by line.
+
+What the virtual network models is what decides a TCP flow's fate on the
+oracle's machine: a real server with a ``listen``-er answers (ESTABLISHED),
+a local address without one resets (CLOSE), anything else never answers
+(the entry stays SYN_RECV).  Flows and closes take no virtual time.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import random
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from .addr import parse_ip
+from .constants import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP
+from .core import FORWARD, Director
+from .ctl import IPVS
+from .model import Flow
+from .proto_tcp import ACK, FIN, RST, SYN
+
+# IP packet lengths of the segments the oracle's clients send (for --stats).
+LEN_SYN = 60
+LEN_SYNACK = 60
+LEN_ACK = 52
+LEN_FIN = 52
+LEN_RST = 40
+LEN_UDP = 36  # "ipvslab\n" in a UDP datagram
+
+
+class ScenarioError(ValueError):
+    """A scenario line that cannot be understood."""
+
+
+def parse_endpoint(text: str) -> tuple[int, int, int]:
+    """``a.b.c.d:port`` or ``[v6]:port`` -> (af, address, port)."""
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+    else:
+        host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ScenarioError(f"bad endpoint {text!r}")
+    af, value = parse_ip(host)
+    return af, value, int(port)
+
+
+def _kv(args: Iterable[str], key: str, default: str) -> str:
+    for a in args:
+        if a.startswith(key + "="):
+            return a[len(key) + 1 :]
+    return default
+
+
+@dataclass
+class VirtualNet:
+    """The oracle machine's addressing, as far as it decides TCP outcomes."""
+
+    local: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
+    listeners: set[tuple[int, int, int]] = field(default_factory=set)
+
+    def is_local(self, af: int, addr: int) -> bool:
+        ip = ipaddress.ip_address(addr) if af == AF_INET else ipaddress.IPv6Address(addr)
+        return any(ip.version == net.version and ip in net for net in self.local)
+
+    def add_local(self, prefix: str) -> None:
+        self.local.append(ipaddress.ip_network(prefix, strict=False))
+
+
+IpvsadmRunner = Callable[[list[str], IPVS, float, TextIO, TextIO], int]
+
+
+def _default_runner() -> IpvsadmRunner:
+    from .ipvsadm.commands import run
+
+    def runner(argv: list[str], ipvs: IPVS, now: float, out: TextIO, err: TextIO) -> int:
+        return run(argv, ipvs, now, out, err)
+
+    return runner
+
+
+class Simulation:
+    """A scenario run: the director, the virtual clock and the network."""
+
+    def __init__(self, seed: int = 0, runner: IpvsadmRunner | None = None, classic: bool = False) -> None:
+        self.ipvs = IPVS(rng=random.Random(seed), classic=classic)
+        self.director = Director(self.ipvs)
+        self.now = 0.0
+        self.net = VirtualNet()
+        self.held: dict[str, Flow] = {}
+        self.index = 0
+        self.runner = runner or _default_runner()
+
+    # -- ipvsadm -----------------------------------------------------------------
+    def ipvsadm(self, argv: list[str]) -> tuple[int, str]:
+        buf = io.StringIO()
+        rc = self.runner(argv, self.ipvs, self.now, buf, buf)
+        return rc, buf.getvalue()
+
+    # -- traffic -------------------------------------------------------------------
+    def _flow(self, proto: int, src: str, dst: str, mark: int) -> Flow:
+        saf, saddr, sport = parse_endpoint(src)
+        daf, daddr, dport = parse_endpoint(dst)
+        if saf != daf:
+            raise ScenarioError(f"address families differ: {src} {dst}")
+        return Flow(saf, proto, saddr, sport, daddr, dport, mark)
+
+    def udp(self, src: str, dst: str, mark: int = 0) -> dict:
+        flow = self._flow(IPPROTO_UDP, src, dst, mark)
+        v = self.director.process_in(flow, self.now, 0, LEN_UDP)
+        return self._report("udp", flow, src, dst, mark, v.conn if v.action == FORWARD else None)
+
+    def tcp(self, src: str, dst: str, mark: int = 0, hold: bool = True) -> dict:
+        flow = self._flow(IPPROTO_TCP, src, dst, mark)
+        d = self.director
+        v = d.process_in(flow, self.now, SYN, LEN_SYN)
+        if v.action != FORWARD or v.conn is None:
+            return self._report("tcp", flow, src, dst, mark, None, error="Connection refused")
+        cp = v.conn
+        if not self.net.is_local(cp.daf, cp.daddr):
+            # nobody answers: the entry stays SYN_RECV, the client gives up
+            return self._report("tcp", flow, src, dst, mark, cp, error="Operation now in progress")
+        if (cp.daf, cp.daddr, cp.dport) not in self.net.listeners:
+            d.process_out(cp, self.now, RST | ACK, LEN_RST)
+            return self._report("tcp", flow, src, dst, mark, cp, error="Connection refused")
+        d.process_out(cp, self.now, SYN | ACK, LEN_SYNACK)
+        d.process_in(flow, self.now, ACK, LEN_ACK)
+        line = self._report("tcp", flow, src, dst, mark, cp)
+        if hold:
+            self.held[src] = flow
+        else:
+            self._close_flow(flow)
+        return line
+
+    def _close_flow(self, flow: Flow) -> None:
+        """The client closes; the listener sees EOF and closes too."""
+        d = self.director
+        v = d.process_in(flow, self.now, FIN | ACK, LEN_FIN)
+        if v.action != FORWARD or v.conn is None:
+            return
+        cp = v.conn
+        d.process_out(cp, self.now, ACK, LEN_ACK)
+        d.process_out(cp, self.now, FIN | ACK, LEN_FIN)
+        d.process_in(flow, self.now, ACK, LEN_ACK)
+
+    def close(self, names: list[str]) -> None:
+        if names == ["all"]:
+            names = list(self.held)
+        for name in names:
+            flow = self.held.pop(name, None)
+            if flow is not None:
+                self._close_flow(flow)
+
+    def _report(
+        self, proto: str, flow: Flow, src: str, dst: str, mark: int, cp, error: str | None = None
+    ) -> dict:
+        host = src[1:].partition("]")[0] if src.startswith("[") else src.rpartition(":")[0]
+        line: dict = {"i": self.index, "proto": proto, "flow": [host, flow.cport], "vip": dst}
+        if mark:
+            line["mark"] = mark
+        self.index += 1
+        if cp is not None:
+            line["real_server"] = cp.real()
+            line["state"] = cp.state_name()
+        else:
+            line["real_server"] = None
+            if error:
+                line["error"] = error
+        return line
+
+    # -- time --------------------------------------------------------------------------
+    def sleep(self, seconds: float) -> None:
+        end = self.now + seconds
+        self.director.advance(self.now, end)
+        self.now = end
+
+    # -- the interpreter ---------------------------------------------------------------
+    def run(self, lines: Iterable[str], emit: Callable[[dict], None]) -> None:
+        for lineno, raw in enumerate(lines, 1):
+            line = raw.split("#", 1)[0]
+            args = line.split()
+            if not args:
+                continue
+            try:
+                self._directive(args, emit)
+            except ScenarioError as exc:
+                raise ScenarioError(f"line {lineno}: {exc}") from None
+            except ValueError as exc:
+                raise ScenarioError(f"line {lineno}: {exc}") from None
+
+    def _directive(self, args: list[str], emit: Callable[[dict], None]) -> None:
+        cmd, rest = args[0], args[1:]
+        if cmd == "local":
+            for p in rest:
+                self.net.add_local(p)
+        elif cmd == "addr":
+            if rest:
+                self.net.add_local(rest[0].split("/")[0])
+        elif cmd in ("void", "conns", "sh"):
+            pass
+        elif cmd == "listen":
+            for ep in rest:
+                self.net.listeners.add(parse_endpoint(ep))
+        elif cmd == "sysctl":
+            for kv in rest:
+                name, _, value = kv.partition("=")
+                prefix = "net.ipv4.vs."
+                if name.startswith(prefix):
+                    try:
+                        self.ipvs.sysctl.set(name[len(prefix) :], value)
+                    except (KeyError, ValueError):
+                        raise ScenarioError(f"unknown or bad sysctl {kv!r}") from None
+        elif cmd == "ipvsadm":
+            rc, out = self.ipvsadm(rest)
+            emit({"step": "ipvsadm", "args": " ".join(rest), "rc": rc, "output": out.removesuffix("\n")})
+        elif cmd == "capture":
+            if len(rest) >= 2 and rest[1] == "ipvsadm":
+                rc, out = self.ipvsadm(rest[2:])
+                emit({"step": "capture", "args": " ".join(rest), "rc": rc, "output": out.removesuffix("\n")})
+        elif cmd in ("udp", "tcp"):
+            if len(rest) < 2:
+                raise ScenarioError(f"{cmd} needs SRC:PORT DST:PORT")
+            mark = int(_kv(rest[2:], "mark", "0"))
+            if cmd == "udp":
+                emit(self.udp(rest[0], rest[1], mark))
+            else:
+                emit(self.tcp(rest[0], rest[1], mark, _kv(rest[2:], "hold", "1") == "1"))
+        elif cmd == "flows":
+            self._flows(rest, emit)
+        elif cmd == "close":
+            self.close(rest)
+            emit({"step": "close", "args": " ".join(rest), "rc": 0, "output": ""})
+        elif cmd == "sleep":
+            if not rest:
+                raise ScenarioError("sleep needs seconds")
+            self.sleep(float(rest[0]))
+        elif cmd == "snapshot":
+            _, a = self.ipvsadm(["-L", "-n"])
+            _, b = self.ipvsadm(["-L", "-n", "--stats"])
+            emit({"step": "snapshot", "args": " ".join(rest), "rc": 0, "output": (a + b).removesuffix("\n")})
+        else:
+            raise ScenarioError(f"unknown directive {cmd!r}")
+
+    def _flows(self, rest: list[str], emit: Callable[[dict], None]) -> None:
+        if len(rest) < 2:
+            raise ScenarioError("flows needs PROTO COUNT")
+        proto, count = rest[0], int(rest[1])
+        src = _kv(rest, "src", "")
+        dst = _kv(rest, "dst", "")
+        saf, sip, sport = parse_endpoint(src)
+        daf, dip, dport = parse_endpoint(dst)
+        srcstep = int(_kv(rest, "srcstep", "1"))
+        srcmod = int(_kv(rest, "srcmod", "0"))
+        sportstep = int(_kv(rest, "sportstep", "1"))
+        dststep = int(_kv(rest, "dststep", "0"))
+        dstmod = int(_kv(rest, "dstmod", "0"))
+        mark = int(_kv(rest, "mark", "0"))
+        hold = _kv(rest, "hold", "1") == "1"
+        for k in range(count):
+            si = k * srcstep
+            if srcmod > 0:
+                si %= srcmod
+            di = k * dststep
+            if dstmod > 0:
+                di %= dstmod
+            s = _endpoint_text(saf, sip + si, sport + k * sportstep)
+            d = _endpoint_text(daf, dip + di, dport)
+            if proto == "udp":
+                emit(self.udp(s, d, mark))
+            elif proto == "tcp":
+                emit(self.tcp(s, d, mark, hold))
+            else:
+                raise ScenarioError(f"unknown protocol {proto!r}")
+
+
+def _endpoint_text(af: int, value: int, port: int) -> str:
+    if af == AF_INET6:
+        return f"[{ipaddress.IPv6Address(value)}]:{port}"
+    return f"{ipaddress.IPv4Address(value)}:{port}"
+
+
+def simulate(lines: Iterable[str], out: TextIO, seed: int = 0, classic: bool = False) -> None:
+    """Run a scenario and write its JSON lines to ``out``."""
+    sim = Simulation(seed=seed, classic=classic)
+
+    def emit(obj: dict) -> None:
+        out.write(json.dumps(obj) + "\n")
+
+    sim.run(lines, emit)
+
+
+def main(argv: list[str]) -> int:
+    """``lvsadm simulate [--seed N] [--classic] SCENARIO``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="lvsadm simulate", description="Replay an oracle scenario in-process.")
+    ap.add_argument("scenario", help="scenario file, or - for standard input")
+    ap.add_argument("--seed", type=int, default=0, help="seed for twos and anything random")
+    ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
+    ns = ap.parse_args(argv)
+    try:
+        if ns.scenario == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            with open(ns.scenario, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+    except OSError as exc:
+        print(f"lvsadm simulate: {exc}", file=sys.stderr)
+        return 2
+    try:
+        simulate(lines, sys.stdout, seed=ns.seed, classic=ns.classic)
+    except ScenarioError as exc:
+        print(f"lvsadm simulate: {ns.scenario}: {exc}", file=sys.stderr)
+        return 2
+    return 0
