@@ -1,0 +1,111 @@
+"""``lvsadm``: ipvsadm's command line, talking to this namespace's lvsd.
+
+``lvsadm ARGS`` behaves as ``ipvsadm ARGS`` (same grammar, output and exit
+codes): the arguments travel to lvsd, which parses and runs them against its
+tables and sends back what ipvsadm would print.  pylvs extras:
+
+* ``lvsadm simulate SCENARIO``: replay an oracle scenario in-process;
+* ``lvsadm --json [services|conns]``: listings as JSON, for scripts;
+* ``lvsadm --proc ip_vs|ip_vs_conn|ip_vs_stats``: the kernel's /proc views;
+* ``lvsadm --status``, ``lvsadm --reload``;
+* ``--no-autostart`` (or ``LVSADM_NO_AUTOSTART=1``): never start lvsd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from .daemon.client import Client, DaemonUnavailable, PermissionDenied
+
+INIT_FAILED = (
+    "Can't initialize ipvs: {}\nAre you sure that IP Virtual Server is built in the kernel or as module?"
+)
+
+
+def _extras(argv: list[str], client: Client) -> int | None:
+    """pylvs's own options; None if argv is plain ipvsadm."""
+    if not argv:
+        return None
+    head = argv[0]
+    if head == "--json":
+        what = argv[1] if len(argv) > 1 else "services"
+        reply = client.call("json", what=what)
+        if not reply.get("ok", True):
+            print(f"lvsadm: {reply.get('error')}", file=sys.stderr)
+            return 2
+        print(json.dumps(reply["data"], indent=2))
+        return 0
+    if head == "--proc":
+        reply = client.call("proc", name=argv[1] if len(argv) > 1 else "ip_vs")
+        if not reply.get("ok", True):
+            print(f"lvsadm: {reply.get('error')}", file=sys.stderr)
+            return 2
+        sys.stdout.write(reply["text"])
+        return 0
+    if head == "--status":
+        reply = client.call("status")
+        data = reply["data"]
+        for key in ("pid", "netns", "uptime", "services", "connections"):
+            print(f"{key}: {data[key]}")
+        for plane in data["planes"]:
+            print(f"data plane: {plane}")
+        for warning in data["warnings"]:
+            print(f"warning: {warning}")
+        return 0
+    if head == "--reload":
+        reply = client.call("reload")
+        if not reply.get("ok", True):
+            print(f"lvsadm: {reply.get('error')}", file=sys.stderr)
+            return 1
+        print(f"reloaded: {reply.get('changes')}")
+        return 0
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "simulate":
+        from .simulate import main as simulate_main
+
+        return simulate_main(argv[1:])
+    autostart = os.environ.get("LVSADM_NO_AUTOSTART", "") not in ("1", "yes", "true")
+    if "--no-autostart" in argv:
+        argv.remove("--no-autostart")
+        autostart = False
+    try:
+        with Client(autostart=autostart) as client:
+            rc = _extras(argv, client)
+            if rc is not None:
+                return rc
+            stdin = ""
+            if _wants_stdin(argv):
+                stdin = sys.stdin.read()
+            reply = client.call("ipvsadm", argv=argv, stdin=stdin)
+    except PermissionDenied as exc:
+        print(INIT_FAILED.format(exc), file=sys.stderr)
+        return 2
+    except (DaemonUnavailable, OSError) as exc:
+        print(INIT_FAILED.format(exc), file=sys.stderr)
+        return 2
+    if not reply.get("ok", True):
+        print(f"lvsadm: {reply.get('error')}", file=sys.stderr)
+        return 255
+    sys.stdout.write(reply["stdout"])
+    sys.stderr.write(reply["stderr"])
+    return int(reply["rc"])
+
+
+def _wants_stdin(argv: list[str]) -> bool:
+    """-R / --restore read rules from standard input."""
+    for arg in argv:
+        if arg in ("-R", "--restore"):
+            return True
+        if arg.startswith("-") and not arg.startswith("--") and "R" in arg[1:]:
+            return True
+    return False
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""lvsadm's side of the control socket, with lvsd auto-start.
+
+When no daemon answers in this network namespace, lvsadm starts one in the
+background, as the kernel loads ip_vs on first use.  ``--no-autostart`` or
+``LVSADM_NO_AUTOSTART=1`` turns that off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from .names import socket_address
+from .protocol import encode
+
+START_TIMEOUT = 10.0
+
+
+class DaemonUnavailable(Exception):
+    """No lvsd answers (and none could be started)."""
+
+
+class PermissionDenied(Exception):
+    """lvsd refused this user."""
+
+
+def _connect(address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(address)
+    return sock
+
+
+def connect(autostart: bool = True, name: str | None = None) -> socket.socket:
+    """A connected control socket; starts lvsd if allowed and needed."""
+    address = socket_address(name)
+    try:
+        return _connect(address)
+    except (ConnectionRefusedError, FileNotFoundError):
+        if not autostart:
+            raise DaemonUnavailable("no lvsd is running in this network namespace") from None
+    start_daemon(name)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            return _connect(address)
+        except (ConnectionRefusedError, FileNotFoundError):
+            if time.monotonic() > deadline:
+                raise DaemonUnavailable("lvsd did not start") from None
+            time.sleep(0.02)
+
+
+def start_daemon(name: str | None = None) -> None:
+    """Start ``lvsd`` in the background in this namespace."""
+    cmd = [sys.executable, "-m", "lvs.daemon.main"]
+    if name:
+        cmd += ["--socket", name]
+    extra = os.environ.get("LVSD_ARGS")
+    if extra:
+        cmd += extra.split()
+    subprocess.run(
+        cmd, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+class Client:
+    """One connection to lvsd."""
+
+    def __init__(self, autostart: bool = True, name: str | None = None) -> None:
+        self.sock = connect(autostart, name)
+        self.file = self.sock.makefile("rb")
+        self._id = 0
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        self._id += 1
+        self.sock.sendall(encode({"id": self._id, "op": op, **args}))
+        line = self.file.readline()
+        if not line:
+            raise DaemonUnavailable("lvsd closed the connection")
+        reply = json.loads(line)
+        if reply.get("denied"):
+            raise PermissionDenied(reply.get("error", "Permission denied (you must be root)"))
+        return reply
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

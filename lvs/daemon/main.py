@@ -1,0 +1,266 @@
+"""``lvsd``: one daemon per network namespace holding the IPVS tables.
+
+It owns the emulated kernel (a :class:`~lvs.core.Director`), serves the
+control socket, drives time (connection expiry, the rate estimator), and
+runs the data planes that move traffic.  It is the only place in ``lvs/``
+that reads the clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from ..core import Director
+from ..ctl import IPVS
+from .names import socket_address
+from .protocol import Request
+from .server import AccessPolicy, ControlServer
+
+log = logging.getLogger("lvsd")
+
+TICK = 0.25  # seconds between two runs of the timers
+EXPIRY_BUDGET = 20000  # timers examined per slice, so one slice stays short
+
+
+class Daemon:
+    """The state of one lvsd: the tables, the data planes, the control server."""
+
+    def __init__(self, opts: argparse.Namespace) -> None:
+        self.opts = opts
+        self.ipvs = IPVS(classic=opts.classic)
+        self.director = Director(self.ipvs)
+        self.t0 = time.monotonic()
+        self.director.reset_clock(self.now())
+        self.planes: list[Any] = []
+        self.warnings: list[str] = []
+        self.config = None
+        self._stop = asyncio.Event()
+        self.server = ControlServer(self.handle, AccessPolicy(opts.allow_group), opts.socket)
+
+    def now(self) -> float:
+        """Seconds since the daemon started (monotonic): the core's clock."""
+        return time.monotonic() - self.t0
+
+    # -- requests ----------------------------------------------------------------
+    def handle(self, req: Request) -> dict[str, Any]:
+        op = req.op
+        if op == "ping":
+            return {"pong": True}
+        if op == "ipvsadm":
+            return self.run_ipvsadm(req.args["argv"], req.args.get("stdin", ""))
+        if op == "status":
+            return {"data": self.status()}
+        if op == "json":
+            return {"data": self.json_view(str(req.args.get("what", "services")))}
+        if op == "proc":
+            return {"text": self.proc_view(str(req.args.get("name", "")))}
+        if op == "reload":
+            return self.reload()
+        if op == "sysctl":
+            return self.sysctl(req.args)
+        return {"ok": False, "error": f"unsupported operation {op}"}
+
+    def run_ipvsadm(self, argv: list[str], stdin: str = "") -> dict[str, Any]:
+        from ..ipvsadm.commands import run
+
+        out, err = io.StringIO(), io.StringIO()
+        rc = run(argv, self.ipvs, self.now(), out, err, stdin=io.StringIO(stdin))
+        return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "netns": _netns_id(),
+            "uptime": round(self.now(), 3),
+            "services": len(self.ipvs.services),
+            "connections": len(self.director.conns),
+            "planes": [p.describe() for p in self.planes],
+            "warnings": list(self.warnings) + [w for p in self.planes for w in p.warnings()],
+        }
+
+    def json_view(self, what: str) -> Any:
+        from ..ipvsadm import listing
+
+        if what == "services":
+            return listing.services_json(self.ipvs, self.now())
+        if what == "conns":
+            return listing.conns_json(self.ipvs, self.now())
+        raise ValueError(f"unknown view {what!r}")
+
+    def proc_view(self, name: str) -> str:
+        from ..ipvsadm import proc
+
+        now = self.now()
+        views = {
+            "ip_vs": lambda: proc.proc_ip_vs(self.ipvs),
+            "ip_vs_conn": lambda: proc.proc_ip_vs_conn(self.ipvs, now),
+            "ip_vs_stats": lambda: proc.proc_ip_vs_stats(self.ipvs),
+        }
+        if name not in views:
+            raise ValueError(f"unknown /proc view {name!r}")
+        return views[name]()
+
+    def reload(self) -> dict[str, Any]:
+        if not self.opts.config:
+            return {"ok": False, "error": "lvsd runs without --config: nothing to reload"}
+        from ..config import ConfigError, apply_config, load_config
+
+        try:
+            cfg = load_config(self.opts.config)
+        except ConfigError as exc:
+            return {"ok": False, "error": str(exc)}
+        changes = apply_config(self.ipvs, cfg, self.now())
+        return {"changes": changes}
+
+    def sysctl(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = str(args.get("name", ""))
+        if "value" in args:
+            try:
+                self.ipvs.sysctl.set(name, str(args["value"]))
+            except (KeyError, ValueError):
+                return {"ok": False, "error": f"bad sysctl {name}"}
+        try:
+            return {"value": getattr(self.ipvs.sysctl, name)}
+        except AttributeError:
+            return {"ok": False, "error": f"unknown sysctl {name}"}
+
+    # -- life cycle -------------------------------------------------------------
+    async def ticker(self) -> None:
+        """Drive the core's timers; expiry runs in slices so no request or
+        packet waits long behind it."""
+        while not self._stop.is_set():
+            more = self.director.tick(self.now(), EXPIRY_BUDGET)
+            await asyncio.sleep(0 if more else TICK)
+
+    async def run(self) -> None:
+        if self.opts.config:
+            from ..config import ConfigError, apply_config, load_config
+
+            try:
+                cfg = load_config(self.opts.config)
+            except ConfigError as exc:
+                raise SystemExit(f"lvsd: {exc}") from None
+            apply_config(self.ipvs, cfg, self.now())
+        if self.opts.state and os.path.exists(self.opts.state):
+            self.restore_state(self.opts.state)
+        self.start_planes()
+        await self.server.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        log.info("lvsd listening on %r", socket_address(self.opts.socket))
+        ticker = asyncio.create_task(self.ticker())
+        await self._stop.wait()
+        ticker.cancel()
+        await self.server.close()
+        for plane in self.planes:
+            await plane.close()
+        if self.opts.state:
+            self.save_state(self.opts.state)
+
+    def _on_sighup(self) -> None:
+        reply = self.reload()
+        if reply.get("ok", True):
+            log.info("configuration reloaded: %s", reply.get("changes"))
+        else:
+            log.error("reload failed: %s", reply.get("error"))
+
+    def start_planes(self) -> None:
+        if self.opts.no_nat:
+            return
+        try:
+            from forwarding.nat import NatPlane
+        except ImportError:  # pragma: no cover - forwarding not installed
+            return
+        plane = NatPlane(self.director, self.now, manage_vips=not self.opts.no_vip, workers=self.opts.workers)
+        self.planes.append(plane)
+        plane.start()
+
+    def save_state(self, path: str) -> None:
+        from ..ipvsadm.listing import save_rules
+
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(save_rules(self.ipvs, numeric=True))
+        os.replace(tmp, path)
+
+    def restore_state(self, path: str) -> None:
+        with open(path, encoding="utf-8") as fh:
+            reply = self.run_ipvsadm(["-R"], fh.read())
+        if reply["rc"] != 0:
+            log.error("restoring %s: %s", path, reply["stderr"].strip())
+
+
+def _netns_id() -> str:
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lvsd", description="pylvs daemon: IPVS tables and data planes")
+    ap.add_argument(
+        "--foreground", "-F", action="store_true", help="stay in the foreground (for service managers)"
+    )
+    ap.add_argument("--config", "-c", help="YAML configuration to load (SIGHUP reloads it)")
+    ap.add_argument("--state", help="save the table here on exit and restore it on start (ipvsadm -S format)")
+    ap.add_argument(
+        "--socket", help="control socket name (abstract) or path; default from LVSD_SOCKET or 'pylvs'"
+    )
+    ap.add_argument("--allow-group", action="append", default=[], help="a group whose members may use lvsadm")
+    ap.add_argument("--no-vip", action="store_true", help="do not add missing VIPs to lo")
+    ap.add_argument("--no-nat", action="store_true", help="no NAT data plane (control plane only)")
+    ap.add_argument("--workers", type=int, default=1, help="NAT worker processes (SO_REUSEPORT)")
+    ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ap.add_argument("--log-file", help="log here instead of stderr")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, opts.log_level.upper()),
+        filename=opts.log_file,
+        format="%(asctime)s lvsd[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    if not opts.foreground:
+        _daemonize()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        asyncio.run(Daemon(opts).run())
+    except OSError as exc:
+        print(f"lvsd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _daemonize() -> None:
+    """Detach: fork, new session, standard streams to /dev/null."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    fd = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(fd, target)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
