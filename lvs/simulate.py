@@ -38,6 +38,7 @@ LEN_ACK = 52
 LEN_FIN = 52
 LEN_RST = 40
 LEN_UDP = 36  # "ipvslab\n" in a UDP datagram
+LEN_ICMP_UNREACH = 64  # ICMP header + the datagram it quotes
 
 
 class ScenarioError(ValueError):
@@ -119,7 +120,12 @@ class Simulation:
     def udp(self, src: str, dst: str, mark: int = 0) -> dict:
         flow = self._flow(IPPROTO_UDP, src, dst, mark)
         v = self.director.process_in(flow, self.now, 0, LEN_UDP)
-        return self._report("udp", flow, src, dst, mark, v.conn if v.action == FORWARD else None)
+        cp = v.conn if v.action == FORWARD else None
+        if cp is not None and self.net.is_local(cp.daf, cp.daddr):
+            # a local real server without a UDP socket answers ICMP port
+            # unreachable, which passes the director as a related reply
+            self.director.count_out(cp, LEN_ICMP_UNREACH)
+        return self._report("udp", flow, src, dst, mark, cp)
 
     def tcp(self, src: str, dst: str, mark: int = 0, hold: bool = True) -> dict:
         flow = self._flow(IPPROTO_TCP, src, dst, mark)
@@ -150,7 +156,7 @@ class Simulation:
         if v.action != FORWARD or v.conn is None:
             return
         cp = v.conn
-        d.process_out(cp, self.now, ACK, LEN_ACK)
+        # the listener closes on EOF at once: its ACK rides on its FIN
         d.process_out(cp, self.now, FIN | ACK, LEN_FIN)
         d.process_in(flow, self.now, ACK, LEN_ACK)
 
