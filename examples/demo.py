@@ -81,12 +81,16 @@ async def fetch(port: int) -> str:
 def replay_part() -> None:
     banner("1. The emulated kernel replays a recorded scenario (wrr over UDP)")
     scn = ROOT / "tests" / "data" / "scenarios" / "wrr-udp.scn"
-    out = subprocess.run([PY, "-m", "lvs.cli", "simulate", str(scn)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [PY, "-m", "lvs.cli", "simulate", str(scn)], capture_output=True, text=True, check=True
+    )
     trace = ROOT / "tests" / "data" / "traces" / "wrr-udp.jsonl"
     ours = [json.loads(x) for x in out.stdout.splitlines() if '"i"' in x]
     kernel = [json.loads(x) for x in trace.read_text().splitlines() if '"i"' in x]
     same = sum(a["real_server"] == b["real_server"] for a, b in zip(ours, kernel))
-    print("first 12 decisions:", " ".join(d["real_server"].split(":")[0].rsplit(".", 1)[1] for d in ours[:12]))
+    print(
+        "first 12 decisions:", " ".join(d["real_server"].split(":")[0].rsplit(".", 1)[1] for d in ours[:12])
+    )
     print(f"{same}/{len(kernel)} decisions identical to Linux 6.1's IPVS")
 
 
