@@ -1,0 +1,266 @@
+"""lblcr — locality-based least-connection with replication (ip_vs_lblcr.c).
+
+Like lblc, but a destination address maps to a *set* of real servers, which
+grows when its members get overloaded and shrinks when it has been stable for
+long.
+
+The rule, in plain words:
+
+* The cache maps a packet's **destination** address (``flow.vaddr``) to a
+  server set; same table as lblc: 1024 buckets by ``hash_32(addr, 10)``, soft
+  maximum 16384 entries, and the same 60 s garbage-collection timer (6 min
+  idle timeout for the partial collection past 16384 entries, full sweep
+  every 30th run with the ``lblcr_expiration`` sysctl, default 24 h; see
+  :mod:`schedulers.lblc`).  A set keeps its members newest-insert first and
+  remembers ``lastmod``, the time a member was last added or removed.
+* **Hit:** the entry's ``lastuse`` becomes now.
+
+  1. The set's weighted least-loaded member is picked: the first member that
+     is not OVERLOAD, has weight > 0 and is AVAILABLE starts; each later
+     member that is not OVERLOAD replaces it when
+     ``overhead_cand·weight_m > overhead_m·weight_cand`` and it is AVAILABLE
+     (earlier wins ties).
+  2. Then, if the set has more than one member and has not changed for more
+     than ``lblcr_expiration`` (strictly), its weighted *most*-loaded member
+     is removed: the first member with weight > 0 starts, a later member with
+     weight > 0 replaces it when ``overhead_most·weight_m <
+     overhead_m·weight_most``.  This happens after step 1, so the member just
+     picked may be the one removed — and is still used (kernel behaviour).
+  3. If step 1 found a member and it is not "overloaded" in lblc's sense
+     (active connections above its weight while some server of the service
+     is below half its weight), it is used.
+  4. Otherwise weighted least-connection runs over the whole service (the
+     wlc rule of :func:`schedulers.lblc.wlc_pick`); None if nothing is
+     eligible.  The winner is added at the head of the set unless already a
+     member (an addition updates ``lastmod``), and is used.
+* **Miss:** weighted least-connection over the service; None if nothing is
+  eligible; otherwise a new entry with a one-member set is created
+  (``lastuse`` = ``lastmod`` = now) — on recent kernels only while the table
+  holds fewer than 1.5 × 16384 entries (classic kernels: no cap) — and the
+  server is used either way.
+* OVERLOAD is honoured everywhere except in picking the most-loaded member.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lvs.addr import fold
+from lvs.constants import AF_INET, DEST_F_AVAILABLE, DEST_F_OVERLOAD
+
+from .base import SchedContext, Scheduler, conn_overhead
+from .hashing import GOLDEN_RATIO_32
+from .lblc import (
+    CHECK_EXPIRE_INTERVAL,
+    COUNT_FOR_FULL_EXPIRATION,
+    ENTRY_TIMEOUT,
+    HARD_CAP,
+    MAX_SIZE,
+    TAB_BITS,
+    TAB_MASK,
+    TAB_SIZE,
+    lblc_overloaded,
+    wlc_pick,
+)
+
+if TYPE_CHECKING:
+    from lvs.model import Dest, Flow, Service
+
+
+class DestSet:
+    """A destination set: members newest-insert first, and the time of the
+    last change."""
+
+    __slots__ = ("lastmod", "members")
+
+    def __init__(self, lastmod: float) -> None:
+        self.members: list[Dest] = []
+        self.lastmod = lastmod
+
+    def insert(self, dest: Dest, now: float, check: bool = True) -> None:
+        """Add at the head (unless ``check`` finds it already there)."""
+        if check and any(m is dest for m in self.members):
+            return
+        self.members.insert(0, dest)
+        self.lastmod = now
+
+    def erase(self, dest: Dest, now: float) -> None:
+        for i, m in enumerate(self.members):
+            if m is dest:
+                del self.members[i]
+                self.lastmod = now
+                return
+
+    def least(self, classic: bool) -> Dest | None:
+        """Weighted least-loaded member (``ip_vs_dest_set_min``)."""
+        members = self.members
+        n = len(members)
+        i = 0
+        least = None
+        loh = 0
+        while i < n:
+            d = members[i]
+            i += 1
+            if d.flags & DEST_F_OVERLOAD:
+                continue
+            if d.weight > 0 and d.flags & DEST_F_AVAILABLE:
+                least = d
+                loh = conn_overhead(d, classic)
+                break
+        if least is None:
+            return None
+        while i < n:
+            d = members[i]
+            i += 1
+            if d.flags & DEST_F_OVERLOAD:
+                continue
+            doh = conn_overhead(d, classic)
+            if loh * d.weight > doh * least.weight and d.flags & DEST_F_AVAILABLE:
+                least = d
+                loh = doh
+        return least
+
+    def most(self, classic: bool) -> Dest | None:
+        """Weighted most-loaded member with weight > 0 (``ip_vs_dest_set_max``);
+        OVERLOAD and availability are not looked at."""
+        members = self.members
+        n = len(members)
+        i = 0
+        most = None
+        moh = 0
+        while i < n:
+            d = members[i]
+            i += 1
+            if d.weight > 0:
+                most = d
+                moh = conn_overhead(d, classic)
+                break
+        if most is None:
+            return None
+        while i < n:
+            d = members[i]
+            i += 1
+            doh = conn_overhead(d, classic)
+            if moh * d.weight < doh * most.weight and d.weight > 0:
+                most = d
+                moh = doh
+        return most
+
+
+class _Entry:
+    __slots__ = ("addr", "bucket", "lastuse", "set")
+
+    def __init__(self, addr: int, bucket: int, lastuse: float) -> None:
+        self.addr = addr
+        self.bucket = bucket
+        self.lastuse = lastuse
+        self.set = DestSet(lastuse)
+
+
+class LBLCRScheduler(Scheduler):
+    """Locality-based least-connection with replication: destination address →
+    a set of servers."""
+
+    name = "lblcr"
+
+    def __init__(self, svc: Service, ctx: SchedContext, *, start: float | None = None) -> None:
+        super().__init__(svc, ctx)
+        self._v4 = svc.af == AF_INET
+        self._af = svc.af
+        self.entries: dict[int, _Entry] = {}
+        self.count = 0
+        self.rover = 0
+        self.counter = 1
+        self.dead = False
+        self.next_check: float | None = None if start is None else start + CHECK_EXPIRE_INTERVAL
+
+    def bucket_of(self, addr: int) -> int:
+        if not self._v4:
+            addr = fold(self._af, addr)
+        return ((addr * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - TAB_BITS)
+
+    def schedule(self, flow: Flow, now: float) -> Dest | None:
+        if self.next_check is None:
+            self.next_check = now + CHECK_EXPIRE_INTERVAL
+        addr = flow.vaddr
+        svc = self.svc
+        classic = self.ctx.classic
+        en = self.entries.get(addr)
+        if en is not None:
+            en.lastuse = now
+            dset = en.set
+            dest = dset.least(classic)
+            if len(dset.members) > 1 and now > dset.lastmod + self.ctx.lblcr_expiration:
+                m = dset.most(classic)
+                if m is not None:
+                    dset.erase(m, now)
+            if dest is not None and not lblc_overloaded(dest, svc):
+                return dest
+            dest = wlc_pick(svc, classic)
+            if dest is None:
+                return None
+            if not self.dead:
+                dset.insert(dest, now)
+            return dest
+        dest = wlc_pick(svc, classic)
+        if dest is None:
+            return None
+        if not self.dead and (classic or self.count < HARD_CAP):
+            en = _Entry(addr, self.bucket_of(addr), now)
+            en.set.insert(dest, now, check=False)
+            self.entries[addr] = en
+            self.count += 1
+        return dest
+
+    # -- garbage collection (same timer rules as lblc) ----------------------------
+    def tick(self, now: float) -> None:
+        if self.dead:
+            return
+        if self.next_check is None:
+            self.next_check = now + CHECK_EXPIRE_INTERVAL
+            return
+        while self.next_check <= now:
+            self._check_expire(self.next_check)
+            self.next_check += CHECK_EXPIRE_INTERVAL
+
+    def _delete(self, en: _Entry) -> None:
+        del self.entries[en.addr]
+        self.count -= 1
+
+    def _check_expire(self, now: float) -> None:
+        if self.counter % COUNT_FOR_FULL_EXPIRATION == 0:
+            expire = self.ctx.lblcr_expiration
+            for en in [e for e in self.entries.values() if now >= e.lastuse + expire]:
+                self._delete(en)
+            self.counter = 1
+            return
+        if self.count <= MAX_SIZE:
+            self.counter += 1
+            return
+        goal = min((self.count - MAX_SIZE) * 4 // 3, MAX_SIZE // 2)
+        stale: dict[int, list[_Entry]] = {}
+        for en in self.entries.values():
+            if now >= en.lastuse + ENTRY_TIMEOUT:
+                stale.setdefault(en.bucket, []).append(en)
+        j = self.rover
+        for _ in range(TAB_SIZE):
+            j = (j + 1) & TAB_MASK
+            for en in stale.get(j, ()):
+                self._delete(en)
+                goal -= 1
+            if goal <= 0:
+                break
+        self.rover = j
+
+    def done(self) -> None:
+        self.dead = True
+        self.entries.clear()
+        self.count = 0
+        self.next_check = None
+
+    def explain(self) -> str:
+        sizes = sum(len(e.set.members) for e in self.entries.values())
+        return f"lblcr: {len(self.entries)} cached destinations, {sizes} set members"
+
+
+SCHEDULER = LBLCRScheduler
