@@ -13,6 +13,7 @@ tables and sends back what ipvsadm would print.  pylvs extras:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -105,6 +106,27 @@ def _wants_stdin(argv: list[str]) -> bool:
         if arg.startswith("-") and not arg.startswith("--") and "R" in arg[1:]:
             return True
     return False
+
+
+def save_main(argv: list[str] | None = None) -> int:
+    """``lvsadm-save [-n]``: ipvsadm-save, i.e. ``lvsadm -S [-n]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return main(["-S", *args])
+
+
+def restore_main(argv: list[str] | None = None) -> int:
+    """``lvsadm-restore``: as ipvsadm-restore, drop ``#`` comment lines, clear
+    the table, then ``-R`` the rest from standard input."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args:
+        print("usage: lvsadm-restore < rules", file=sys.stderr)
+        return 2
+    rules = "".join(line for line in sys.stdin.read().splitlines(keepends=True) if not line.startswith("#"))
+    rc = main(["-C"])
+    if rc != 0:
+        return rc
+    sys.stdin = io.StringIO(rules)
+    return main(["-R"])
 
 
 if __name__ == "__main__":

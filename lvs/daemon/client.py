@@ -77,8 +77,14 @@ class Client:
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
         self._id += 1
-        self.sock.sendall(encode({"id": self._id, "op": op, **args}))
-        line = self.file.readline()
+        try:
+            self.sock.sendall(encode({"id": self._id, "op": op, **args}))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # lvsd may have refused us and hung up: its reason is still to be read
+        try:
+            line = self.file.readline()
+        except ConnectionResetError:
+            line = b""
         if not line:
             raise DaemonUnavailable("lvsd closed the connection")
         reply = json.loads(line)

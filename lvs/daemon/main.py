@@ -42,6 +42,9 @@ class Daemon:
         self.planes: list[Any] = []
         self.warnings: list[str] = []
         self.config = None
+        #: how many ipvsadm commands ran: replies carry it, so clients can
+        #: tell the order in which the table changed
+        self.seq = 0
         self._stop = asyncio.Event()
         self.server = ControlServer(self.handle, AccessPolicy(opts.allow_group), opts.socket)
 
@@ -73,7 +76,8 @@ class Daemon:
 
         out, err = io.StringIO(), io.StringIO()
         rc = run(argv, self.ipvs, self.now(), out, err, stdin=io.StringIO(stdin))
-        return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+        self.seq += 1
+        return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue(), "seq": self.seq}
 
     def status(self) -> dict[str, Any]:
         return {

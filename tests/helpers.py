@@ -1,0 +1,76 @@
+"""Shared helpers for tests that run real lvsd processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def can_netns() -> str | None:
+    """None if network namespaces can be made here, else the reason."""
+    if not is_root():
+        return "needs root for network namespaces"
+    if shutil.which("ip") is None:
+        return "needs iproute2 (ip)"
+    name = f"pylvs-probe-{uuid.uuid4().hex[:6]}"
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        return f"cannot create a network namespace: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], check=False)
+    return None
+
+
+def unique_socket() -> str:
+    return f"pylvs-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def lvsadm(socket_name: str, *args: str, stdin: str | None = None, prefix: list[str] | None = None,
+           timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LVSD_SOCKET": socket_name, "LVSADM_NO_AUTOSTART": "1"}
+    return subprocess.run(
+        [*(prefix or []), PY, "-m", "lvs.cli", *args],
+        input=stdin, capture_output=True, text=True, env=env, timeout=timeout, check=False, cwd=ROOT,
+    )  # fmt: skip
+
+
+def wait_ready(socket_name: str, prefix: list[str] | None = None, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if lvsadm(socket_name, "-L", "-n", prefix=prefix).returncode == 0:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"lvsd on {socket_name} did not answer")
+
+
+@contextmanager
+def running_lvsd(*extra: str, prefix: list[str] | None = None, socket_name: str | None = None) -> Iterator[str]:
+    """Start ``lvsd --foreground`` on a fresh control socket; yield the socket name."""
+    name = socket_name or unique_socket()
+    proc = subprocess.Popen(
+        [*(prefix or []), PY, "-m", "lvs.daemon.main", "--foreground", "--socket", name, *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        wait_ready(name, prefix)
+        yield name
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
