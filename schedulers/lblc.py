@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING
 from lvs.addr import fold
 from lvs.constants import AF_INET, DEST_F_AVAILABLE, DEST_F_OVERLOAD
 
-from .base import SchedContext, Scheduler, conn_overhead
+from .base import SchedContext, Scheduler
 from .hashing import GOLDEN_RATIO_32
 
 if TYPE_CHECKING:
@@ -91,31 +91,28 @@ def wlc_pick(svc: Service, classic: bool) -> Dest | None:
 
     First non-OVERLOAD server with weight > 0, then each later non-OVERLOAD
     server replaces it when ``loh·w_d > doh·w_least`` (earlier wins ties).
+    The overhead is :func:`schedulers.base.conn_overhead`, written out inline
+    here (active×257 + inactive, classic active×256 + inactive) because this
+    walk runs over every server on each cache miss.
     """
-    dests = svc.destinations
+    mult = 256 if classic else 257
     least = None
+    lw = 0
     loh = 0
-    i = 0
-    n = len(dests)
-    while i < n:
-        d = dests[i]
-        i += 1
+    for d in svc.destinations:
         if d.flags & DEST_F_OVERLOAD:
             continue
-        if d.weight > 0:
-            least = d
-            loh = conn_overhead(d, classic)
-            break
-    if least is None:
-        return None
-    while i < n:
-        d = dests[i]
-        i += 1
-        if d.flags & DEST_F_OVERLOAD:
+        w = d.weight
+        if least is None:
+            if w > 0:
+                least = d
+                lw = w
+                loh = d.activeconns * mult + d.inactconns
             continue
-        doh = conn_overhead(d, classic)
-        if loh * d.weight > doh * least.weight:
+        doh = d.activeconns * mult + d.inactconns
+        if loh * w > doh * lw:
             least = d
+            lw = w
             loh = doh
     return least
 

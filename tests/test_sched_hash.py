@@ -668,6 +668,37 @@ def test_prop_locality_never_weight0_or_unavailable(name, specs, vaddrs) -> None
         cached.add(v)
 
 
+def _reference_wlc(dests: list[Dest], classic: bool) -> Dest | None:
+    from schedulers.base import conn_overhead
+
+    eligible = [d for d in dests if not d.flags & DEST_F_OVERLOAD]
+    first = next((d for d in eligible if d.weight > 0), None)
+    if first is None:
+        return None
+    least = first
+    for d in eligible[eligible.index(first) + 1 :]:
+        if conn_overhead(least, classic) * d.weight > conn_overhead(d, classic) * least.weight:
+            least = d
+    return least
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.integers(0, 4), st.integers(0, 600)), max_size=10),
+    st.booleans(),
+)
+def test_prop_lblc_wlc_matches_conn_overhead_rule(specs, classic) -> None:
+    from schedulers.lblc import wlc_pick
+
+    svc = make_svc(proto=IPPROTO_TCP)
+    for i, (w, over, active, inactive) in enumerate(specs):
+        d = add(svc, i + 1, w)
+        d.activeconns, d.inactconns = active, inactive
+        if over:
+            d.flags |= DEST_F_OVERLOAD
+    assert wlc_pick(svc, classic) is _reference_wlc(svc.destinations, classic)
+
+
 # -- kernel trace replay ----------------------------------------------------------------
 _FLAG_NAMES = {"sh-fallback": SVC_F_SCHED1, "sh-port": SVC_F_SCHED2, "mh-fallback": SVC_F_SCHED1,
                "mh-port": SVC_F_SCHED2}
