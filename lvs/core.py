@@ -332,7 +332,13 @@ class Director:
         self._in_stats(cp, length)
         self.set_state(cp, DIR_INPUT, tcp_flags, now)
         if cp.flags & CONN_F_ONE_PACKET:
-            # one-packet scheduling: the entry lives for this datagram only
+            # one-packet scheduling: the entry lives for this datagram only;
+            # ip_vs_conn_put expires it at once, and ip_vs_conn_expire takes
+            # it off its template (ip_vs_control_del) before unbinding
+            ct = cp.control
+            if ct is not None:
+                ct.n_control -= 1
+                cp.control = None
             self._unbind(cp)
         else:
             cp.in_pkts += 1
