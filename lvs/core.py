@@ -470,6 +470,10 @@ class Director:
         st.outpkts += 1
         st.outbytes += length
 
+    def count_out(self, cp: Conn, length: int) -> None:
+        """A related reply (ICMP error) seen outbound: counted, no state change."""
+        self._out_stats(cp, length)
+
     def add_bytes(
         self, cp: Conn, inbytes: int = 0, outbytes: int = 0, inpkts: int = 0, outpkts: int = 0
     ) -> None:
