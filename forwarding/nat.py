@@ -1,0 +1,1077 @@
+"""The NAT data plane: lvsd relays TCP and UDP for virtual services whose real
+servers use masquerading (``-m``), asking the core for every decision.
+
+What it serves
+    Every TCP and UDP virtual service with a non-zero port and no firewall
+    mark that has at least one masquerading real server (or no real server
+    yet: then clients are refused at once, as the kernel does).  One listening
+    socket per service, bound with IP_FREEBIND (IPV6_FREEBIND) and
+    SO_REUSEADDR, so a service may be created before its address exists.  A
+    VIP that is not local is added to ``lo`` as a /32 (/128) and removed with
+    the service (:mod:`forwarding.vip`; off with ``manage_vips=False``).
+    Port-0 (persistent) services, fwmark services, SCTP services and services
+    whose real servers all use -g/-i stay valid in the table but are not
+    served: :meth:`NatPlane.warnings` says so while they exist, and a warning
+    is logged when they are added.
+
+TCP
+    A client connection is accepted by the local stack, then shown to the core
+    as a SYN (``process_in(flow, now, SYN)``).  No real server (REJECT), DROP
+    or no service: the client gets a reset at once (SO_LINGER 0).  FORWARD:
+    lvsd connects to the entry's real server (``connect_timeout``, 5 s); a
+    refusal or a timeout resets the client and is counted.  The entry's TCP
+    state then follows the two real connections through synthetic segments:
+
+    * connected: SYN+ACK out, ACK in (SYN_RECV -> ESTABLISHED);
+    * client EOF: FIN in, ACK out; real server EOF: FIN out, ACK in; so a
+      connection closed from both sides ends in TIME_WAIT as in the kernel
+      (CLOSE_WAIT / FIN_WAIT in between, which the kernel counts as inactive);
+    * a reset from either side: RST to the core (CLOSE) and a reset to the
+      other side.
+
+    So ``lvsadm -L -n`` shows ActiveConn/InActConn as the kernel would for the
+    same traffic and lc/wlc/sed/nq balance on live counts.  Data is relayed
+    both ways with back-pressure (a side whose send buffer passes the high
+    water mark pauses reading on the other side) and half-close (write_eof).
+
+UDP
+    One socket per virtual service; every new client (address, port) is shown
+    to the core (which decides new vs existing entry, persistence and
+    one-packet scheduling, ``-o``); each client flow gets its own connected
+    upstream socket; replies are sent back from the VIP socket.  Known flows
+    take a fast path (a dict look-up and a send); a flow lives as long as its
+    entry (UDP timeout, ``--set``).  With ``-o`` every datagram is scheduled.
+
+Entries, expiry, deleted real servers
+    Traffic re-arms the entry's timer (every ``SWEEP`` seconds for busy
+    flows, so an expiry time shown by ``-L -c`` may lag by that much).  When
+    the core expires an entry (its timeout passed without traffic) the proxy
+    resets both connections (for UDP: forgets the flow), which is what the
+    kernel's behaviour amounts to for the endpoints.  Weight 0: existing
+    connections go on, new ones go elsewhere (core).  A deleted real server:
+    as in the kernel its connections stop passing traffic (both sides are
+    paused; they resume if the server is added back before the entry
+    expires) and are reset when the entry expires; with
+    ``expire_nodest_conn`` they are expired and reset at once.
+
+Counters: what a "packet" is here
+    Bytes are counted exactly: payload bytes relayed (InBytes client -> real
+    server, OutBytes back), not IP packet lengths as in the kernel; a PROXY
+    protocol header is not counted.  A "packet" is one read: one recv() of
+    payload on one side (however the TCP stream was segmented), one datagram
+    for UDP, plus each synthetic control segment (SYN, SYN+ACK, ACK, FIN,
+    RST) shown to the core.  Counts are batched: per read only an integer is
+    bumped, and the totals go to the core's counters every ``SWEEP`` seconds
+    and when a connection ends.
+
+Client address
+    Real servers see connections from the director (its address on the
+    route to them), not from the client as with kernel NAT, and their
+    replies need no route back through the director.  Per real server the
+    PROXY protocol (v1 text or v2 binary; v2 also for UDP, one header per
+    datagram) tells them the client; see :mod:`forwarding.proxyproto`.  With
+    ``transparent=True`` the upstream socket is bound to the client's address
+    (IP_TRANSPARENT, needs CAP_NET_ADMIN) so the real server sees the client
+    as with kernel NAT; its replies must then be routed back through the
+    director (the real server's default route, plus policy routing on the
+    director that delivers them locally).
+
+Workers
+    ``workers > 1`` is not implemented in this version: the data plane runs in
+    the lvsd process (one core) and a warning says so.  The design kept open
+    for it: each worker a process with its own SO_REUSEPORT listeners and its
+    own table replicated from the control plane, scheduling independently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from lvs.constants import (
+    AF_INET6,
+    CONN_F_FWD_MASK,
+    CONN_F_MASQ,
+    CONN_F_ONE_PACKET,
+    DEST_F_AVAILABLE,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    SVC_F_PERSISTENT,
+)
+from lvs.core import FORWARD, Director
+from lvs.model import Flow, Service, ServiceKey
+from lvs.proto_tcp import ACK, FIN, RST, SYN
+
+from . import proxyproto
+from .vip import VipManager
+
+log = logging.getLogger("lvsd.nat")
+
+IP_FREEBIND = 15
+IPV6_FREEBIND = 78
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+#: seconds between two sweeps (counters to the core, timers, expiry, dests)
+SWEEP = 0.5
+#: listen() backlog of a virtual service
+BACKLOG = 4096
+#: write buffer high water mark of each relayed side
+HIGH_WATER = 256 * 1024
+
+_CONNECTING, _OPEN, _DONE = 0, 1, 2
+
+_ipcache: dict[str, int] = {}
+
+
+def _ipint(af: int, host: str) -> int:
+    """An address text as the core's integer (cached: clients repeat)."""
+    v = _ipcache.get(host)
+    if v is None:
+        if len(_ipcache) > 65536:
+            _ipcache.clear()
+        text = host.split("%", 1)[0]
+        v = _ipcache[host] = int.from_bytes(socket.inet_pton(af, text), "big")
+    return v
+
+
+def _rst(transport: asyncio.BaseTransport | None) -> None:
+    """Close with a reset (SO_LINGER 0) at once."""
+    if transport is None or transport.is_closing():
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+    transport.abort()  # type: ignore[attr-defined]
+
+
+def _pause(transport: Any) -> None:
+    if transport is not None and not transport.is_closing():
+        transport.pause_reading()
+
+
+def _resume(transport: Any) -> None:
+    if transport is not None and not transport.is_closing():
+        transport.resume_reading()
+
+
+# ----------------------------------------------------------------------------
+# TCP
+# ----------------------------------------------------------------------------
+class _Upstream(asyncio.Protocol):
+    """The real server's side of one relayed TCP connection."""
+
+    __slots__ = ("cw", "nout", "pout", "s")
+
+    def __init__(self, session: TcpSession) -> None:
+        self.s = session
+        self.cw: Callable[[bytes], None] = session.ct.write  # type: ignore[union-attr]
+        self.nout = 0
+        self.pout = 0
+
+    def factory(self) -> _Upstream:
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.s.st = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.cw(data)
+        self.nout += len(data)
+        self.pout += 1
+
+    def eof_received(self) -> bool:
+        self.s.server_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.s.server_lost(exc)
+
+    def pause_writing(self) -> None:
+        _pause(self.s.ct)
+
+    def resume_writing(self) -> None:
+        if not self.s.frozen:
+            _resume(self.s.ct)
+
+
+class TcpSession(asyncio.Protocol):
+    """One client connection to a virtual service and its relay."""
+
+    __slots__ = (
+        "c_eof",
+        "conn",
+        "ct",
+        "early",
+        "early_eof",
+        "flow",
+        "frozen",
+        "nin",
+        "pin",
+        "s_eof",
+        "sf",
+        "st",
+        "state",
+        "sw",
+        "t0",
+        "task",
+        "up",
+    )
+
+    def __init__(self, sf: _ServedService) -> None:
+        self.sf = sf
+        self.ct: asyncio.Transport | None = None
+        self.st: asyncio.Transport | None = None
+        self.up: _Upstream | None = None
+        self.conn: Any = None
+        self.flow: Flow | None = None
+        #: early client data (before the real server answered) waits here
+        self.early: list[bytes] = []
+        self.early_eof = False
+        self.sw: Callable[[bytes], None] = self.early.append
+        self.nin = 0
+        self.pin = 0
+        self.c_eof = False
+        self.s_eof = False
+        self.frozen = False
+        self.state = _CONNECTING
+        self.t0 = 0.0
+        self.task: asyncio.Future[Any] | None = None
+
+    # -- client side events ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.ct = transport  # type: ignore[assignment]
+        transport.pause_reading()  # type: ignore[attr-defined]
+        self.sf.accept(self, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.sw(data)
+        self.nin += len(data)
+        self.pin += 1
+
+    def eof_received(self) -> bool:
+        self.client_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client_lost(exc)
+
+    def pause_writing(self) -> None:
+        _pause(self.st)
+
+    def resume_writing(self) -> None:
+        if not self.frozen:
+            _resume(self.st)
+
+    # -- relay state -------------------------------------------------------------
+    def connected(self, fut: asyncio.Future[Any]) -> None:
+        """The connection to the real server is up, or failed."""
+        plane = self.sf.plane
+        self.task = None
+        if self.state == _DONE:
+            if not fut.cancelled() and fut.exception() is None:
+                _rst(fut.result()[0])
+            return
+        director = plane.director
+        if fut.cancelled():
+            plane.connect_timeouts += 1
+            _rst(self.ct)
+            self.detach()
+            return
+        exc = fut.exception()
+        if exc is not None:
+            plane.connect_failures += 1
+            if isinstance(exc, ConnectionRefusedError):
+                director.process_out(self.conn, plane.now(), RST, 0)
+            _rst(self.ct)
+            self.detach()
+            return
+        st = fut.result()[0]
+        self.st = st
+        self.sw = st.write
+        self.state = _OPEN
+        now = plane.now()
+        director.process_out(self.conn, now, SYN | ACK, 0)
+        director.process_in(self.flow, now, ACK, 0)  # type: ignore[arg-type]
+        hdr = self.sf.proxy_header(self)
+        if hdr:
+            st.write(hdr)
+        for data in self.early:
+            st.write(data)
+        self.early = []
+        if self.early_eof:
+            self.client_eof()
+            if self.state != _OPEN:
+                return
+        if not self.frozen:
+            self.ct.resume_reading()  # type: ignore[union-attr]
+
+    def client_eof(self) -> None:
+        if self.state == _CONNECTING:
+            self.early_eof = True
+            return
+        if self.state != _OPEN or self.c_eof:
+            return
+        self.c_eof = True
+        plane = self.sf.plane
+        now = plane.now()
+        plane.director.process_in(self.flow, now, FIN | ACK, 0)  # type: ignore[arg-type]
+        st = self.st
+        if st is not None and not st.is_closing():
+            st.write_eof()
+        plane.director.process_out(self.conn, now, ACK, 0)
+        if self.s_eof:
+            self.finish()
+
+    def server_eof(self) -> None:
+        if self.state != _OPEN or self.s_eof:
+            return
+        self.s_eof = True
+        plane = self.sf.plane
+        now = plane.now()
+        plane.director.process_out(self.conn, now, FIN | ACK, 0)
+        ct = self.ct
+        if ct is not None and not ct.is_closing():
+            ct.write_eof()
+        plane.director.process_in(self.flow, now, ACK, 0)  # type: ignore[arg-type]
+        if self.c_eof:
+            self.finish()
+
+    def client_lost(self, exc: Exception | None) -> None:
+        if self.state == _DONE:
+            return
+        plane = self.sf.plane
+        if self.state == _CONNECTING:
+            if self.task is not None:
+                self.task.cancel()
+            self.detach()
+            return
+        if exc is not None or not (self.c_eof and self.s_eof):
+            # a reset (or an abort) from the client side
+            plane.director.process_in(self.flow, plane.now(), RST, 0)  # type: ignore[arg-type]
+            plane.resets += 1
+            self.detach()
+            _rst(self.st)
+        self.detach()
+
+    def server_lost(self, exc: Exception | None) -> None:
+        if self.state != _OPEN:
+            return
+        plane = self.sf.plane
+        if exc is not None or not (self.c_eof and self.s_eof):
+            plane.director.process_out(self.conn, plane.now(), RST, 0)
+            plane.resets += 1
+            self.detach()
+            _rst(self.ct)
+        self.detach()
+
+    def finish(self) -> None:
+        """Both sides sent FIN: close both (after their buffers drain)."""
+        if self.st is not None:
+            self.st.close()
+        if self.ct is not None:
+            self.ct.close()
+        self.detach()
+
+    def reset(self) -> None:
+        """Reset both sides (entry expired, or its real server is gone)."""
+        if self.task is not None:
+            self.task.cancel()
+        _rst(self.ct)
+        _rst(self.st)
+        self.detach()
+
+    def freeze(self, frozen: bool) -> None:
+        """Stop (or restart) relaying: packets of an entry whose real server
+        is unavailable are dropped by the kernel."""
+        if frozen == self.frozen:
+            return
+        self.frozen = frozen
+        if self.state != _OPEN:
+            return
+        if frozen:
+            _pause(self.ct)
+            _pause(self.st)
+        else:
+            _resume(self.ct)
+            _resume(self.st)
+
+    def flush(self) -> bool:
+        """Hand the batched counters to the core; True if there was traffic."""
+        up = self.up
+        nout = pout = 0
+        if up is not None:
+            nout, pout = up.nout, up.pout
+            up.nout = up.pout = 0
+        if not (self.pin or pout):
+            return False
+        self.sf.plane.director.add_bytes(self.conn, self.nin, nout, self.pin, pout)
+        self.nin = self.pin = 0
+        return True
+
+    def detach(self) -> None:
+        if self.state == _DONE:
+            return
+        self.state = _DONE
+        plane = self.sf.plane
+        if self.conn is not None:
+            self.flush()
+            if self.conn.user_data is self:
+                self.conn.user_data = None
+        plane.sessions.discard(self)
+
+
+# ----------------------------------------------------------------------------
+# UDP
+# ----------------------------------------------------------------------------
+class _UdpFlow(asyncio.DatagramProtocol):
+    """One client flow of a UDP service and its connected upstream socket."""
+
+    __slots__ = (
+        "addr",
+        "conn",
+        "dest",
+        "front",
+        "fsend",
+        "idle",
+        "nin",
+        "nout",
+        "ok",
+        "pending",
+        "pin",
+        "pout",
+        "replied",
+        "sendto",
+        "t",
+        "task",
+    )
+
+    def __init__(self, front: _UdpFront, addr: Any, conn: Any) -> None:
+        self.front = front
+        self.addr = addr
+        self.conn = conn
+        self.dest = conn.dest
+        self.t: asyncio.DatagramTransport | None = None
+        self.pending: list[bytes] = []
+        self.sendto: Callable[[bytes], None] = self.pending.append
+        self.fsend = front.t.sendto  # type: ignore[union-attr]
+        self.ok = True
+        self.replied = False
+        self.nin = self.nout = self.pin = self.pout = 0
+        self.idle = 0
+        self.task: asyncio.Future[Any] | None = None
+
+    def factory(self) -> _UdpFlow:
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t = transport  # type: ignore[assignment]
+        send = transport.sendto  # type: ignore[attr-defined]
+        hdr = self.front.sf.proxy_header_udp(self)
+        if hdr:
+            self.sendto = lambda d, _s=send, _h=hdr: _s(_h + d)
+        else:
+            self.sendto = send
+        for d in self.pending:
+            self.sendto(d)
+        self.pending = []
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.fsend(data, self.addr)
+        if self.replied:
+            self.nout += len(data)
+            self.pout += 1
+        else:
+            self.replied = True
+            self.front.first_reply(self, len(data))
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors from the real server: the kernel would relay them
+
+    def close(self) -> None:
+        self.ok = False
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        if self.t is not None:
+            self.t.close()
+            self.t = None
+
+    def flush(self, director: Director) -> bool:
+        if not (self.pin or self.pout):
+            return False
+        conn = self.conn
+        if conn.dest is None and self.dest is not None:
+            _count(director, self.dest, self.nin, self.nout, self.pin, self.pout)
+        else:
+            director.add_bytes(conn, self.nin, self.nout, self.pin, self.pout)
+        self.nin = self.nout = self.pin = self.pout = 0
+        return True
+
+
+def _count(director: Director, dest: Any, inb: int, outb: int, inp: int, outp: int) -> None:
+    """Counters of a one-packet flow, whose entry is already unbound."""
+    targets = [dest.stats, director.ipvs.stats]
+    if dest.svc is not None:
+        targets.append(dest.svc.stats)
+    for st in targets:
+        st.inbytes += inb
+        st.outbytes += outb
+        st.inpkts += inp
+        st.outpkts += outp
+
+
+class _UdpFront(asyncio.DatagramProtocol):
+    """The VIP socket of one UDP service."""
+
+    __slots__ = ("flows", "ops", "sf", "t")
+
+    def __init__(self, sf: _ServedService) -> None:
+        self.sf = sf
+        self.t: asyncio.DatagramTransport | None = None
+        #: client address -> flow
+        self.flows: dict[Any, _UdpFlow] = {}
+        #: (client address, real server) -> flow, for one-packet scheduling
+        self.ops: dict[Any, _UdpFlow] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        f = self.flows.get(addr)
+        if f is not None and f.ok:
+            f.sendto(data)
+            f.nin += len(data)
+            f.pin += 1
+            return
+        self.slow(data, addr, f)
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+    def slow(self, data: bytes, addr: Any, f: _UdpFlow | None) -> None:
+        """A datagram of a new flow (or one whose entry must be looked at)."""
+        sf = self.sf
+        plane = sf.plane
+        flow = Flow(sf.af, IPPROTO_UDP, _ipint(sf.af, addr[0]), addr[1], sf.vaddr, sf.vport)
+        v = plane.director.process_in(flow, plane.now(), 0, len(data))
+        if v.action != FORWARD or v.conn is None:
+            plane.udp_dropped += 1
+            return
+        cp = v.conn
+        if cp.flags & CONN_F_ONE_PACKET:
+            key = (addr, cp.daf, cp.daddr, cp.dport)
+            g = self.ops.get(key)
+            if g is None or not g.ok:
+                g = self.ops[key] = self.open_flow(addr, cp)
+            g.conn = cp
+            g.idle = 0
+            g.sendto(data)
+            return
+        if f is not None and f.conn is cp and (f.t is not None or f.task is not None):
+            f.ok = True
+            f.sendto(data)
+            return
+        if f is not None:
+            f.close()
+        f = self.flows[addr] = self.open_flow(addr, cp)
+        f.sendto(data)
+
+    def open_flow(self, addr: Any, cp: Any) -> _UdpFlow:
+        f = _UdpFlow(self, addr, cp)
+        if cp.dest is None and cp.svc is not None:  # one-packet: already unbound
+            f.dest = cp.svc.find_dest(cp.daf, cp.daddr, cp.dport)
+        else:
+            cp.user_data = f
+        host, port = self.sf.plane.target(cp)
+        loop = asyncio.get_running_loop()
+        f.task = asyncio.ensure_future(
+            loop.create_datagram_endpoint(f.factory, remote_addr=(host, port), family=cp.daf)
+        )
+        f.task.add_done_callback(functools.partial(self._opened, f))
+        self.sf.plane.udp_flows_opened += 1
+        return f
+
+    def _opened(self, f: _UdpFlow, fut: asyncio.Future[Any]) -> None:
+        f.task = None
+        if fut.cancelled():
+            return
+        if fut.exception() is not None:
+            log.debug("UDP upstream for %s: %s", f.addr, fut.exception())
+            f.ok = False
+            self.sf.plane.connect_failures += 1
+            if self.flows.get(f.addr) is f:
+                del self.flows[f.addr]
+            return
+        if not f.ok:  # closed meanwhile
+            fut.result()[0].close()
+
+    def first_reply(self, f: _UdpFlow, length: int) -> None:
+        """The core sees the first reply of a flow (which assures a
+        persistence template); later ones are counted in batches."""
+        cp = f.conn
+        if cp.dest is not None:
+            plane = self.sf.plane
+            plane.director.process_out(cp, plane.now(), 0, length)
+        else:
+            f.nout += length
+            f.pout += 1
+
+    def close(self) -> None:
+        for f in list(self.flows.values()) + list(self.ops.values()):
+            f.close()
+            if f.conn is not None and f.conn.user_data is f:
+                f.conn.user_data = None
+        self.flows.clear()
+        self.ops.clear()
+        if self.t is not None:
+            self.t.close()
+
+
+# ----------------------------------------------------------------------------
+# services
+# ----------------------------------------------------------------------------
+class _ServedService:
+    """The listening socket of one served virtual service."""
+
+    def __init__(self, plane: NatPlane, svc: Service) -> None:
+        self.plane = plane
+        self.key: ServiceKey = svc.key
+        self.af = svc.key.af
+        self.vaddr = svc.key.addr
+        self.vport = svc.key.port
+        self.host = _fmt(self.af, self.vaddr)
+        self.udp = svc.key.protocol == IPPROTO_UDP
+        self.sock: socket.socket | None = None
+        self.server: Any = None
+        self.front: _UdpFront | None = None
+        self.task: asyncio.Future[Any] | None = None
+        self.vip = False
+        self.closed = False
+
+    def describe(self) -> str:
+        return ("UDP " if self.udp else "TCP ") + _endpoint(self.af, self.host, self.vport)
+
+    def open(self) -> None:
+        """Bind and listen now (so traffic queues from this moment); the
+        event loop takes the socket over as soon as it runs."""
+        af = self.af
+        sock = socket.socket(af, socket.SOCK_DGRAM if self.udp else socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if af == AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+            else:
+                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+            sock.bind((self.host, self.vport))
+            if not self.udp:
+                sock.listen(BACKLOG)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        loop = asyncio.get_running_loop()
+        if self.udp:
+            self.front = _UdpFront(self)
+            coro = loop.create_datagram_endpoint(lambda: self.front, sock=sock)  # type: ignore[arg-type,return-value]
+        else:
+            coro = loop.create_server(functools.partial(TcpSession, self), sock=sock, backlog=BACKLOG)
+        self.task = asyncio.ensure_future(coro)
+        self.task.add_done_callback(self._opened)
+
+    def _opened(self, fut: asyncio.Future[Any]) -> None:
+        self.task = None
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self.plane.problem(f"cannot serve {self.describe()}: {exc}")
+            return
+        result = fut.result()
+        if self.udp:
+            if self.closed:
+                result[0].close()
+        else:
+            self.server = result
+            if self.closed:
+                result.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.task is not None:
+            self.task.cancel()
+            if self.sock is not None:
+                self.sock.close()
+        if self.server is not None:
+            self.server.close()
+        if self.front is not None:
+            self.front.close()
+
+    # -- TCP accept --------------------------------------------------------------
+    def accept(self, s: TcpSession, transport: Any) -> None:
+        plane = self.plane
+        plane.accepted += 1
+        peer = transport.get_extra_info("peername")
+        af = self.af
+        vaddr = self.vaddr
+        if not vaddr:
+            vaddr = _ipint(af, transport.get_extra_info("sockname")[0])
+        flow = Flow(af, IPPROTO_TCP, _ipint(af, peer[0]), peer[1], vaddr, self.vport)
+        now = plane.now()
+        v = plane.director.process_in(flow, now, SYN, 0)
+        cp = v.conn
+        if v.action != FORWARD or cp is None:
+            plane.refused += 1
+            s.state = _DONE
+            _rst(transport)
+            return
+        s.flow = flow
+        s.conn = cp
+        s.t0 = now
+        cp.user_data = s
+        transport.set_write_buffer_limits(HIGH_WATER)
+        up = s.up = _Upstream(s)
+        host, port = plane.target(cp)
+        loop = plane.loop
+        if plane.transparent:
+            coro = _connect_transparent(loop, up, af, peer[0], host, port, cp.daf)
+        else:
+            coro = loop.create_connection(up.factory, host, port)
+        task = s.task = asyncio.ensure_future(coro)
+        task.add_done_callback(s.connected)
+        plane.sessions.add(s)
+
+    def proxy_header(self, s: TcpSession) -> bytes:
+        plane = self.plane
+        if not plane.proxy_protocol:
+            return b""
+        cp = s.conn
+        version = plane.proxy_protocol.get(plane.target(cp))
+        if not version:
+            return b""
+        flow = s.flow
+        assert flow is not None
+        return proxyproto.header(
+            version,
+            self.af,
+            socket.SOCK_STREAM,
+            _fmt(self.af, flow.caddr),
+            flow.cport,
+            _fmt(self.af, flow.vaddr),
+            flow.vport,
+        )
+
+    def proxy_header_udp(self, f: _UdpFlow) -> bytes:
+        plane = self.plane
+        if not plane.proxy_protocol:
+            return b""
+        version = plane.proxy_protocol.get(plane.target(f.conn))
+        if not version:
+            return b""
+        return proxyproto.header(
+            version, self.af, socket.SOCK_DGRAM, f.addr[0], f.addr[1], self.host, self.vport
+        )
+
+
+async def _connect_transparent(
+    loop: asyncio.AbstractEventLoop, up: _Upstream, af: int, client: str, host: str, port: int, daf: int
+) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+    """Connect from the client's own address (IP_TRANSPARENT)."""
+    sock = socket.socket(daf, socket.SOCK_STREAM)
+    try:
+        if daf == AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+        else:
+            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        if af == daf:
+            sock.bind((client, 0))
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await loop.create_connection(up.factory, sock=sock)
+
+
+def _fmt(af: int, value: int) -> str:
+    return socket.inet_ntop(af, value.to_bytes(16 if af == AF_INET6 else 4, "big"))
+
+
+def _endpoint(af: int, host: str, port: int) -> str:
+    return f"[{host}]:{port}" if af == AF_INET6 else f"{host}:{port}"
+
+
+def unserved_reason(svc: Service) -> str | None:
+    """Why the NAT plane does not serve ``svc`` (None: it does)."""
+    key = svc.key
+    if key.fwmark:
+        return "firewall-mark services are kept in the table but no data plane serves them yet"
+    if key.protocol not in (IPPROTO_TCP, IPPROTO_UDP):
+        return "only TCP and UDP services are served by the NAT data plane"
+    if key.port == 0:
+        kind = "persistent port-0" if svc.flags & SVC_F_PERSISTENT else "port-0"
+        return f"{kind} services are kept in the table but no data plane serves them yet"
+    if svc.destinations and not any(d.conn_flags & CONN_F_FWD_MASK == CONN_F_MASQ for d in svc.destinations):
+        return "its real servers use direct routing or tunnelling (-g/-i); the NAT data plane cannot do that"
+    return None
+
+
+# ----------------------------------------------------------------------------
+# the plane
+# ----------------------------------------------------------------------------
+class NatPlane:
+    """The NAT data plane of one lvsd.
+
+    ``proxy_protocol`` maps a real server endpoint ``(host, port)`` to the
+    PROXY protocol version (1 or 2) it wants (see
+    :func:`forwarding.proxyproto.parse_spec` for the ``RIP:PORT=v2`` text
+    form); ``transparent`` connects to real servers from the client's address.
+    """
+
+    def __init__(
+        self,
+        director: Director,
+        now_fn: Callable[[], float],
+        *,
+        manage_vips: bool = True,
+        workers: int = 1,
+        proxy_protocol: dict[tuple[str, int], int] | None = None,
+        transparent: bool = False,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.director = director
+        self.now = now_fn
+        self.vips = VipManager(manage_vips)
+        self.workers = workers
+        self.proxy_protocol = dict(proxy_protocol or {})
+        self.transparent = transparent
+        self.connect_timeout = connect_timeout
+        self.served: dict[ServiceKey, _ServedService] = {}
+        self.sessions: set[TcpSession] = set()
+        self._targets: dict[tuple[int, int, int], tuple[str, int]] = {}
+        self._unserved: dict[ServiceKey, str] = {}
+        self._problems: dict[Any, str] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_soon = False
+        # counters shown by describe()
+        self.accepted = 0
+        self.refused = 0
+        self.connect_failures = 0
+        self.connect_timeouts = 0
+        self.resets = 0
+        self.expired = 0
+        self.nodest = 0
+        self.udp_dropped = 0
+        self.udp_flows_opened = 0
+
+    # -- life cycle ------------------------------------------------------------------
+    def start(self) -> None:
+        """Serve the current table and follow its changes (call inside the loop)."""
+        self.loop = asyncio.get_running_loop()
+        _raise_nofile()
+        if self.workers > 1:
+            self._problems["workers"] = (
+                f"--workers {self.workers}: not implemented in this version; the NAT data plane runs "
+                "in the lvsd process only (one core)"
+            )
+        self.director.ipvs.listeners.append(self._on_change)
+        for svc in list(self.director.ipvs.services.values()):
+            self._on_change("add", svc)
+        self._sweeper = self.loop.call_later(SWEEP, self._sweep)
+
+    async def close(self) -> None:
+        """Stop serving: listeners closed, relays reset, VIPs removed."""
+        with contextlib.suppress(ValueError):
+            self.director.ipvs.listeners.remove(self._on_change)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for sf in list(self.served.values()):
+            sf.close()
+        self.served.clear()
+        for s in list(self.sessions):
+            s.reset()
+        self.vips.close()
+        await asyncio.sleep(0)
+
+    def describe(self) -> str:
+        tcp = sum(1 for sf in self.served.values() if not sf.udp)
+        udp = len(self.served) - tcp
+        flows = sum(len(sf.front.flows) for sf in self.served.values() if sf.front is not None)
+        return (
+            f"nat: {tcp} TCP and {udp} UDP services served, {len(self.sessions)} TCP relays, "
+            f"{flows} UDP flows; accepted {self.accepted}, refused {self.refused}, "
+            f"connect failures {self.connect_failures}, connect timeouts {self.connect_timeouts}, "
+            f"resets {self.resets}, expired {self.expired}, no-dest {self.nodest}, "
+            f"UDP flows {self.udp_flows_opened}, UDP dropped {self.udp_dropped}"
+        )
+
+    def warnings(self) -> list[str]:
+        out = [f"{key.describe()}: {why}" for key, why in self._unserved.items()]
+        out.extend(self._problems.values())
+        return out
+
+    def problem(self, text: str, key: Any = None) -> None:
+        log.warning("%s", text)
+        self._problems[key if key is not None else text] = text
+
+    # -- table changes ---------------------------------------------------------------
+    def _on_change(self, what: str, svc: Service) -> None:
+        key = svc.key
+        if what == "del":
+            self._unserved.pop(key, None)
+            self._problems.pop(key, None)
+            self._unserve(key)
+        else:
+            why = unserved_reason(svc)
+            if why is not None:
+                if self._unserved.get(key) != why:
+                    log.warning("%s is not served: %s", key.describe(), why)
+                self._unserved[key] = why
+                self._unserve(key)
+            else:
+                self._unserved.pop(key, None)
+                if key not in self.served:
+                    self._serve(svc)
+        if not self._sweep_soon and self.loop is not None:
+            self._sweep_soon = True
+            self.loop.call_soon(self._check_sessions)
+
+    def _serve(self, svc: Service) -> None:
+        sf = _ServedService(self, svc)
+        warning = None
+        if sf.host not in ("0.0.0.0", "::"):
+            warning = self.vips.acquire(sf.af, sf.host)
+            sf.vip = True
+        if warning:
+            self.problem(f"{sf.describe()}: {warning}", ("vip", svc.key))
+        try:
+            sf.open()
+        except OSError as exc:
+            self.vips.release(sf.af, sf.host)
+            self.problem(f"cannot serve {sf.describe()}: {exc.strerror or exc}", svc.key)
+            return
+        self._problems.pop(svc.key, None)
+        self.served[svc.key] = sf
+        log.info("serving %s", sf.describe())
+
+    def _unserve(self, key: ServiceKey) -> None:
+        sf = self.served.pop(key, None)
+        if sf is None:
+            return
+        sf.close()
+        self._problems.pop(("vip", key), None)
+        if sf.vip:
+            self.vips.release(sf.af, sf.host)
+        log.info("stopped serving %s", sf.describe())
+
+    def target(self, cp: Any) -> tuple[str, int]:
+        """The real server of an entry as (host, port) text for connect()."""
+        key = (cp.daf, cp.daddr, cp.dport)
+        t = self._targets.get(key)
+        if t is None:
+            if len(self._targets) > 4096:
+                self._targets.clear()
+            t = self._targets[key] = (_fmt(cp.daf, cp.daddr), cp.dport)
+        return t
+
+    # -- periodic work -----------------------------------------------------------------
+    def _check_sessions(self) -> None:
+        self._sweep_soon = False
+        self._walk(self.now(), flush=False)
+
+    def _sweep(self) -> None:
+        try:
+            self._walk(self.now(), flush=True)
+        finally:
+            if self.loop is not None:
+                self._sweeper = self.loop.call_later(SWEEP, self._sweep)
+
+    def _walk(self, now: float, flush: bool) -> None:
+        """Counters to the core, timers re-armed for traffic, connect
+        timeouts, expired entries and unavailable real servers."""
+        director = self.director
+        arm = director.conns.arm
+        nodest_expire = director.ipvs.sysctl.expire_nodest_conn
+        deadline = now - self.connect_timeout
+        for s in list(self.sessions):
+            cp = s.conn
+            if s.state == _CONNECTING:
+                if s.t0 <= deadline and s.task is not None:
+                    s.task.cancel()
+                continue
+            if flush and s.flush() and cp.hashed:
+                cp.expires = max(cp.expires, now + cp.timeout)
+                arm(cp)
+            if not cp.hashed:
+                self.expired += 1
+                s.reset()
+                continue
+            dest = cp.dest
+            if dest is None or not dest.flags & DEST_F_AVAILABLE:
+                if nodest_expire:
+                    self.nodest += 1
+                    director.expire_now(cp, now)
+                    s.reset()
+                else:
+                    s.freeze(True)
+            elif s.frozen:
+                s.freeze(False)
+        for sf in list(self.served.values()):
+            if sf.front is not None:
+                self._walk_udp(sf.front, now, flush)
+
+    def _walk_udp(self, front: _UdpFront, now: float, flush: bool) -> None:
+        director = self.director
+        arm = director.conns.arm
+        timeout = director.ipvs.timeouts.udp
+        for addr, f in list(front.flows.items()):
+            cp = f.conn
+            if flush and f.flush(director) and cp.hashed:
+                cp.expires = max(cp.expires, now + cp.timeout)
+                arm(cp)
+            if not cp.hashed:
+                f.close()
+                del front.flows[addr]
+                if cp.user_data is f:
+                    cp.user_data = None
+                continue
+            dest = cp.dest
+            f.ok = f.t is not None or f.task is not None
+            if dest is None or not dest.flags & DEST_F_AVAILABLE:
+                f.ok = False  # the next datagram asks the core (drop or reschedule)
+        for key, f in list(front.ops.items()):
+            if flush and f.flush(director):
+                f.idle = 0
+            elif flush:
+                f.idle += 1
+                if f.idle * SWEEP >= timeout:
+                    f.close()
+                    del front.ops[key]
+
+
+def _raise_nofile() -> None:
+    """Use as many descriptors as allowed: every relay costs two."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+__all__ = ["NatPlane", "TcpSession", "unserved_reason"]

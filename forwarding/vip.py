@@ -1,0 +1,131 @@
+"""Virtual addresses on ``lo``: make a VIP that no interface has reachable.
+
+The kernel's IPVS catches packets for a virtual address whatever the address
+is; a userspace proxy only sees traffic the local stack delivers.  So when a
+served service's address is not local, lvsd adds it to ``lo`` as a host
+route (/32 or /128) through rtnetlink (pyroute2) and removes it when the last
+service using it goes.  Only addresses this manager added are ever removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+log = logging.getLogger("lvsd.vip")
+
+
+def is_local(af: int, host: str) -> bool:
+    """True if ``host`` is an address of this network namespace (binding to
+    it works without IP_FREEBIND)."""
+    s = socket.socket(af, socket.SOCK_DGRAM)
+    try:
+        s.bind((host, 0))
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return False
+        raise
+    finally:
+        s.close()
+    return True
+
+
+class VipManager:
+    """Reference-counted VIPs on ``lo``.
+
+    ``acquire`` is called once per served service, ``release`` when the
+    service stops being served.  With ``enabled=False`` nothing is added and
+    a warning tells that traffic for a non-local VIP cannot arrive.
+    """
+
+    def __init__(self, enabled: bool = True, ifname: str = "lo") -> None:
+        self.enabled = enabled
+        self.ifname = ifname
+        #: (af, host) -> number of services using it
+        self._users: dict[tuple[int, str], int] = {}
+        #: addresses this manager added to the interface
+        self.added: set[tuple[int, str]] = set()
+        self._ipr: Any = None
+        #: pyroute2's synchronous API runs an event loop of its own: it gets a
+        #: thread, so it never meets lvsd's running loop
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _netlink(self, op: str, af: int, host: str) -> None:
+        """``ip addr {add|del} HOST/32 dev IFNAME`` through pyroute2, in its thread."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="lvsd-vip")
+        self._pool.submit(self._netlink_sync, op, af, host).result(timeout=10)
+
+    def _netlink_sync(self, op: str, af: int, host: str) -> None:
+        if self._ipr is None:
+            import asyncio
+
+            from pyroute2 import IPRoute
+
+            # a standard selector loop: uvloop (installed by lvsd) cannot
+            # open AF_NETLINK datagram endpoints
+            self._ipr = IPRoute(use_event_loop=asyncio.SelectorEventLoop())
+        index = self._ipr.link_lookup(ifname=self.ifname)[0]
+        self._ipr.addr(op, index=index, address=host, prefixlen=32 if af == socket.AF_INET else 128)
+
+    def acquire(self, af: int, host: str) -> str | None:
+        """Count one more user of the address; add it to ``lo`` if it is not
+        local.  Returns a warning text, or None."""
+        key = (af, host)
+        n = self._users.get(key, 0)
+        self._users[key] = n + 1
+        if n or key in self.added:
+            return None
+        if host in ("0.0.0.0", "::"):
+            return None
+        try:
+            if is_local(af, host):
+                return None
+        except OSError as exc:
+            return f"cannot check whether {host} is local: {exc}"
+        if not self.enabled:
+            return f"VIP {host} is not local and VIP management is off (--no-vip): no traffic can reach it"
+        try:
+            self._netlink("add", af, host)
+        except Exception as exc:  # pyroute2 raises NetlinkError and others
+            if getattr(exc, "code", None) == errno.EEXIST:
+                return None
+            return f"cannot add VIP {host} to {self.ifname}: {exc}"
+        self.added.add(key)
+        log.info("added VIP %s to %s", host, self.ifname)
+        return None
+
+    def release(self, af: int, host: str) -> None:
+        """One user fewer; the last one removes an address this manager added."""
+        key = (af, host)
+        n = self._users.get(key, 0) - 1
+        if n > 0:
+            self._users[key] = n
+            return
+        self._users.pop(key, None)
+        if key in self.added:
+            self._remove(key)
+
+    def _remove(self, key: tuple[int, str]) -> None:
+        af, host = key
+        self.added.discard(key)
+        try:
+            self._netlink("del", af, host)
+            log.info("removed VIP %s from %s", host, self.ifname)
+        except Exception as exc:
+            log.warning("cannot remove VIP %s from %s: %s", host, self.ifname, exc)
+
+    def close(self) -> None:
+        """Remove every address this manager added."""
+        for key in list(self.added):
+            self._remove(key)
+        self._users.clear()
+        if self._pool is not None:
+            if self._ipr is not None:
+                self._pool.submit(self._ipr.close).result(timeout=10)
+                self._ipr = None
+            self._pool.shutdown(wait=True)
+            self._pool = None

@@ -1,0 +1,812 @@
+"""The NAT data plane end to end: real lvsd processes, real sockets, lvsadm.
+
+Backends run in a thread of the test process (their own event loop); clients
+are plain sockets or asyncio in the test.  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import resource
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from forwarding import proxyproto
+from lvs.daemon.client import Client
+
+from .helpers import is_root, lvsadm, running_lvsd
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# ----------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    af = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(af, kind) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_busy(host: str, port: int, kind: int = socket.SOCK_STREAM) -> bool:
+    af = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(af, kind) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+class Adm:
+    """lvsadm through the daemon's control socket, in-process (fast)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *argv: str, ok: bool = True) -> str:
+        with Client(autostart=False, name=self.name) as c:
+            reply = c.call("ipvsadm", argv=list(argv), stdin="")
+        if ok:
+            assert reply.get("rc") == 0, (argv, reply)
+        return reply.get("stdout", "") + reply.get("stderr", "")
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        with Client(autostart=False, name=self.name) as c:
+            return c.call(op, **args)
+
+    def status(self) -> dict[str, Any]:
+        return self.call("status")["data"]
+
+    def counts(self, vip: str) -> dict[str, tuple[int, int]]:
+        """{real server: (ActiveConn, InActConn)} from ``-L -n``."""
+        out = self("-L", "-n")
+        res: dict[str, tuple[int, int]] = {}
+        for line in out.splitlines():
+            m = re.match(r"\s+->\s+(\S+)\s+\w+\s+\d+\s+(\d+)\s+(\d+)", line)
+            if m:
+                res[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+        return res
+
+    def conns(self) -> list[list[str]]:
+        out = self("-L", "-c", "-n")
+        return [line.split() for line in out.splitlines()[2:] if line.strip()]
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(step)
+
+
+class Backends:
+    """Small servers on their own event loop thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.servers: list[Any] = []
+        self.held: list[asyncio.StreamWriter] = []
+        self.events: list[tuple[str, Any]] = []
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(15)
+
+    def close(self) -> None:
+        async def _close() -> None:
+            for w in self.held:
+                w.transport.abort()
+            for s in self.servers:
+                s.close()
+
+        with contextlib.suppress(Exception):
+            self.run(_close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    def tcp(self, handler: Callable[..., Any], host: str = "127.0.0.1", port: int = 0) -> int:
+        async def start() -> int:
+            srv = await asyncio.start_server(handler, host, port, backlog=4096, reuse_address=True)
+            self.servers.append(srv)
+            return srv.sockets[0].getsockname()[1]
+
+        return self.run(start())
+
+    def http(self, port: int, host: str = "127.0.0.1") -> int:
+        """Answers every request with ``Hello, PORT!`` and closes."""
+
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                await r.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                w.close()
+                return
+            me = w.get_extra_info("sockname")[1]
+            body = f"Hello, {me}!".encode()
+            w.write(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await w.drain()
+            w.close()
+
+        return self.tcp(handle, host, port)
+
+    def greeter(self, host: str = "127.0.0.1", hold: bool = True) -> int:
+        """Sends its port at once, then echoes; on EOF echoes the rest and closes."""
+
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            me = w.get_extra_info("sockname")[1]
+            w.write(b"%d\n" % me)
+            self.held.append(w)
+            try:
+                while True:
+                    data = await r.read(65536)
+                    if not data:
+                        break
+                    w.write(data)
+                    await w.drain()
+                self.events.append(("eof", me))
+                await asyncio.sleep(0.3)
+                w.close()
+            except ConnectionError as exc:
+                self.events.append(("reset", type(exc).__name__))
+
+        return self.tcp(handle, host)
+
+    def udp_echo(self, host: str = "127.0.0.1") -> int:
+        """Replies ``PORT:`` + the datagram."""
+
+        class P(asyncio.DatagramProtocol):
+            def connection_made(self, t: Any) -> None:
+                self.t = t
+                self.me = t.get_extra_info("sockname")[1]
+
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                self.t.sendto(b"%d:" % self.me + data, addr)
+
+        async def start() -> int:
+            t, _ = await self.loop.create_datagram_endpoint(P, local_addr=(host, 0))
+            self.servers.append(t)
+            return t.get_extra_info("sockname")[1]
+
+        return self.run(start())
+
+
+@pytest.fixture
+def backends() -> Iterator[Backends]:
+    b = Backends()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def lvsd() -> Iterator[Adm]:
+    with running_lvsd() as name:
+        yield Adm(name)
+
+
+def tcp_get(
+    host: str, port: int, payload: bytes = b"", timeout: float = 5.0, src: str | None = None
+) -> bytes:
+    af = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(af, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        if src:
+            s.bind((src, 0))
+        s.connect((host, port))
+        if payload:
+            s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            chunks.append(d)
+        return b"".join(chunks)
+
+
+def greet(host: str, port: int, src: str | None = None, timeout: float = 5.0) -> tuple[socket.socket, int]:
+    """Connect through the VIP to a greeter; return the socket and the backend port."""
+    af = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(af, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    if src:
+        s.bind((src, 0))
+    s.connect((host, port))
+    line = b""
+    while not line.endswith(b"\n"):
+        d = s.recv(1)
+        if not d:
+            raise ConnectionError("closed before the greeting")
+        line += d
+    return s, int(line)
+
+
+def http_get(host: str, port: int) -> str:
+    return tcp_get(host, port, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").decode().split("\r\n\r\n", 1)[1]
+
+
+def rst_close(s: socket.socket) -> None:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+# ----------------------------------------------------------------------------
+# the tutorial walkthrough
+# ----------------------------------------------------------------------------
+def test_tutorial_walkthrough_verbatim(backends: Backends) -> None:
+    """ipvsadm tutorials, with lvsadm: two HTTP apps, rr, curl alternates."""
+    for port in (8000, 8001, 8002):
+        if port_busy("127.0.0.1", port):
+            pytest.skip(f"127.0.0.1:{port} is in use here")
+    backends.http(8001)
+    backends.http(8002)
+    with running_lvsd() as name:
+        assert lvsadm(name, "-A", "-t", "127.0.0.1:8000", "-s", "rr").returncode == 0
+        assert lvsadm(name, "-a", "-t", "127.0.0.1:8000", "-r", "127.0.0.1:8001", "-m").returncode == 0
+        assert lvsadm(name, "-a", "-t", "127.0.0.1:8000", "-r", "127.0.0.1:8002", "-m").returncode == 0
+        if shutil.which("curl"):
+            got = [
+                subprocess.run(
+                    ["curl", "-s", "-m", "5", "http://127.0.0.1:8000/"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
+                for _ in range(4)
+            ]
+        else:
+            got = [http_get("127.0.0.1", 8000) for _ in range(4)]
+        assert got[0] != got[1] and got[0] == got[2] and got[1] == got[3]
+        assert set(got) == {"Hello, 8001!", "Hello, 8002!"}
+        out = lvsadm(name, "-L", "-n").stdout
+        assert "TCP  127.0.0.1:8000 rr" in out
+        assert re.search(r"127\.0\.0\.1:8001\s+Masq\s+1\s+0\s+2", out), out
+        stats = lvsadm(name, "-L", "-n", "--stats").stdout
+        assert re.search(r"TCP  127\.0\.0\.1:8000\s+4\s", stats), stats
+
+
+@pytest.mark.skipif(not is_root(), reason="adding a VIP to lo needs root")
+def test_vip_that_no_interface_has(backends: Backends) -> None:
+    vip = "100.100.100.100"
+    if subprocess.run(["ip", "-o", "addr", "show", "to", vip], capture_output=True, text=True).stdout.strip():
+        pytest.skip(f"{vip} is already configured here")
+    if port_busy("0.0.0.0", 80):
+        pytest.skip("port 80 is in use here")
+    p1, p2 = backends.http(0), backends.http(0)
+    with running_lvsd() as name:
+        adm = Adm(name)
+        adm("-A", "-t", f"{vip}:80", "-s", "rr")
+        adm("-a", "-t", f"{vip}:80", "-r", f"127.0.0.1:{p1}", "-m")
+        adm("-a", "-t", f"{vip}:80", "-r", f"127.0.0.1:{p2}", "-m")
+        if shutil.which("curl"):
+            got = [
+                subprocess.run(
+                    ["curl", "-s", "-m", "5", f"http://{vip}"], capture_output=True, text=True
+                ).stdout
+                for _ in range(2)
+            ]
+        else:
+            got = [http_get(vip, 80) for _ in range(2)]
+        assert set(got) == {f"Hello, {p1}!", f"Hello, {p2}!"}
+        assert (
+            vip
+            in subprocess.run(
+                ["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True
+            ).stdout
+        )
+        adm("-D", "-t", f"{vip}:80")
+
+        def gone() -> bool:
+            out = subprocess.run(
+                ["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True
+            ).stdout
+            return vip not in out
+
+        wait_until(gone, 5)
+
+
+# ----------------------------------------------------------------------------
+# refusals, warnings
+# ----------------------------------------------------------------------------
+def test_no_real_server_and_refusing_real_server_reset_the_client(lvsd: Adm) -> None:
+    vport = free_port()
+    dead = free_port()
+    lvsd("-A", "-t", f"127.0.0.1:{vport}", "-s", "rr")
+    with pytest.raises(ConnectionError):
+        tcp_get("127.0.0.1", vport, b"hello")
+    lvsd("-a", "-t", f"127.0.0.1:{vport}", "-r", f"127.0.0.1:{dead}", "-m")
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError):
+        tcp_get("127.0.0.1", vport, b"hello")
+    assert time.monotonic() - t0 < 2
+    planes = " ".join(lvsd.status()["planes"])
+    assert "refused 1" in planes and "connect failures 1" in planes
+    # the refused attempt leaves an entry in CLOSE, as the kernel's RST from the server would
+    assert any(c[2] == "CLOSE" for c in lvsd.conns())
+
+
+def test_unserved_services_are_reported_not_silent(lvsd: Adm) -> None:
+    lvsd("-A", "-f", "7", "-s", "rr")
+    lvsd("-A", "-t", "127.0.0.1:0", "-s", "rr", "-p", "60")
+    warnings = "\n".join(lvsd.status()["warnings"])
+    assert "FWM 7" in warnings and "firewall-mark" in warnings
+    assert "127.0.0.1:0" in warnings and "port-0" in warnings
+    lvsd("-D", "-f", "7")
+    assert "FWM 7" not in "\n".join(lvsd.status()["warnings"])
+
+
+# ----------------------------------------------------------------------------
+# TCP relaying
+# ----------------------------------------------------------------------------
+def test_bytes_are_counted_exactly_and_half_close_works(lvsd: Adm, backends: Backends) -> None:
+    be = backends.greeter()
+    vport = free_port()
+    lvsd("-A", "-t", f"127.0.0.1:{vport}", "-s", "rr")
+    lvsd("-a", "-t", f"127.0.0.1:{vport}", "-r", f"127.0.0.1:{be}", "-m")
+    payload = os.urandom(300_000)
+    s, port = greet("127.0.0.1", vport)
+    assert port == be
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)  # half-close: the echo must still come back
+    got = b""
+    while len(got) < len(payload):
+        d = s.recv(65536)
+        assert d, "closed early"
+        got += d
+    assert got == payload
+    # the real server saw our FIN, echoed everything and waits 0.3 s before closing
+    states = {c[2] for c in lvsd.conns()}
+    assert "CLOSE_WAIT" in states
+    assert lvsd.counts(f"127.0.0.1:{vport}")[f"127.0.0.1:{be}"] == (0, 1)
+    assert s.recv(10) == b""
+    s.close()
+    wait_until(lambda: {c[2] for c in lvsd.conns()} == {"TIME_WAIT"})
+    greeting = len(b"%d\n" % be)
+
+    def exact() -> bool:
+        out = lvsd("-L", "-n", "--stats", "--exact")
+        m = re.search(rf"TCP  127\.0\.0\.1:{vport}\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", out)
+        return bool(m) and int(m.group(4)) == len(payload) and int(m.group(5)) == len(payload) + greeting
+
+    wait_until(exact, 5)
+
+
+def test_server_closing_first_ends_in_time_wait(lvsd: Adm, backends: Backends) -> None:
+    p = backends.http(0)
+    vport = free_port()
+    lvsd("-A", "-t", f"127.0.0.1:{vport}", "-s", "wlc")
+    lvsd("-a", "-t", f"127.0.0.1:{vport}", "-r", f"127.0.0.1:{p}", "-m")
+    with socket.create_connection(("127.0.0.1", vport), 5) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            data += d
+        assert data.endswith(f"Hello, {p}!".encode())
+        # server FIN passed (FIN_WAIT), the client has not closed yet
+        wait_until(lambda: [c[2] for c in lvsd.conns()] == ["FIN_WAIT"], 5)
+    wait_until(lambda: [c[2] for c in lvsd.conns()] == ["TIME_WAIT"], 5)
+    assert lvsd.counts(f"127.0.0.1:{vport}")[f"127.0.0.1:{p}"] == (0, 1)
+
+
+def test_resets_propagate_both_ways(lvsd: Adm, backends: Backends) -> None:
+    be = backends.greeter()
+    vport = free_port()
+    lvsd("-A", "-t", f"127.0.0.1:{vport}", "-s", "rr")
+    lvsd("-a", "-t", f"127.0.0.1:{vport}", "-r", f"127.0.0.1:{be}", "-m")
+    # client reset -> the real server sees a reset
+    s, _ = greet("127.0.0.1", vport)
+    rst_close(s)
+    wait_until(lambda: ("reset", "ConnectionResetError") in backends.events, 5)
+    wait_until(lambda: [c[2] for c in lvsd.conns()] == ["CLOSE"], 5)
+    # real server reset -> the client sees a reset
+    s, _ = greet("127.0.0.1", vport)
+
+    async def kill_all() -> None:
+        for w in backends.held:
+            if not w.transport.is_closing():
+                w.transport.get_extra_info("socket").setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                w.transport.abort()
+
+    backends.run(kill_all())
+    with pytest.raises(ConnectionResetError):
+        while s.recv(100):
+            pass
+    s.close()
+    assert "resets 2" in " ".join(lvsd.status()["planes"])
+
+
+def test_backend_dying_mid_stream(lvsd: Adm, backends: Backends) -> None:
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"x" * 200_000)
+        await w.drain()
+        await asyncio.sleep(0.2)
+        w.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        w.transport.abort()
+
+    be = backends.tcp(handle)
+    vport = free_port()
+    lvsd("-A", "-t", f"127.0.0.1:{vport}", "-s", "rr")
+    lvsd("-a", "-t", f"127.0.0.1:{vport}", "-r", f"127.0.0.1:{be}", "-m")
+    s = socket.create_connection(("127.0.0.1", vport), 5)
+    got = 0
+    with pytest.raises(ConnectionResetError):
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += len(d)
+    s.close()
+    assert got <= 200_000
+    wait_until(lambda: [c[2] for c in lvsd.conns()] == ["CLOSE"], 5)
+
+
+def test_clients_sending_garbage_or_nothing(lvsd: Adm, backends: Backends) -> None:
+    p = backends.http(0)
+    vport = free_port()
+    lvsd("-A", "-t", f"127.0.0.1:{vport}", "-s", "rr")
+    lvsd("-a", "-t", f"127.0.0.1:{vport}", "-r", f"127.0.0.1:{p}", "-m")
+    silent = socket.create_connection(("127.0.0.1", vport), 5)
+    wait_until(lambda: [c[2] for c in lvsd.conns()] == ["ESTABLISHED"], 5)
+    assert lvsd.counts(f"127.0.0.1:{vport}")[f"127.0.0.1:{p}"] == (1, 0)
+    garbage = os.urandom(5000).replace(b"\r\n\r\n", b"") + b"\r\n\r\n"
+    assert tcp_get("127.0.0.1", vport, garbage).endswith(f"Hello, {p}!".encode())
+    silent.close()
+    wait_until(lambda: lvsd.counts(f"127.0.0.1:{vport}")[f"127.0.0.1:{p}"] == (0, 2), 5)
+
+
+def test_idle_connection_is_reset_when_its_entry_expires(lvsd: Adm, backends: Backends) -> None:
+    be = backends.greeter()
+    vport = free_port()
+    lvsd("--set", "2", "0", "0")
+    lvsd("-A", "-t", f"127.0.0.1:{vport}", "-s", "rr")
+    lvsd("-a", "-t", f"127.0.0.1:{vport}", "-r", f"127.0.0.1:{be}", "-m")
+    busy, _ = greet("127.0.0.1", vport)
+    idle, _ = greet("127.0.0.1", vport)
+    t_end = time.monotonic() + 4
+    while time.monotonic() < t_end:  # traffic keeps an entry alive
+        busy.sendall(b"ping")
+        assert busy.recv(10) == b"ping"
+        time.sleep(0.2)
+    with pytest.raises(ConnectionResetError):
+        idle.recv(10)
+    busy.sendall(b"still")
+    assert busy.recv(10) == b"still"
+    busy.close()
+    idle.close()
+    assert "expired 1" in " ".join(lvsd.status()["planes"])
+
+
+# ----------------------------------------------------------------------------
+# scheduling on live traffic
+# ----------------------------------------------------------------------------
+def test_lc_and_wlc_balance_on_live_active_counts(lvsd: Adm, backends: Backends) -> None:
+    a, b = backends.greeter(), backends.greeter()
+    vport = free_port()
+    vip = f"127.0.0.1:{vport}"
+    lvsd("-A", "-t", vip, "-s", "lc")
+    lvsd("-a", "-t", vip, "-r", f"127.0.0.1:{a}", "-m")
+    lvsd("-a", "-t", vip, "-r", f"127.0.0.1:{b}", "-m")
+    socks = [greet("127.0.0.1", vport) for _ in range(6)]
+    assert sorted(p for _, p in socks).count(a) == 3
+    assert lvsd.counts(vip) == {f"127.0.0.1:{a}": (3, 0), f"127.0.0.1:{b}": (3, 0)}
+    # close the three on a: the next three go to a (fewest active)
+    for s, p in socks:
+        if p == a:
+            s.close()
+    wait_until(lambda: lvsd.counts(vip)[f"127.0.0.1:{a}"][0] == 0, 5)
+    more = [greet("127.0.0.1", vport) for _ in range(3)]
+    assert [p for _, p in more] == [a, a, a]
+    # wlc with weights 3:1 on live counts
+    lvsd("-E", "-t", vip, "-s", "wlc")
+    lvsd("-e", "-t", vip, "-r", f"127.0.0.1:{a}", "-m", "-w", "3")
+    extra = [greet("127.0.0.1", vport) for _ in range(6)]
+    live = {f"127.0.0.1:{a}": 3, f"127.0.0.1:{b}": 3}
+    for _, p in extra:
+        live[f"127.0.0.1:{p}"] += 1
+    assert live[f"127.0.0.1:{a}"] == 3 * live[f"127.0.0.1:{b}"]
+    assert {k: v[0] for k, v in lvsd.counts(vip).items()} == live
+    for s, _ in socks + more + extra:
+        s.close()
+
+
+def test_persistence_with_netmask(lvsd: Adm, backends: Backends) -> None:
+    a, b = backends.greeter(), backends.greeter()
+    vport = free_port()
+    vip = f"127.0.0.1:{vport}"
+    lvsd("-A", "-t", vip, "-s", "rr", "-p", "60", "-M", "255.255.255.0")
+    lvsd("-a", "-t", vip, "-r", f"127.0.0.1:{a}", "-m")
+    lvsd("-a", "-t", vip, "-r", f"127.0.0.1:{b}", "-m")
+    first = [greet("127.0.0.1", vport, src=f"127.0.0.{i}") for i in (1, 7, 42, 200)]
+    second = [greet("127.0.0.1", vport, src=f"127.0.1.{i}") for i in (1, 9)]
+    assert len({p for _, p in first}) == 1
+    assert len({p for _, p in second}) == 1
+    assert first[0][1] != second[0][1]
+    templates = [c for c in lvsd.conns() if c[3].endswith(":0")]
+    assert {c[3] for c in templates} == {"127.0.0.0:0", "127.0.1.0:0"}
+    for s, _ in first + second:
+        s.close()
+
+
+def test_weight_zero_and_deletion_under_load(lvsd: Adm, backends: Backends) -> None:
+    a, b = backends.greeter(), backends.greeter()
+    vport = free_port()
+    vip = f"127.0.0.1:{vport}"
+    lvsd("-A", "-t", vip, "-s", "rr")
+    lvsd("-a", "-t", vip, "-r", f"127.0.0.1:{a}", "-m")
+    lvsd("-a", "-t", vip, "-r", f"127.0.0.1:{b}", "-m")
+    socks = [greet("127.0.0.1", vport) for _ in range(4)]
+    on_a = [s for s, p in socks if p == a]
+    on_b = [s for s, p in socks if p == b]
+    assert len(on_a) == 2
+    # weight 0: existing connections go on, new ones go elsewhere
+    lvsd("-e", "-t", vip, "-r", f"127.0.0.1:{a}", "-m", "-w", "0")
+    for s in on_a:
+        s.sendall(b"alive")
+        assert s.recv(10) == b"alive"
+    assert {greet("127.0.0.1", vport)[1] for _ in range(3)} == {b}
+    # deletion (expire_nodest_conn=0): the kernel drops their packets until the entry expires
+    lvsd("-d", "-t", vip, "-r", f"127.0.0.1:{a}")
+    time.sleep(0.3)
+    on_a[0].sendall(b"lost?")
+    on_a[0].settimeout(1.0)
+    with pytest.raises(TimeoutError):
+        on_a[0].recv(10)
+    # added back before expiry: traffic passes again
+    lvsd("-a", "-t", vip, "-r", f"127.0.0.1:{a}", "-m")
+    on_a[0].settimeout(5)
+    assert on_a[0].recv(10) == b"lost?"
+    # with expire_nodest_conn, deleting resets them at once
+    assert lvsd.call("sysctl", name="expire_nodest_conn", value="1").get("value") == 1
+    lvsd("-d", "-t", vip, "-r", f"127.0.0.1:{b}")
+    for s in on_b:
+        with pytest.raises(ConnectionResetError):
+            s.recv(10)
+    for s in on_a:
+        s.sendall(b"ok")
+        assert s.recv(10) == b"ok"
+    for s, _ in socks:
+        s.close()
+
+
+def test_ten_thousand_concurrent_connections(lvsd_many: Adm, backends: Backends) -> None:
+    n = int(os.environ.get("PYLVS_NAT_CONNS", "10000"))
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2 * n + 200:
+        n = max(1000, (soft - 200) // 2)
+    be = backends.greeter()
+    vport = free_port()
+    vip = f"127.0.0.1:{vport}"
+    lvsd_many("-A", "-t", vip, "-s", "rr")
+    lvsd_many("-a", "-t", vip, "-r", f"127.0.0.1:{be}", "-m")
+    t0 = time.monotonic()
+
+    async def run() -> int:
+        sem = asyncio.Semaphore(500)
+        writers: list[asyncio.StreamWriter] = []
+
+        async def one(i: int) -> bool:
+            async with sem:
+                # spread the clients over source addresses: no ephemeral port shortage
+                r, w = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        "127.0.0.1", vport, local_addr=(f"127.0.{1 + i % 200}.{1 + i // 200}", 0)
+                    ),
+                    10,
+                )
+                writers.append(w)
+                line = await asyncio.wait_for(r.readline(), 10)
+                return int(line) == be
+
+        ok = await asyncio.gather(*(one(i) for i in range(n)))
+        counts = await asyncio.to_thread(lvsd_many.counts, vip)
+        assert counts[f"127.0.0.1:{be}"] == (n, 0)
+        for w in writers:
+            w.close()
+        return sum(ok)
+
+    assert asyncio.run(run()) == n
+    wait_until(lambda: lvsd_many.counts(vip)[f"127.0.0.1:{be}"][0] == 0, 20, 0.2)
+    assert time.monotonic() - t0 < 60
+
+
+@pytest.fixture
+def lvsd_many() -> Iterator[Adm]:
+    """An lvsd allowed enough descriptors for 10,000 relays (as root)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536
+    if is_root() and hard < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    else:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        with running_lvsd() as name:
+            yield Adm(name)
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (soft, max(soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+            )
+
+
+# ----------------------------------------------------------------------------
+# UDP, IPv6
+# ----------------------------------------------------------------------------
+def udp_ask(host: str, port: int, data: bytes, sock: socket.socket | None = None) -> bytes:
+    af = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = sock or socket.socket(af, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    try:
+        s.sendto(data, (host, port))
+        return s.recvfrom(65536)[0]
+    finally:
+        if sock is None:
+            s.close()
+
+
+def test_udp_flows_and_counters(lvsd: Adm, backends: Backends) -> None:
+    a, b = backends.udp_echo(), backends.udp_echo()
+    vport = free_port(socket.SOCK_DGRAM)
+    vip = f"127.0.0.1:{vport}"
+    lvsd("-A", "-u", vip, "-s", "rr")
+    lvsd("-a", "-u", vip, "-r", f"127.0.0.1:{a}", "-m")
+    lvsd("-a", "-u", vip, "-r", f"127.0.0.1:{b}", "-m")
+    s1 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r1 = [udp_ask("127.0.0.1", vport, b"hello", s1) for _ in range(5)]
+    r2 = udp_ask("127.0.0.1", vport, b"hello", s2)
+    assert len(set(r1)) == 1, "one flow sticks to one real server"
+    assert r1[0] != r2
+    assert {r1[0].split(b":")[0], r2.split(b":")[0]} == {b"%d" % a, b"%d" % b}
+    conns = lvsd.conns()
+    assert len(conns) == 2 and {c[2] for c in conns} == {"UDP"}
+
+    def exact() -> bool:
+        out = lvsd("-L", "-n", "--stats", "--exact")
+        m = re.search(rf"UDP  127\.0\.0\.1:{vport}\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", out)
+        reply = len(r2)
+        return bool(m) and [int(x) for x in m.groups()] == [2, 6, 6, 30, 6 * reply]
+
+    wait_until(exact, 5)
+    s1.close()
+    s2.close()
+
+
+def test_udp_flows_expire_with_the_udp_timeout(lvsd: Adm, backends: Backends) -> None:
+    a = backends.udp_echo()
+    vport = free_port(socket.SOCK_DGRAM)
+    lvsd("--set", "0", "0", "2")
+    lvsd("-A", "-u", f"127.0.0.1:{vport}", "-s", "rr")
+    lvsd("-a", "-u", f"127.0.0.1:{vport}", "-r", f"127.0.0.1:{a}", "-m")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp_ask("127.0.0.1", vport, b"x", s)
+    assert len(lvsd.conns()) == 1
+    wait_until(lambda: not lvsd.conns(), 6, 0.2)
+    wait_until(lambda: "0 UDP flows" in " ".join(lvsd.status()["planes"]), 3)
+    assert udp_ask("127.0.0.1", vport, b"again", s).endswith(b"again")
+    s.close()
+
+
+def test_udp_one_packet_scheduling(lvsd: Adm, backends: Backends) -> None:
+    a, b = backends.udp_echo(), backends.udp_echo()
+    vport = free_port(socket.SOCK_DGRAM)
+    lvsd("-A", "-u", f"127.0.0.1:{vport}", "-s", "rr", "-o")
+    lvsd("-a", "-u", f"127.0.0.1:{vport}", "-r", f"127.0.0.1:{a}", "-m")
+    lvsd("-a", "-u", f"127.0.0.1:{vport}", "-r", f"127.0.0.1:{b}", "-m")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    got = [udp_ask("127.0.0.1", vport, b"x", s).split(b":")[0] for _ in range(4)]
+    assert got[0] != got[1] and got[0] == got[2] and got[1] == got[3]
+    assert lvsd.conns() == []  # one-packet entries are never hashed
+    s.close()
+
+
+def test_ipv6_tcp_and_udp(lvsd: Adm, backends: Backends) -> None:
+    try:
+        free_port(host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    be = backends.greeter(host="::1")
+    ue = backends.udp_echo(host="::1")
+    vport = free_port(host="::1")
+    lvsd("-A", "-t", f"[::1]:{vport}", "-s", "rr")
+    lvsd("-a", "-t", f"[::1]:{vport}", "-r", f"[::1]:{be}", "-m")
+    s, port = greet("::1", vport)
+    assert port == be
+    s.sendall(b"six")
+    assert s.recv(10) == b"six"
+    s.close()
+    uport = free_port(socket.SOCK_DGRAM, host="::1")
+    lvsd("-A", "-u", f"[::1]:{uport}", "-s", "rr")
+    lvsd("-a", "-u", f"[::1]:{uport}", "-r", f"[::1]:{ue}", "-m")
+    assert udp_ask("::1", uport, b"v6") == b"%d:v6" % ue
+    out = lvsd("-L", "-n")
+    assert f"TCP  [::1]:{vport} rr" in out and f"UDP  [::1]:{uport} rr" in out
+
+
+# ----------------------------------------------------------------------------
+# PROXY protocol (the plane in-process: the option is a NatPlane setting)
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("version", [1, 2])
+def test_proxy_protocol_tells_the_real_server_the_client(version: int) -> None:
+    from forwarding.nat import NatPlane
+    from lvs.core import Director
+    from lvs.ctl import DestSpec, ServiceSpec
+    from lvs.model import ServiceKey
+
+    async def main() -> None:
+        seen: list[bytes] = []
+
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            data = b""
+            while not data.endswith(b"payload"):
+                chunk = await r.read(200)
+                if not chunk:
+                    break
+                data += chunk
+            seen.append(data)
+            w.write(b"ok")
+            await w.drain()
+            w.close()
+
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        be = srv.sockets[0].getsockname()[1]
+        director = Director()
+        t0 = time.monotonic()
+        plane = NatPlane(director, lambda: time.monotonic() - t0, proxy_protocol={("127.0.0.1", be): version})
+        plane.start()
+        vport = free_port()
+        key = ServiceKey(socket.AF_INET, 6, 0x7F000001, vport)
+        director.ipvs.add_service(ServiceSpec(key, "rr"))
+        director.ipvs.add_dest(key, DestSpec(socket.AF_INET, 0x7F000001, be, fwd=0))
+        r, w = await asyncio.open_connection("127.0.0.1", vport, local_addr=("127.0.0.9", 0))
+        cport = w.get_extra_info("sockname")[1]
+        w.write(b"payload")
+        assert await asyncio.wait_for(r.read(), 5) == b"ok"
+        w.close()
+        parse = proxyproto.parse_v1 if version == 1 else proxyproto.parse_v2
+        parsed = parse(seen[0])
+        assert parsed is not None
+        src, sport, dst, dport, length = parsed
+        assert (src, sport, dst, dport) == ("127.0.0.9", cport, "127.0.0.1", vport)
+        assert seen[0][length:] == b"payload"
+        await plane.close()
+        srv.close()
+
+    asyncio.run(main())
+
+
+def test_proxy_protocol_spec_parsing() -> None:
+    assert proxyproto.parse_spec("10.0.0.1:80=v2") == ("10.0.0.1", 80, 2)
+    assert proxyproto.parse_spec("[2001:db8::1]:443=v1") == ("2001:db8::1", 443, 1)
+    for bad in ("10.0.0.1:80", "10.0.0.1:80=v3", "host:80=v1", "10.0.0.1:0=v1"):
+        with pytest.raises(ValueError):
+            proxyproto.parse_spec(bad)
