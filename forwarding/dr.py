@@ -1,0 +1,902 @@
+"""The DR/TUN data plane: frames from AF_PACKET, decisions from the core,
+frames out to the real servers.
+
+For every virtual service whose real servers are all direct-routing (``-g``)
+or tunnel (``-i``) destinations, :class:`DirectPlane` captures the client's
+frames (:mod:`forwarding.capture`), keeps the director's own stack from
+answering them (:mod:`forwarding.netfilter`), asks the core
+(``Director.process_in``: same connection table, persistence, schedulers;
+DR/TUN entries carry NOOUTPUT, so TCP moves through the INPUT_ONLY table
+since replies bypass the director) and transmits, following ip_vs_xmit.c:
+
+* **DR** (``ip_vs_dr_xmit``): the IP packet is left as it is except for the
+  TTL (``decrement_ttl`` in ``__ip_vs_get_out_rt``: TTL <= 1 gives ICMP time
+  exceeded) and goes out on the interface of the route to the real server,
+  with the destination MAC of that route's next hop, taken from the kernel's
+  neighbour table, or resolved by ARP/ND (scapy) on a miss while the
+  packets wait in a short queue as in the kernel's ``unres_qlen``.
+* **TUN** (``ip_vs_tunnel_xmit``): the same TTL step, then the outer
+  headers of :mod:`forwarding.tun`, sent to the real server's next hop.
+
+MTU (``ensure_mtu_is_adequate``): an IPv4 packet with DF that does not fit
+the route MTU (less the tunnel overhead for TUN) is answered with ICMP
+"fragmentation needed" carrying that MTU; without DF it is fragmented (for
+TUN the outer packet is, as ``ignore_df`` makes the kernel do); an IPv6
+packet gets ICMPv6 "packet too big".  TCP aggregates built by receive
+offload (longer than the ingress MTU, which no wire frame can be) are cut
+back into segments first, as the kernel's GSO would.
+
+Fragments: the kernel reassembles before IPVS; here the first fragment
+(which has the ports) takes the decision and every fragment of the datagram
+is forwarded the same way, on its own.  Later fragments that arrive first
+wait (bounded, 30 s like ``ipfrag_time``).
+
+Verdicts other than FORWARD: REJECT sends ICMP port unreachable (rate
+limited per client like ``icmp_ratelimit``), DROP drops, ACCEPT (the packet
+is not for a scheduled connection, e.g. a stray ACK) also drops, because the
+frame was already taken from the local stack (the kernel would hand it to
+the local stack, which would answer with a RST).
+
+Not handled here: firewall-mark services (the mark does not exist yet when
+AF_PACKET sees the frame), ICMP errors about DR/TUN connections
+(``ip_vs_in_icmp``), local clients of the VIP (traffic on lo).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lvs.addr import format_ip
+from lvs.constants import (
+    CONN_F_DROUTE,
+    CONN_F_FWD_MASK,
+    CONN_F_TUNNEL,
+    IPPROTO_TCP,
+)
+from lvs.core import FORWARD, REJECT, Director
+from lvs.model import Dest, Flow, Service
+
+from . import packet as P
+from . import tun as T
+from .capture import (
+    TP_STATUS_CSUMNOTREADY,
+    FilterTooLarge,
+    RxRing,
+    Target,
+    TxSockets,
+    compile_addr_filter,
+    compile_filter,
+)
+from .netfilter import NftGuard
+
+log = logging.getLogger("lvsd.dr")
+
+# neighbour states (linux/neighbour.h)
+NUD_INCOMPLETE = 0x01
+NUD_FAILED = 0x20
+NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
+RTN_UNICAST = 1
+RTN_LOCAL = 2
+
+NEIGH_TTL = 10.0  # seconds a resolved next hop is used before it is checked again
+NEG_TTL = 1.0  # seconds an unreachable next hop is remembered
+UNRES_QLEN = 100  # packets waiting for one neighbour
+ARP_TIMEOUT = 1.0
+FRAG_TIMEOUT = 30.0
+FRAG_MAX_KEYS = 1024
+FRAG_MAX_HELD = 64
+ICMP_BURST = 6
+ICMP_INTERVAL = 1.0
+
+
+# -----------------------------------------------------------------------------
+# next hops: route, link and neighbour, from netlink in a worker thread
+# -----------------------------------------------------------------------------
+@dataclass(slots=True)
+class NextHop:
+    """How to reach one real server: egress interface, the 14-byte Ethernet
+    header to put in front (next hop MAC, our MAC, ethertype of the real
+    server's family), our source address on that route, the route MTU."""
+
+    ifindex: int = 0
+    l2: bytes = b""
+    src: int = 0
+    mtu: int = 1500
+    expires: float = 0.0
+    ok: bool = False
+    local: bool = False
+    error: str = ""
+    refreshing: bool = False
+
+
+@dataclass(slots=True)
+class LinkInfo:
+    ifindex: int
+    name: str
+    mac: bytes
+    mtu: int
+
+
+class NetInfo:
+    """Synchronous netlink look-ups (pyroute2), run only in the resolver's
+    worker thread: pyroute2's synchronous API cannot run inside the daemon's
+    own event loop, so the thread gets its own selector loop."""
+
+    def __init__(self) -> None:
+        self._ipr: Any = None
+
+    @property
+    def ipr(self) -> Any:
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute(use_event_loop=asyncio.SelectorEventLoop())
+        return self._ipr
+
+    def link(self, ifindex: int) -> LinkInfo:
+        msg = self.ipr.link("get", index=ifindex)[0]
+        mac = msg.get("IFLA_ADDRESS") or "00:00:00:00:00:00"
+        return LinkInfo(ifindex, msg.get("IFLA_IFNAME"), P.mac_bytes(mac), int(msg.get("IFLA_MTU") or 1500))
+
+    def all_links(self) -> list[LinkInfo]:
+        out = []
+        for msg in self.ipr.get_links():
+            mac = msg.get("IFLA_ADDRESS") or "00:00:00:00:00:00"
+            try:
+                raw = P.mac_bytes(mac)
+            except ValueError:
+                raw = bytes(6)
+            out.append(LinkInfo(msg["index"], msg.get("IFLA_IFNAME"), raw, int(msg.get("IFLA_MTU") or 1500)))
+        return out
+
+    def route(self, af: int, addr: int) -> tuple[int, int, int, int, int]:
+        """(route type, oif, gateway or 0, preferred source or 0, metrics MTU or 0)."""
+        msg = self.ipr.route("get", dst=format_ip(af, addr))[0]
+        gw = msg.get("RTA_GATEWAY")
+        src = msg.get("RTA_PREFSRC")
+        mtu = 0
+        metrics = msg.get("RTA_METRICS")
+        if metrics:
+            mtu = int(metrics.get("RTAX_MTU") or 0)
+        return (
+            int(msg.get("type", RTN_UNICAST)),
+            int(msg.get("RTA_OIF") or 0),
+            _ip_int(af, gw) if gw else 0,
+            _ip_int(af, src) if src else 0,
+            mtu,
+        )
+
+    def source_for(self, af: int, ifindex: int) -> int:
+        """A global address of ``ifindex`` (IPv6 routes carry no preferred source)."""
+        for msg in self.ipr.get_addr(family=af, index=ifindex):
+            if msg.get("scope", 0) == 0:
+                return _ip_int(af, msg.get("IFA_ADDRESS"))
+        return 0
+
+    def neigh(self, af: int, addr: int, ifindex: int) -> bytes | None:
+        try:
+            msgs = self.ipr.neigh("get", dst=format_ip(af, addr), ifindex=ifindex)
+        except Exception:
+            return None
+        for m in msgs:
+            if m.get("state", 0) & NUD_USABLE and m.get("NDA_LLADDR"):
+                return P.mac_bytes(m.get("NDA_LLADDR"))
+        return None
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+
+def _ip_int(af: int, text: str) -> int:
+    import socket
+
+    return int.from_bytes(socket.inet_pton(af, text), "big")
+
+
+def solicit(af: int, addr: int, src: int, link: LinkInfo, timeout: float = ARP_TIMEOUT) -> bytes | None:
+    """Resolve ``addr`` on ``link`` with one ARP request (IPv4) or neighbour
+    solicitation (IPv6), built and matched by scapy.  Blocking: worker thread."""
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
+    from scapy.layers.l2 import ARP, Ether
+    from scapy.sendrecv import srp1
+    from scapy.utils6 import in6_getnsma, in6_getnsmac
+
+    mac = ":".join(f"{b:02x}" for b in link.mac)
+    dst = format_ip(af, addr)
+    if af == P.AF_INET:
+        req = Ether(dst="ff:ff:ff:ff:ff:ff", src=mac) / ARP(
+            op=1, hwsrc=mac, psrc=format_ip(af, src) if src else "0.0.0.0", pdst=dst
+        )
+        ans = srp1(req, iface=link.name, timeout=timeout, verbose=0)
+        if ans is not None and ARP in ans and ans[ARP].op == 2:
+            return P.mac_bytes(ans[ARP].hwsrc)
+        return None
+    import socket
+
+    nsma = in6_getnsma(socket.inet_pton(socket.AF_INET6, dst))
+    req = (
+        Ether(dst=in6_getnsmac(nsma), src=mac)
+        / IPv6(src=format_ip(af, src) if src else "::", dst=socket.inet_ntop(socket.AF_INET6, nsma), hlim=255)
+        / ICMPv6ND_NS(tgt=dst)
+        / ICMPv6NDOptSrcLLAddr(lladdr=mac)
+    )
+    ans = srp1(req, iface=link.name, timeout=timeout, verbose=0)
+    if ans is not None and ICMPv6ND_NA in ans:
+        return P.mac_bytes(ans.src)
+    return None
+
+
+class Resolver:
+    """Next hops of real servers, cached; misses and refreshes run in one
+    worker thread and never block the packet loop.
+
+    ``lookup`` returns a usable :class:`NextHop` (possibly stale: it is then
+    refreshed in the background) or ``None`` when the packet must wait:
+    ``wait(key, fn)`` queues a callable run once the next hop is known.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, netinfo: NetInfo | None = None) -> None:
+        self.loop = loop
+        self.net = netinfo or NetInfo()
+        self.cache: dict[tuple[int, int], NextHop] = {}
+        self.links: dict[int, LinkInfo] = {}
+        self.pending: dict[tuple[int, int], collections.deque[Callable[[], None]]] = {}
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lvsd-neigh")
+        self._inflight: set[tuple[int, int]] = set()
+        self.arp_requests = 0
+        self.dropped = 0
+
+    def lookup(self, af: int, addr: int, now: float) -> NextHop | None:
+        nh = self.cache.get((af, addr))
+        if nh is None:
+            self._start((af, addr))
+            return None
+        if nh.expires < now and not nh.refreshing:
+            nh.refreshing = True
+            self._start((af, addr))
+        return nh
+
+    def link(self, ifindex: int) -> LinkInfo | None:
+        li = self.links.get(ifindex)
+        if li is None:
+            try:
+                li = self.pool.submit(self.net.link, ifindex).result(timeout=5)
+            except Exception:
+                return None
+            self.links[ifindex] = li
+        return li
+
+    def wait(self, key: tuple[int, int], fn: Callable[[], None]) -> None:
+        q = self.pending.get(key)
+        if q is None:
+            q = self.pending[key] = collections.deque()
+            self._start(key)
+        if len(q) >= UNRES_QLEN:
+            q.popleft()
+            self.dropped += 1
+        q.append(fn)
+
+    def _start(self, key: tuple[int, int]) -> None:
+        if key in self._inflight:
+            return
+        self._inflight.add(key)
+        fut = self.pool.submit(self._resolve, key)
+        fut.add_done_callback(lambda f, key=key: self._done(key, f))
+
+    def _resolve(self, key: tuple[int, int]) -> NextHop:
+        af, addr = key
+        nh = NextHop()
+        try:
+            rtype, oif, gw, src, rmtu = self.net.route(af, addr)
+            if rtype == RTN_LOCAL:
+                nh.local = True
+                nh.error = "real server address is local"
+                return nh
+            if not oif:
+                nh.error = "no route"
+                return nh
+            link = self.net.link(oif)
+            self.links[oif] = link
+            if not src:
+                src = self.net.source_for(af, oif)
+            hop = gw or addr
+            mac = self.net.neigh(af, hop, oif)
+            if mac is None:
+                self.arp_requests += 1
+                mac = solicit(af, hop, src, link)
+            if mac is None:
+                nh.error = f"no neighbour answer for {format_ip(af, hop)}"
+                return nh
+            etype = P.ETH_P_IPV6 if af == P.AF_INET6 else P.ETH_P_IP
+            nh.ifindex = oif
+            nh.l2 = P.ethernet_header(mac, link.mac, etype)
+            nh.src = src
+            nh.mtu = rmtu or link.mtu
+            nh.ok = True
+        except Exception as exc:
+            nh.error = f"route lookup failed: {exc}"
+        return nh
+
+    def _done(self, key: tuple[int, int], fut: concurrent.futures.Future[NextHop]) -> None:
+        def apply() -> None:
+            self._inflight.discard(key)
+            nh = fut.result()
+            now = time.monotonic()
+            old = self.cache.get(key)
+            if not nh.ok and old is not None and old.ok and not nh.local:
+                # a failed refresh: keep the old entry a little longer (STALE)
+                old.refreshing = False
+                old.expires = now + NEG_TTL
+                nh = old
+            else:
+                nh.expires = now + (NEIGH_TTL if nh.ok else NEG_TTL)
+                self.cache[key] = nh
+            q = self.pending.pop(key, None)
+            if q:
+                if nh.ok:
+                    for fn in q:
+                        fn()
+                else:
+                    self.dropped += len(q)
+
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(apply)
+        else:
+            apply()
+
+    def invalidate(self) -> None:
+        self.cache.clear()
+        self.links.clear()
+
+    def prefetch_links(self) -> None:
+        """Learn every interface once (ingress MTU and MAC for the slow paths)."""
+        try:
+            for li in self.pool.submit(self.net.all_links).result(timeout=10):
+                self.links[li.ifindex] = li
+        except Exception as exc:
+            log.warning("listing interfaces: %s", exc)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.pool.submit(self.net.close).result(timeout=5)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+# -----------------------------------------------------------------------------
+# the plane
+# -----------------------------------------------------------------------------
+@dataclass
+class PlaneStats:
+    frames: int = 0
+    malformed: int = 0
+    truncated: int = 0
+    not_ours: int = 0
+    forwarded: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    accepted: int = 0
+    icmp_sent: int = 0
+    ttl_exceeded: int = 0
+    frag_needed: int = 0
+    fragments: int = 0
+    resegmented: int = 0
+    waiting: int = 0
+    no_route: int = 0
+    other_method: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class DirectPlane:
+    """The DR/TUN data plane of one lvsd (see the module text).
+
+    ``start()`` only subscribes to service changes; the capture socket and
+    the nftables table appear with the first DR/TUN service, so a daemon that
+    only does NAT never touches either.
+    """
+
+    name = "dr/tun"
+
+    def __init__(
+        self,
+        director: Director,
+        now: Callable[[], float],
+        *,
+        table: str = "pylvs",
+        guard: bool = True,
+        capture: bool = True,
+        ifname: str | None = None,
+        block_size: int = 1 << 20,
+        block_nr: int = 16,
+        timeout_ms: int = 1,
+        tx: TxSockets | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self.director = director
+        self.ipvs = director.ipvs
+        self.now = now
+        self.table = table
+        self.use_guard = guard
+        self.use_capture = capture
+        self.ifname = ifname
+        self.ring_args = (block_size, block_nr, timeout_ms)
+        self.tx = tx or TxSockets()
+        self.resolver = resolver
+        self.ring: RxRing | None = None
+        self.guard: NftGuard | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stats = PlaneStats()
+        self._owned: set[Any] = set()
+        self._match: set[tuple[int, int, int, int]] = set()
+        self._match_any: set[tuple[int, int, int]] = set()
+        self._targets: frozenset[Target] = frozenset()
+        self._warnings: list[str] = []
+        self._refresh_pending = False
+        self._frags: collections.OrderedDict[tuple[int, int, int, int, int], _FragState] = (
+            collections.OrderedDict()
+        )
+        self._icmp_tokens: dict[int, tuple[float, float]] = {}
+        self._port_range = T.local_port_range()
+        self._t = 0.0
+        self.filter_kind = "none"
+        self._started = False
+
+    # -- life cycle -------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+        if self.resolver is None:
+            self.resolver = Resolver(self.loop)
+        elif self.resolver.loop is None:
+            self.resolver.loop = self.loop
+        self.ipvs.listeners.append(self._on_change)
+        self._started = True
+        self.refresh()
+
+    def _open(self) -> None:
+        if self.ring is not None or not self.use_capture:
+            return
+        if self.use_guard:
+            self.guard = NftGuard(self.table)
+            self.guard.install()
+        bs, nr, tmo = self.ring_args
+        self.ring = RxRing(self.ifname, bs, nr, tmo)
+        assert self.resolver is not None
+        self.resolver.prefetch_links()
+        if self.loop is not None:
+            self.loop.add_reader(self.ring.fileno(), self._on_readable)
+
+    async def close(self) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        if self._on_change in self.ipvs.listeners:
+            self.ipvs.listeners.remove(self._on_change)
+        if self.ring is not None:
+            if self.loop is not None and not self.loop.is_closed():
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_reader(self.ring.fileno())
+            self.ring.close()
+            self.ring = None
+        if self.guard is not None:
+            try:
+                self.guard.remove()
+            except Exception as exc:
+                log.error("removing nftables table: %s", exc)
+            self.guard = None
+        self.tx.close()
+        if self.resolver is not None:
+            self.resolver.close()
+
+    def describe(self) -> str:
+        s = self.stats
+        return (
+            f"dr/tun: {len(self._targets)} capture targets ({self.filter_kind} filter), "
+            f"frames {s.frames}, forwarded {s.forwarded}, rejected {s.rejected}, "
+            f"dropped {s.dropped + s.accepted}, malformed {s.malformed}"
+        )
+
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
+
+    # -- which services are ours --------------------------------------------------
+    def _on_change(self, what: str, svc: Service) -> None:
+        if what == "del":
+            self._owned.discard(svc.key)
+        if self.loop is None:
+            self.refresh()
+        elif not self._refresh_pending:
+            self._refresh_pending = True
+            self.loop.call_soon(self.refresh)
+
+    @staticmethod
+    def method_of(svc: Service) -> str:
+        """'direct' when every real server is DR or TUN, 'masq' if any is NAT
+        (the NAT plane's), '' for a service without real servers."""
+        kinds = {d.conn_flags & CONN_F_FWD_MASK for d in svc.destinations}
+        if not kinds:
+            return ""
+        if kinds <= {CONN_F_DROUTE, CONN_F_TUNNEL}:
+            return "direct"
+        return "masq"
+
+    def refresh(self) -> None:
+        """Recompute the served set; update nftables first (the local stack
+        stops answering), then the capture filter."""
+        self._refresh_pending = False
+        targets: set[Target] = set()
+        warn: list[str] = []
+        match: set[tuple[int, int, int, int]] = set()
+        match_any: set[tuple[int, int, int]] = set()
+        for svc in self.ipvs:
+            kind = self.method_of(svc)
+            key = svc.key
+            if kind == "direct":
+                self._owned.add(key)
+            elif kind == "masq":
+                if key in self._owned:
+                    self._owned.discard(key)
+                if any(
+                    d.conn_flags & CONN_F_FWD_MASK in (CONN_F_DROUTE, CONN_F_TUNNEL) for d in svc.destinations
+                ):
+                    warn.append(
+                        f"{svc.describe()}: DR/TUN and NAT real servers mixed; the NAT plane serves it"
+                    )
+            if key not in self._owned:
+                continue
+            if key.fwmark:
+                warn.append(
+                    f"{svc.describe()}: firewall-mark DR/TUN services are not captured (mark unknown)"
+                )
+                continue
+            targets.add(Target(key.af, key.addr, key.protocol, key.port))
+            if key.port:
+                match.add((key.af, key.protocol, key.addr, key.port))
+            else:
+                match_any.add((key.af, key.protocol, key.addr))
+        self._warnings = warn
+        self._match = match
+        self._match_any = match_any
+        new = frozenset(targets)
+        if new == self._targets and (self.ring is not None or not new or not self.use_capture):
+            return
+        if new and self.ring is None and self.use_capture:
+            try:
+                self._open()
+            except Exception as exc:
+                self._warnings.append(f"DR/TUN capture not started: {exc}")
+                log.error("DR/TUN capture not started: %s", exc)
+                return
+        if self.guard is not None:
+            try:
+                self.guard.update(new)
+            except Exception as exc:
+                self._warnings.append(f"nftables update failed: {exc}")
+                log.error("nftables update failed: %s", exc)
+        if self.ring is not None:
+            try:
+                prog = compile_filter(new)
+                self.filter_kind = "exact"
+            except FilterTooLarge:
+                prog = compile_addr_filter(new)
+                self.filter_kind = "coarse"
+            self.ring.set_filter(prog)
+        self._targets = new
+
+    # -- receive --------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        ring = self.ring
+        if ring is None:
+            return
+        self._t = self.now()
+        ring.drain(self.handle_frame)
+        if self._frags:
+            self._expire_frags(self._t)
+
+    def handle_frame(self, buf: Any, start: int, end: int, ifindex: int, status: int, wire_len: int) -> None:
+        """One captured frame (``buf[start:end]``); never raises on bad input."""
+        st = self.stats
+        st.frames += 1
+        if end - start < wire_len:
+            st.truncated += 1
+            return
+        p = P.parse_frame(buf, start, end)
+        if p is None:
+            st.malformed += 1
+            return
+        af = p[0]
+        proto = p[1]
+        daddr = p[4]
+        if (
+            (af, proto, daddr, p[5]) not in self._match
+            and (af, proto, daddr) not in self._match_any
+            and (p[10] != P.FRAG_LATER or not self._addr_served(af, proto, daddr))
+        ):
+            st.not_ours += 1
+            return
+        if p[10] != P.FRAG_NONE:
+            self._fragment(buf, start, end, p, ifindex, status)
+            return
+        self._decide(buf, start, p, ifindex, status)
+
+    def _addr_served(self, af: int, proto: int, daddr: int) -> bool:
+        return any(t.af == af and t.protocol == proto and t.addr == daddr for t in self._targets)
+
+    def _decide(self, buf: Any, start: int, p: P.Parsed, ifindex: int, status: int) -> Any:
+        flow = Flow(p[0], p[1], p[2], p[3], p[4], p[5])
+        v = self.director.process_in(flow, self._t, p[6], p[9])
+        action = v.action
+        if action == FORWARD:
+            self._forward(v.conn, buf, start, p, ifindex, status)
+        elif action == REJECT:
+            self.stats.rejected += 1
+            self._icmp_error(buf, start, p, ifindex, "unreach")
+        elif v.action == "drop":
+            self.stats.dropped += 1
+        else:
+            self.stats.accepted += 1
+        return v
+
+    # -- transmit ---------------------------------------------------------------------
+    def _dest_of(self, cp: Any) -> Dest | None:
+        dest = cp.dest
+        if dest is None and cp.svc is not None:
+            dest = cp.svc.find_dest(cp.daf, cp.daddr, cp.dport) or cp.svc.find_dest(cp.daf, cp.daddr, 0)
+        return dest
+
+    def _forward(self, cp: Any, buf: Any, start: int, p: P.Parsed, ifindex: int, status: int) -> None:
+        method = cp.flags & CONN_F_FWD_MASK
+        if method != CONN_F_DROUTE and method != CONN_F_TUNNEL:
+            self.stats.other_method += 1
+            return
+        assert self.resolver is not None
+        nh = self.resolver.lookup(cp.daf, cp.daddr, self._t)
+        if nh is None:
+            # wait for the neighbour; keep a copy of the frame
+            frame = bytes(buf[start : p[7] + p[9]])
+            self.stats.waiting += 1
+            self.resolver.wait((cp.daf, cp.daddr), lambda: self._retry(cp, frame, ifindex, status))
+            return
+        if not nh.ok:
+            self.stats.no_route += 1
+            return
+        l3 = p[7]
+        iplen = p[9]
+        pkt = bytearray(buf[l3 : l3 + iplen])
+        if status & TP_STATUS_CSUMNOTREADY and p[10] == P.FRAG_NONE:
+            P.finish_l4_checksum(pkt, p[8] - l3, iplen, p[1])
+        if not P.decrement_ttl(pkt, 0):
+            self.stats.ttl_exceeded += 1
+            self._icmp_error(buf, start, p, ifindex, "ttl")
+            return
+        if method == CONN_F_DROUTE:
+            if iplen <= nh.mtu:
+                self.tx.send(nh.ifindex, nh.l2 + pkt)
+                self.stats.forwarded += 1
+                return
+            self._too_big(cp, nh, pkt, buf, start, p, ifindex, nh.mtu, None)
+            return
+        dest = self._dest_of(cp)
+        if dest is None:
+            self.stats.dropped += 1
+            return
+        mtu = T.inner_mtu(nh.mtu, cp.daf, dest.tun_type, dest.tun_flags)
+        if mtu < T.min_inner_mtu(cp.daf):
+            self.stats.dropped += 1
+            return
+        if iplen > mtu:
+            self._too_big(cp, nh, pkt, buf, start, p, ifindex, mtu, dest)
+            return
+        self._send_tun(cp, nh, dest, pkt, p)
+
+    def _send_tun(self, cp: Any, nh: NextHop, dest: Dest, inner: bytearray, p: P.Parsed) -> None:
+        outer = T.encapsulate(
+            inner,
+            p[0],
+            cp.daf,
+            nh.src,
+            cp.daddr,
+            dest.tun_type,
+            dest.tun_port,
+            dest.tun_flags,
+            P.flow_hash(p),
+            bool(self.ipvs.sysctl.pmtu_disc),
+            self._port_range,
+        )
+        if len(outer) > nh.mtu and cp.daf == P.AF_INET:
+            # ignore_df: the outer packet is fragmented
+            for frag in P.fragment_ipv4(outer, nh.mtu):
+                self.tx.send(nh.ifindex, nh.l2 + frag)
+        else:
+            self.tx.send(nh.ifindex, nh.l2 + outer)
+        self.stats.forwarded += 1
+
+    def _too_big(
+        self,
+        cp: Any,
+        nh: NextHop,
+        pkt: bytearray,
+        buf: Any,
+        start: int,
+        p: P.Parsed,
+        ifindex: int,
+        mtu: int,
+        dest: Dest | None,
+    ) -> None:
+        """The slow path of ``ensure_mtu_is_adequate``."""
+        assert self.resolver is not None
+        link = self.resolver.links.get(ifindex)
+        ingress_mtu = link.mtu if link is not None else 1500
+        af = p[0]
+        if p[1] == IPPROTO_TCP and p[9] > ingress_mtu and p[10] == P.FRAG_NONE:
+            # a receive-offload aggregate: cut it back to segments that fit
+            sp = P.parse_ip(pkt)
+            if sp is not None:
+                tcp_hlen = (pkt[sp[8] + 12] >> 4) << 2
+                mss = mtu - sp[8] - tcp_hlen
+                self.stats.resegmented += 1
+                for seg in P.segment_tcp(pkt, sp, mss):
+                    if dest is None:
+                        self.tx.send(nh.ifindex, nh.l2 + seg)
+                    else:
+                        self._send_tun(cp, nh, dest, seg, P.parse_ip(seg) or p)
+                return
+        if (
+            af == P.AF_INET
+            and not pkt[6] & 0x40
+            and not (dest is not None and not self.ipvs.sysctl.pmtu_disc)
+        ):
+            # no DF: fragment (DR); for TUN the outer packet is fragmented
+            if dest is None:
+                for frag in P.fragment_ipv4(pkt, mtu):
+                    self.tx.send(nh.ifindex, nh.l2 + frag)
+            else:
+                self._send_tun(cp, nh, dest, pkt, p)
+            self.stats.forwarded += 1
+            return
+        if af == P.AF_INET and dest is not None and not self.ipvs.sysctl.pmtu_disc:
+            self._send_tun(cp, nh, dest, pkt, p)
+            return
+        self.stats.frag_needed += 1
+        if p[10] != P.FRAG_LATER:
+            self._icmp_error(buf, start, p, ifindex, "toobig", mtu)
+
+    def _retry(self, cp: Any, frame: bytes, ifindex: int, status: int) -> None:
+        p = P.parse_frame(frame)
+        if p is None:
+            return
+        self._forward(cp, frame, 0, p, ifindex, status)
+
+    # -- fragments --------------------------------------------------------------------
+    def _fragment(self, buf: Any, start: int, end: int, p: P.Parsed, ifindex: int, status: int) -> None:
+        st = self.stats
+        st.fragments += 1
+        key = (p[0], p[1], p[2], p[4], p[11])
+        fs = self._frags.get(key)
+        if fs is None:
+            if len(self._frags) >= FRAG_MAX_KEYS:
+                self._frags.popitem(last=False)
+            fs = self._frags[key] = _FragState(self._t + FRAG_TIMEOUT)
+        if p[10] == P.FRAG_FIRST:
+            if fs.decided:
+                return  # duplicate first fragment
+            fs.decided = True
+            v = self._decide(buf, start, p, ifindex, status)
+            fs.conn = v.conn if v.action == FORWARD else None
+            held, fs.held = fs.held, []
+            for frame, fifx, fst in held:
+                self._frag_out(fs, frame, fifx, fst)
+            return
+        if not fs.decided:
+            if len(fs.held) < FRAG_MAX_HELD:
+                fs.held.append((bytes(buf[start:end]), ifindex, status))
+            return
+        self._frag_out(fs, bytes(buf[start:end]), ifindex, status)
+
+    def _frag_out(self, fs: _FragState, frame: bytes, ifindex: int, status: int) -> None:
+        if fs.conn is None:
+            return
+        p = P.parse_frame(frame)
+        if p is None:
+            return
+        self._forward(fs.conn, frame, 0, p, ifindex, status)
+
+    def _expire_frags(self, now: float) -> None:
+        while self._frags:
+            key, fs = next(iter(self._frags.items()))
+            if fs.expires > now:
+                break
+            del self._frags[key]
+
+    # -- ICMP errors (scapy: slow path) --------------------------------------------------
+    def _icmp_allowed(self, client: int) -> bool:
+        """``icmpv4_xrlim_allow``-like token bucket per client: a burst of 6,
+        then one per second."""
+        now = self._t
+        tokens, last = self._icmp_tokens.get(client, (ICMP_BURST, now))
+        tokens = min(ICMP_BURST, tokens + (now - last) / ICMP_INTERVAL)
+        if tokens < 1:
+            self._icmp_tokens[client] = (tokens, now)
+            return False
+        self._icmp_tokens[client] = (tokens - 1, now)
+        if len(self._icmp_tokens) > 4096:
+            self._icmp_tokens.clear()
+        return True
+
+    def _icmp_error(self, buf: Any, start: int, p: P.Parsed, ifindex: int, kind: str, mtu: int = 0) -> None:
+        """Answer the client as ``icmp_send``/``icmpv6_send`` would: from the
+        address it used, quoting its packet, out of the interface it came in
+        on, back to the MAC it came from."""
+        if not self._icmp_allowed(p[2]):
+            return
+        assert self.resolver is not None
+        link = self.resolver.link(ifindex)
+        if link is None:
+            return
+        try:
+            frame = build_icmp_error(bytes(buf[start : p[7] + p[9]]), p, link.mac, kind, mtu)
+        except Exception as exc:
+            log.debug("icmp build failed: %s", exc)
+            return
+        if frame and self.tx.send(ifindex, frame):
+            self.stats.icmp_sent += 1
+
+
+@dataclass(slots=True)
+class _FragState:
+    expires: float
+    decided: bool = False
+    conn: Any = None
+    held: list[tuple[bytes, int, int]] = field(default_factory=list)
+
+
+def build_icmp_error(frame: bytes, p: P.Parsed, our_mac: bytes, kind: str, mtu: int = 0) -> bytes:
+    """An Ethernet frame with the ICMP error for the packet in ``frame``:
+    port unreachable (``unreach``), TTL exceeded (``ttl``), fragmentation
+    needed / packet too big (``toobig``, with ``mtu``).  The quote is as much
+    of the original as fits in 576 bytes (IPv4) or 1280 (IPv6)."""
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6PacketTooBig, ICMPv6TimeExceeded, IPv6
+    from scapy.layers.l2 import Ether
+
+    l3 = p[7]
+    orig = frame[l3 : l3 + p[9]]
+    client_mac = frame[6:12]
+    src = format_ip(p[0], p[4])
+    dst = format_ip(p[0], p[2])
+    mac = ":".join(f"{b:02x}" for b in our_mac)
+    cmac = ":".join(f"{b:02x}" for b in client_mac)
+    if p[0] == P.AF_INET:
+        quote = orig[: 576 - 28]
+        tos = (orig[1] & 0x1E) | 0xC0
+        if kind == "unreach":
+            icmp = ICMP(type=3, code=3)
+        elif kind == "ttl":
+            icmp = ICMP(type=11, code=0)
+        else:
+            icmp = ICMP(type=3, code=4, nexthopmtu=mtu)
+        pkt = Ether(dst=cmac, src=mac) / IP(src=src, dst=dst, tos=tos, ttl=64) / icmp / quote
+    else:
+        quote = orig[: 1280 - 48]
+        if kind == "unreach":
+            icmp6: Any = ICMPv6DestUnreach(code=4)
+        elif kind == "ttl":
+            icmp6 = ICMPv6TimeExceeded(code=0)
+        else:
+            icmp6 = ICMPv6PacketTooBig(mtu=mtu)
+        pkt = Ether(dst=cmac, src=mac) / IPv6(src=src, dst=dst, hlim=64) / icmp6 / quote
+    return bytes(pkt)
+
+
+__all__ = ["DirectPlane", "NextHop", "PlaneStats", "Resolver", "build_icmp_error", "solicit"]
