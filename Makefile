@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint demo bench clean netdeps
 
 venv: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 lint: venv
 	$(VENV)/bin/ruff check lvs schedulers forwarding tests benchmarks examples
 
-test: venv lint
+test: venv lint netdeps
 	$(PY) -m pytest -q
 
 demo: venv
@@ -25,6 +25,15 @@ demo: venv
 
 bench: venv
 	$(PY) benchmarks/core.py
+
+# Tools the DR/TUN plane and its namespace tests use (root only; Debian packages):
+# nft (nftables) for the director's rules, trafgen (netsniff-ng) for benchmarks.
+netdeps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { ! command -v nft >/dev/null || ! command -v trafgen >/dev/null; }; then \
+	  apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables netsniff-ng >/dev/null; \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

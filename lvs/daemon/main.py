@@ -179,6 +179,8 @@ class Daemon:
             log.error("reload failed: %s", reply.get("error"))
 
     def start_planes(self) -> None:
+        if not self.opts.no_dr:
+            self.start_direct_plane()
         if self.opts.no_nat:
             return
         try:
@@ -186,6 +188,18 @@ class Daemon:
         except ImportError:  # pragma: no cover - forwarding not installed
             return
         plane = NatPlane(self.director, self.now, manage_vips=not self.opts.no_vip, workers=self.opts.workers)
+        self.planes.append(plane)
+        plane.start()
+
+    def start_direct_plane(self) -> None:
+        """DR/TUN plane (forwarding/dr.py): it opens its capture socket and
+        nftables table only once a -g/-i service exists."""
+        try:
+            from forwarding.dr import DirectPlane
+        except ImportError:  # pragma: no cover - forwarding not installed
+            return
+        name = "".join(ch if ch.isalnum() else "_" for ch in (self.opts.socket or ""))
+        plane = DirectPlane(self.director, self.now, table="pylvs" + (f"_{name}" if name else ""))
         self.planes.append(plane)
         plane.start()
 
@@ -224,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--allow-group", action="append", default=[], help="a group whose members may use lvsadm")
     ap.add_argument("--no-vip", action="store_true", help="do not add missing VIPs to lo")
     ap.add_argument("--no-nat", action="store_true", help="no NAT data plane (control plane only)")
+    ap.add_argument("--no-dr", action="store_true", help="no DR/TUN data plane (AF_PACKET, nftables)")
     ap.add_argument("--workers", type=int, default=1, help="NAT worker processes (SO_REUSEPORT)")
     ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
