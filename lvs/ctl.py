@@ -130,7 +130,7 @@ class IPVS:
         self.sysctl = Sysctls()
         self.timeouts = Timeouts()
         self.classic = classic
-        self.sched_ctx = SchedContext(rng=rng or random.Random(0), classic=classic)
+        self.sched_ctx = SchedContext(rng=rng or random.Random(0), classic=classic, sysctl=self.sysctl)
         self.trash: list[Dest] = []
         self.daemons: dict[str, SyncDaemon] = {}
         self.stats = Stats()
@@ -217,10 +217,13 @@ class IPVS:
         svc = self.get_service(spec.key, OP_EDIT_SERVICE)
         cls = self._check_sched(OP_EDIT_SERVICE, spec)
         if spec.sched_name != svc.sched_name:
-            new_sched = cls(svc, self.sched_ctx)
+            # the kernel unbinds the old scheduler first: if the new one
+            # cannot bind (mh with too many servers), none is left
             if svc.scheduler is not None:
                 svc.scheduler.done()
-            svc.scheduler = new_sched
+            svc.scheduler = None
+            svc.sched_name = "none"
+            svc.scheduler = cls(svc, self.sched_ctx)
             svc.sched_name = spec.sched_name
         self._apply_service_spec(svc, spec)
         self._notify("edit", svc)
@@ -273,7 +276,7 @@ class IPVS:
             raise IPVSError(op, errno.ERANGE, "upper threshold out of range")
         if spec.l_threshold < 0 or spec.l_threshold > INT_MAX:
             raise IPVSError(op, errno.ERANGE, "lower threshold out of range")
-        if spec.u_threshold and spec.l_threshold > spec.u_threshold:
+        if spec.l_threshold > spec.u_threshold:
             raise IPVSError(op, errno.ERANGE, "lower threshold above upper threshold")
         if spec.af != svc.af and (spec.fwd & CONN_F_FWD_MASK) != CONN_F_TUNNEL:
             raise IPVSError(op, errno.EINVAL, "mixed address families need tunnelling")

@@ -8,6 +8,9 @@ the same with a class per module.  The table calls:
 * ``add_dest(dest)`` after a real server was linked at the head of the list;
 * ``del_dest(dest, index)`` after it was unlinked (``index`` is where it was);
 * ``upd_dest(dest)`` after a real server was edited (weight, thresholds...);
+* ``counts_changed(dest)`` after the connection table changed a real
+  server's counters or its OVERLOAD flag (pylvs only: it keeps the
+  incremental indexes of rr/wrr/lc/wlc/sed/nq/fo/ovf/twos exact);
 * ``schedule(flow, now)`` to pick a real server for a new connection, or None;
 * ``done()`` when the service drops the scheduler (``done_service``);
 * ``tick(now)`` now and then, for schedulers with timers (lblc, lblcr).
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lvs.constants import DEST_F_OVERLOAD
 
@@ -37,8 +40,18 @@ class SchedContext:
 
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     classic: bool = False
-    lblc_expiration: float = 24 * 60 * 60
-    lblcr_expiration: float = 24 * 60 * 60
+    #: the table's sysctls (``lvs.sysctl.Sysctls``); None outside a table
+    sysctl: Any = None
+
+    @property
+    def lblc_expiration(self) -> float:
+        """sysctl net.ipv4.vs.lblc_expiration, seconds (default 24 h)."""
+        return float(self.sysctl.lblc_expiration) if self.sysctl is not None else 24 * 60 * 60.0
+
+    @property
+    def lblcr_expiration(self) -> float:
+        """sysctl net.ipv4.vs.lblcr_expiration, seconds (default 24 h)."""
+        return float(self.sysctl.lblcr_expiration) if self.sysctl is not None else 24 * 60 * 60.0
 
 
 class Scheduler:
@@ -50,22 +63,33 @@ class Scheduler:
         self.svc = svc
         self.ctx = ctx
 
-    def add_dest(self, dest: Dest) -> None:  # noqa: B027 - optional hook
+    def add_dest(self, dest: Dest) -> None:
         """A real server was linked at the head of the list."""
 
-    def del_dest(self, dest: Dest, index: int) -> None:  # noqa: B027
+    def del_dest(self, dest: Dest, index: int) -> None:
         """A real server was unlinked from position ``index``."""
 
-    def upd_dest(self, dest: Dest) -> None:  # noqa: B027
+    def upd_dest(self, dest: Dest) -> None:
         """A real server's weight, thresholds or flags were edited."""
+
+    def counts_changed(self, dest: Dest) -> None:
+        """``dest``'s connection counters (activeconns, inactconns) or its
+        OVERLOAD flag just changed.
+
+        The connection table calls ``svc.scheduler.counts_changed(dest)``
+        after every such change (bind, unbind, active/inactive transition,
+        threshold flag flip).  Schedulers with an incremental index refresh
+        the dest's key here; the kernel has no such hook because it walks
+        the list on every decision.
+        """
 
     def schedule(self, flow: Flow, now: float) -> Dest | None:
         raise NotImplementedError
 
-    def done(self) -> None:  # noqa: B027
+    def done(self) -> None:
         """The service drops this scheduler."""
 
-    def tick(self, now: float) -> None:  # noqa: B027
+    def tick(self, now: float) -> None:
         """Periodic work (garbage collection of caches)."""
 
     def explain(self) -> str:

@@ -85,7 +85,8 @@ def test_twos_never_picks_quiesced_or_overloaded(name: str, monkeypatch: pytest.
     monkeypatch.setattr(cls, "schedule", checked)
     got = comparable(run_scenario(name, seed=7))
     want = comparable(load_trace(name))
-    assert [g[:2] for g in got] == [w[:2] for w in want]
+    assert [g[0] for g in got] == [w[0] for w in want]
+    assert [g[:5] for g in got if g[0] == "flow"] == [w[:5] for w in want if w[0] == "flow"]
     # the non-random parts still match exactly: ipvsadm steps
     assert [g for g in got if g[0] == "ipvsadm"] == [w for w in want if w[0] == "ipvsadm"]
     assert picks

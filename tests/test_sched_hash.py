@@ -41,6 +41,7 @@ from lvs.constants import (
 )
 from lvs.errors import IPVSError
 from lvs.model import Dest, Flow, Service, ServiceKey
+from lvs.sysctl import Sysctls
 from schedulers import SchedContext, get_scheduler
 from schedulers.dh import DHScheduler
 from schedulers.hashing import (
@@ -462,7 +463,7 @@ def test_lblc_wlc_uses_conn_overhead_generation() -> None:
 
 
 def test_lblc_full_sweep_every_30th_timer_run() -> None:
-    ctx = SchedContext(lblc_expiration=100)
+    ctx = SchedContext(sysctl=Sysctls(lblc_expiration=100))
     svc = make_svc(proto=IPPROTO_TCP)
     sched = bind(svc, "lblc", ctx)
     add(svc, ip("10.1.0.1"))
@@ -539,7 +540,7 @@ def test_lblcr_set_grows_when_member_overloaded() -> None:
 
 
 def test_lblcr_set_shrinks_after_expiration_and_returns_erased_member() -> None:
-    ctx = SchedContext(lblcr_expiration=10)
+    ctx = SchedContext(sysctl=Sysctls(lblcr_expiration=10))
     svc = make_svc(proto=IPPROTO_TCP)
     sched = bind(svc, "lblcr", ctx)
     a = add(svc, ip("10.1.0.1"), 1)

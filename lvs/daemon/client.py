@@ -7,6 +7,7 @@ background, as the kernel loads ip_vs on first use.  ``--no-autostart`` or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -77,10 +78,9 @@ class Client:
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
         self._id += 1
-        try:
+        # lvsd may have refused us and hung up: its reason is still to be read
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.sock.sendall(encode({"id": self._id, "op": op, **args}))
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # lvsd may have refused us and hung up: its reason is still to be read
         try:
             line = self.file.readline()
         except ConnectionResetError:
