@@ -23,9 +23,11 @@ TCP
     state then follows the two real connections through synthetic segments:
 
     * connected: SYN+ACK out, ACK in (SYN_RECV -> ESTABLISHED);
-    * client EOF: FIN in, ACK out; real server EOF: FIN out, ACK in; so a
-      connection closed from both sides ends in TIME_WAIT as in the kernel
-      (CLOSE_WAIT / FIN_WAIT in between, which the kernel counts as inactive);
+    * client EOF: FIN in; real server EOF: FIN out; so a connection closed
+      from both sides ends in TIME_WAIT as in the kernel (CLOSE_WAIT /
+      FIN_WAIT in between, which the kernel counts as inactive).  The ACKs
+      that acknowledge the FINs change no state in any table and are not
+      shown to the core;
     * a reset from either side: RST to the core (CLOSE) and a reset to the
       other side.
 
@@ -60,7 +62,8 @@ Counters: what a "packet" is here
     protocol header is not counted.  A "packet" is one read: one recv() of
     payload on one side (however the TCP stream was segmented), one datagram
     for UDP, plus each synthetic control segment (SYN, SYN+ACK, ACK, FIN,
-    RST) shown to the core.  Counts are batched: per read only an integer is
+    RST) shown to the core; so packet counts are close to the kernel's for
+    small exchanges and far below them for bulk.  Counts are batched: per read only an integer is
     bumped, and the totals go to the core's counters every ``SWEEP`` seconds
     and when a connection ends.
 
@@ -128,6 +131,19 @@ HIGH_WATER = 256 * 1024
 
 _CONNECTING, _OPEN, _DONE = 0, 1, 2
 
+#: size of the read buffer
+READ_BUF = 256 * 1024
+#: the one read buffer every TCP relay reads into (the loop runs one callback
+#: at a time): a read lands here, is written to the other side at once, and
+#: if the kernel did not take it all, the transport keeps a reference to it and
+#: a fresh buffer takes its place.  No bytes object is made per read.
+_mv = memoryview(bytearray(READ_BUF))
+
+
+def _always() -> int:
+    return 1
+
+
 _ipcache: dict[str, int] = {}
 
 
@@ -166,14 +182,16 @@ def _resume(transport: Any) -> None:
 # ----------------------------------------------------------------------------
 # TCP
 # ----------------------------------------------------------------------------
-class _Upstream(asyncio.Protocol):
+class _Upstream(asyncio.BufferedProtocol):
     """The real server's side of one relayed TCP connection."""
 
-    __slots__ = ("cw", "nout", "pout", "s")
+    __slots__ = ("cw", "cwq", "nout", "pout", "s")
 
     def __init__(self, session: TcpSession) -> None:
         self.s = session
-        self.cw: Callable[[bytes], None] = session.ct.write  # type: ignore[union-attr]
+        ct: Any = session.ct
+        self.cw: Callable[[Any], None] = ct.write
+        self.cwq: Callable[[], int] = ct.get_write_buffer_size
         self.nout = 0
         self.pout = 0
 
@@ -184,9 +202,15 @@ class _Upstream(asyncio.Protocol):
         self.s.st = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[attr-defined]
 
-    def data_received(self, data: bytes) -> None:
-        self.cw(data)
-        self.nout += len(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _mv
+
+    def buffer_updated(self, nbytes: int) -> None:
+        global _mv
+        self.cw(_mv[:nbytes])
+        if self.cwq():
+            _mv = memoryview(bytearray(READ_BUF))
+        self.nout += nbytes
         self.pout += 1
 
     def eof_received(self) -> bool:
@@ -204,7 +228,7 @@ class _Upstream(asyncio.Protocol):
             _resume(self.s.ct)
 
 
-class TcpSession(asyncio.Protocol):
+class TcpSession(asyncio.BufferedProtocol):
     """One client connection to a virtual service and its relay."""
 
     __slots__ = (
@@ -222,6 +246,7 @@ class TcpSession(asyncio.Protocol):
         "st",
         "state",
         "sw",
+        "swq",
         "t0",
         "task",
         "up",
@@ -237,7 +262,8 @@ class TcpSession(asyncio.Protocol):
         #: early client data (before the real server answered) waits here
         self.early: list[bytes] = []
         self.early_eof = False
-        self.sw: Callable[[bytes], None] = self.early.append
+        self.sw: Callable[[Any], None] = self.early.append
+        self.swq: Callable[[], int] = _always
         self.nin = 0
         self.pin = 0
         self.c_eof = False
@@ -253,9 +279,15 @@ class TcpSession(asyncio.Protocol):
         transport.pause_reading()  # type: ignore[attr-defined]
         self.sf.accept(self, transport)
 
-    def data_received(self, data: bytes) -> None:
-        self.sw(data)
-        self.nin += len(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _mv
+
+    def buffer_updated(self, nbytes: int) -> None:
+        global _mv
+        self.sw(_mv[:nbytes])
+        if self.swq():
+            _mv = memoryview(bytearray(READ_BUF))
+        self.nin += nbytes
         self.pin += 1
 
     def eof_received(self) -> bool:
@@ -298,9 +330,15 @@ class TcpSession(asyncio.Protocol):
         st = fut.result()[0]
         self.st = st
         self.sw = st.write
+        self.swq = st.get_write_buffer_size
         self.state = _OPEN
         now = plane.now()
-        director.process_out(self.conn, now, SYN | ACK, 0)
+        if director.ipvs.sysctl.secure_tcp:
+            director.process_out(self.conn, now, SYN | ACK, 0)
+        else:
+            # SYN+ACK out changes no state in the normal tables (SYN_RECV
+            # stays): only count it
+            self.up.pout += 1  # type: ignore[union-attr]
         director.process_in(self.flow, now, ACK, 0)  # type: ignore[arg-type]
         hdr = self.sf.proxy_header(self)
         if hdr:
@@ -328,7 +366,6 @@ class TcpSession(asyncio.Protocol):
         st = self.st
         if st is not None and not st.is_closing():
             st.write_eof()
-        plane.director.process_out(self.conn, now, ACK, 0)
         if self.s_eof:
             self.finish()
 
@@ -342,7 +379,6 @@ class TcpSession(asyncio.Protocol):
         ct = self.ct
         if ct is not None and not ct.is_closing():
             ct.write_eof()
-        plane.director.process_in(self.flow, now, ACK, 0)  # type: ignore[arg-type]
         if self.c_eof:
             self.finish()
 
@@ -748,7 +784,7 @@ class _ServedService:
             coro = _connect_transparent(loop, up, af, peer[0], host, port, cp.daf)
         else:
             coro = loop.create_connection(up.factory, host, port)
-        task = s.task = asyncio.ensure_future(coro)
+        task = s.task = loop.create_task(coro)
         task.add_done_callback(s.connected)
         plane.sessions.add(s)
 
