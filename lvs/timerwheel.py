@@ -84,24 +84,28 @@ class TimerWheel:
             keep: list[Any] = []
             while bucket:
                 if 0 <= budget <= seen:
-                    bucket.extend(keep)
+                    # the unexamined entries stay at the end, popped first next time
+                    bucket[:0] = keep
                     return True
                 entry = bucket.pop()
-                seen += 1
                 if entry.timer_slot != slot:
+                    seen += 1
                     continue  # stale copy
                 if entry.expires <= now:
+                    seen += 1
                     entry.timer_slot = None
                     self._count -= 1
                     on_due(entry)
                     continue
                 new_slot = int(entry.expires // SLOT)
                 if new_slot != slot:
+                    seen += 1
                     self._file(entry, new_slot)
                 else:
+                    # due later in the slot that holds ``now``: not work done,
+                    # so it does not count against the budget
                     keep.append(entry)
             if keep:
-                # the slot holding ``now``: the rest is due later in this second
                 slots[slot] = keep
                 return False
             heapq.heappop(heap)
