@@ -440,7 +440,6 @@ class DirectPlane:
         self._match_any: set[tuple[int, int, int]] = set()
         self._targets: frozenset[Target] = frozenset()
         self._warnings: list[str] = []
-        self._refresh_pending = False
         self._frags: collections.OrderedDict[tuple[int, int, int, int, int], _FragState] = (
             collections.OrderedDict()
         )
@@ -512,13 +511,12 @@ class DirectPlane:
 
     # -- which services are ours --------------------------------------------------
     def _on_change(self, what: str, svc: Service) -> None:
+        """A service or its real servers changed: the served set is updated
+        before the admin command returns, so the first packet after
+        ``lvsadm -a`` already finds the nftables rule and the filter."""
         if what == "del":
             self._owned.discard(svc.key)
-        if self.loop is None:
-            self.refresh()
-        elif not self._refresh_pending:
-            self._refresh_pending = True
-            self.loop.call_soon(self.refresh)
+        self.refresh()
 
     @staticmethod
     def method_of(svc: Service) -> str:
@@ -534,7 +532,6 @@ class DirectPlane:
     def refresh(self) -> None:
         """Recompute the served set; update nftables first (the local stack
         stops answering), then the capture filter."""
-        self._refresh_pending = False
         targets: set[Target] = set()
         warn: list[str] = []
         match: set[tuple[int, int, int, int]] = set()
