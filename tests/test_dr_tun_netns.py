@@ -237,8 +237,7 @@ def test_clean_teardown() -> None:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
             assert (
-                lvsadm(crash, "-a", "-t", f"{VIP}:8080", "-r", f"{rip(1)}:8080", prefix=pre).returncode
-                == 0
+                lvsadm(crash, "-a", "-t", f"{VIP}:8080", "-r", f"{rip(1)}:8080", prefix=pre).returncode == 0
             )
             deadline = time.monotonic() + 10
             while f"pylvs_{crash}" not in t.ns(t.director, "nft", "list", "tables").stdout:
