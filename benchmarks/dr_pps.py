@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -121,7 +120,7 @@ def measure(count: int) -> list[dict]:
                 settle(t, t.rs[0], "eth1")
                 base = rx(t, t.rs[0], "eth1")
                 c0 = cpu_seconds(pid)
-                t0, out = run_gen(t, "veth01", conf, count)
+                t0, _out = run_gen(t, "veth01", conf, count)
                 got, t1 = settle(t, t.rs[0], "eth1")
                 cpu = cpu_seconds(pid) - c0
                 fwd = got - base
