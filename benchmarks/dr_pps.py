@@ -105,7 +105,7 @@ def measure(count: int) -> list[dict]:
         dev_direct = "veth02"
         t.ns(t.client, "ip", "link", "set", dev_direct, "up")
         base = rx(t, t.rs[0], "eth0")
-        t0, out = run_gen(t, dev_direct, trafgen_conf(rs_cmac, cmac, "10.0.0.3", "10.0.0.2"), count)
+        t0, _out = run_gen(t, dev_direct, trafgen_conf(rs_cmac, cmac, "10.0.0.3", "10.0.0.2"), count)
         got, t1 = settle(t, t.rs[0], "eth0")
         results.append({"mode": "direct (limit)", "sent": count, "forwarded": got - base, "elapsed": t1 - t0})
         t.ns(t.director, "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
@@ -146,17 +146,15 @@ def main() -> int:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
     res = measure(a.count)
-    print(
-        f"{'mode':16} {'sent':>9} {'forwarded':>10} {'elapsed s':>10} {'pps':>10} {'lvsd CPU s':>11} {'us/pkt':>8}"
-    )
+    head = ("sent", "forwarded", "elapsed s", "pps", "lvsd CPU s", "us/pkt")
+    print(f"{'mode':16} " + " ".join(f"{h:>10}" for h in head))
     for r in res:
         pps = r["forwarded"] / r["elapsed"] if r["elapsed"] > 0 else 0
         cpu = r.get("cpu")
         per = f"{cpu / r['forwarded'] * 1e6:8.2f}" if cpu is not None and r["forwarded"] else f"{'-':>8}"
         cpus = f"{cpu:11.2f}" if cpu is not None else f"{'-':>11}"
-        print(
-            f"{r['mode']:16} {r['sent']:9d} {r['forwarded']:10d} {r['elapsed']:10.2f} {pps:10.0f} {cpus} {per}"
-        )
+        row = f"{r['sent']:10d} {r['forwarded']:10d} {r['elapsed']:10.2f} {pps:10.0f} {cpus} {per}"
+        print(f"{r['mode']:16} {row}")
     return 0
 
 
