@@ -94,7 +94,9 @@ def _default_runner() -> IpvsadmRunner:
 class Simulation:
     """A scenario run: the director, the virtual clock and the network."""
 
-    def __init__(self, seed: int = 0, runner: IpvsadmRunner | None = None, classic: bool = False) -> None:
+    def __init__(
+        self, seed: int = 0, runner: IpvsadmRunner | None = None, classic: bool = False, explain: bool = False
+    ) -> None:
         self.ipvs = IPVS(rng=random.Random(seed), classic=classic)
         self.director = Director(self.ipvs)
         self.now = 0.0
@@ -102,6 +104,9 @@ class Simulation:
         self.held: dict[str, Flow] = {}
         self.index = 0
         self.runner = runner or _default_runner()
+        #: add an "explain" field to every flow line (see lvs.explain)
+        self.explain = explain
+        self._account: dict | None = None
 
     # -- ipvsadm -----------------------------------------------------------------
     def ipvsadm(self, argv: list[str]) -> tuple[int, str]:
@@ -119,6 +124,7 @@ class Simulation:
 
     def udp(self, src: str, dst: str, mark: int = 0) -> dict:
         flow = self._flow(IPPROTO_UDP, src, dst, mark)
+        self._before(flow)
         v = self.director.process_in(flow, self.now, 0, LEN_UDP)
         cp = v.conn if v.action == FORWARD else None
         if cp is not None and self.net.is_local(cp.daf, cp.daddr):
@@ -130,6 +136,7 @@ class Simulation:
     def tcp(self, src: str, dst: str, mark: int = 0, hold: bool = True) -> dict:
         flow = self._flow(IPPROTO_TCP, src, dst, mark)
         d = self.director
+        self._before(flow)
         v = d.process_in(flow, self.now, SYN, LEN_SYN)
         if v.action != FORWARD or v.conn is None:
             return self._report("tcp", flow, src, dst, mark, None, error="Connection refused")
@@ -168,6 +175,12 @@ class Simulation:
             if flow is not None:
                 self._close_flow(flow)
 
+    def _before(self, flow: Flow) -> None:
+        if self.explain:
+            from .explain import before_decision
+
+            self._account = before_decision(self.director, flow)
+
     def _report(
         self, proto: str, flow: Flow, src: str, dst: str, mark: int, cp, error: str | None = None
     ) -> dict:
@@ -183,6 +196,12 @@ class Simulation:
             line["real_server"] = None
             if error:
                 line["error"] = error
+        if self.explain:
+            from .explain import summary
+
+            line["explain"] = summary(self._account, line["real_server"])
+            if self._account is not None and self.index == 1:
+                line["rule"] = self._account["rule"]
         return line
 
     # -- time --------------------------------------------------------------------------
@@ -296,9 +315,11 @@ def _endpoint_text(af: int, value: int, port: int) -> str:
     return f"{ipaddress.IPv4Address(value)}:{port}"
 
 
-def simulate(lines: Iterable[str], out: TextIO, seed: int = 0, classic: bool = False) -> None:
+def simulate(
+    lines: Iterable[str], out: TextIO, seed: int = 0, classic: bool = False, explain: bool = False
+) -> None:
     """Run a scenario and write its JSON lines to ``out``."""
-    sim = Simulation(seed=seed, classic=classic)
+    sim = Simulation(seed=seed, classic=classic, explain=explain)
 
     def emit(obj: dict) -> None:
         out.write(json.dumps(obj) + "\n")
@@ -314,6 +335,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("scenario", help="scenario file, or - for standard input")
     ap.add_argument("--seed", type=int, default=0, help="seed for twos and anything random")
     ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
+    ap.add_argument("--explain", action="store_true", help="say why each flow went where it went")
     ns = ap.parse_args(argv)
     try:
         if ns.scenario == "-":
@@ -325,7 +347,7 @@ def main(argv: list[str]) -> int:
         print(f"lvsadm simulate: {exc}", file=sys.stderr)
         return 2
     try:
-        simulate(lines, sys.stdout, seed=ns.seed, classic=ns.classic)
+        simulate(lines, sys.stdout, seed=ns.seed, classic=ns.classic, explain=ns.explain)
     except ScenarioError as exc:
         print(f"lvsadm simulate: {ns.scenario}: {exc}", file=sys.stderr)
         return 2

@@ -140,3 +140,13 @@ snapshot
     snaps = [listing_half(d["output"]) for d in out if d.get("step") == "snapshot"]
     rows = [s.splitlines()[-1].split() for s in snaps]
     assert [r[-1] for r in rows] == ["2", "2", "0"]
+
+
+def test_explain_adds_reasons_without_changing_decisions() -> None:
+    sim = Simulation(explain=True)
+    got: list[dict] = []
+    sim.run((DATA / "scenarios" / "rr-persistent-netmask-tcp.scn").read_text().splitlines(), got.append)
+    assert comparable(got) == comparable(load_trace("rr-persistent-netmask-tcp"))
+    flows = [d for d in got if "i" in d]
+    assert flows[0]["explain"].startswith("rr: picked 10.1.0.4:80; list order (newest first): 10.1.0.4:80 w=5")
+    assert any(d["explain"].startswith("persistence template pins this client to") for d in flows)
