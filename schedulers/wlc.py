@@ -1,0 +1,71 @@
+"""wlc: weighted least-connection scheduling (``ip_vs_wlc.c``), the default.
+
+Rule: the load of a real server is its connection overhead
+(:func:`~schedulers.base.conn_overhead`) divided by its weight.  The kernel
+takes the first server that is not OVERLOADed and has weight > 0 as the
+candidate, then looks at every later server that is not OVERLOADed and
+replaces the candidate when ``overhead_candidate · weight_d >
+overhead_d · weight_candidate`` (64-bit cross-multiplication, no rounding).
+A weight-0 server makes the left side 0 and so never wins.
+
+Tie-break: strict ``>``, so among equal loads the earlier server in list
+order (the newer one) wins.
+
+The index keys are ``(overhead / weight, position)``; they order exactly like
+the cross-multiplication while ``max weight · max overhead < 2**51``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import conn_overhead, is_overloaded
+from .keyindex import FLOAT_EXACT, Key, KeyIndexScheduler
+
+if TYPE_CHECKING:
+    from lvs.model import Dest
+
+
+def wlc_pick(dests: list[Dest], classic: bool) -> Dest | None:
+    """The kernel's wlc walk over ``dests`` (kernel order); lblc/lblcr use it too."""
+    least = None
+    loh = 0
+    for dest in dests:
+        if is_overloaded(dest):
+            continue
+        if least is None:
+            if dest.weight > 0:
+                least = dest
+                loh = conn_overhead(dest, classic)
+            continue
+        doh = conn_overhead(dest, classic)
+        if loh * dest.weight > doh * least.weight:
+            least = dest
+            loh = doh
+    return least
+
+
+class WeightedLeastConnection(KeyIndexScheduler):
+    """Weighted least connections; key = (overhead / weight, position)."""
+
+    name = "wlc"
+
+    def _walk(self) -> Dest | None:
+        return wlc_pick(self.svc.destinations, self.ctx.classic)
+
+    def _key(self, dest: Dest) -> Key | None:
+        weight = dest.weight
+        overhead = conn_overhead(dest, self.ctx.classic)
+        if weight > self.hw_weight:
+            self.hw_weight = weight
+        if overhead > self.hw_load:
+            self.hw_load = overhead
+        if weight <= 0 or is_overloaded(dest):
+            return None
+        return (overhead / weight, dest.pos)
+
+    def _exact(self) -> bool:
+        return self.hw_weight * self.hw_load < FLOAT_EXACT
+
+
+SCHEDULER = WeightedLeastConnection
