@@ -9,10 +9,12 @@ What it serves
     SO_REUSEADDR, so a service may be created before its address exists.  A
     VIP that is not local is added to ``lo`` as a /32 (/128) and removed with
     the service (:mod:`forwarding.vip`; off with ``manage_vips=False``).
-    Port-0 (persistent) services, fwmark services, SCTP services and services
-    whose real servers all use -g/-i stay valid in the table but are not
-    served: :meth:`NatPlane.warnings` says so while they exist, and a warning
-    is logged when they are added.
+    Port-0 (persistent) services, fwmark services and SCTP services with
+    masquerading real servers stay valid in the table but are not served:
+    :meth:`NatPlane.warnings` says so while they exist, and a warning is
+    logged when they are added.  Services whose real servers all use -g/-i
+    belong to the DR/TUN plane (forwarding/dr.py); in a mixed service the
+    NAT plane relays to every real server, -g/-i ones included.
 
 TCP
     A client connection is accepted by the local stack, then shown to the core
@@ -91,6 +93,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import socket
 import struct
@@ -109,7 +112,7 @@ from lvs.constants import (
 )
 from lvs.core import FORWARD, Director
 from lvs.model import Flow, Service, ServiceKey
-from lvs.proto_tcp import ACK, FIN, RST, SYN
+from lvs.proto_tcp import ACK, DIR_INPUT, DIR_OUTPUT, FIN, RST, SYN
 
 from . import proxyproto
 from .vip import VipManager
@@ -305,6 +308,35 @@ class TcpSession(asyncio.BufferedProtocol):
             _resume(self.st)
 
     # -- relay state -------------------------------------------------------------
+    def seg_in(self, flags: int, now: float) -> None:
+        """A synthetic client segment for the entry we already hold: what
+        ``process_in`` does for a known entry (the look-up is skipped): a
+        packet of an entry whose real server is unavailable or which has
+        expired is dropped; otherwise the state moves, the timer is re-armed
+        and the packet counted (with the batch)."""
+        cp = self.conn
+        dest = cp.dest
+        if dest is None or not dest.flags & DEST_F_AVAILABLE or not cp.hashed:
+            return
+        director = self.sf.plane.director
+        director.set_state(cp, DIR_INPUT, flags, now)
+        cp.in_pkts += 1
+        cp.expires = now + cp.timeout
+        director.conns.arm(cp)
+        self.pin += 1
+
+    def seg_out(self, flags: int, now: float) -> None:
+        """A synthetic real-server segment: ``process_out`` for our entry."""
+        cp = self.conn
+        dest = cp.dest
+        if dest is None or not dest.flags & DEST_F_AVAILABLE or not cp.hashed:
+            return
+        director = self.sf.plane.director
+        director.set_state(cp, DIR_OUTPUT, flags, now)
+        cp.expires = now + cp.timeout
+        director.conns.arm(cp)
+        self.up.pout += 1  # type: ignore[union-attr]
+
     def connected(self, fut: asyncio.Future[Any]) -> None:
         """The connection to the real server is up, or failed."""
         plane = self.sf.plane
@@ -313,7 +345,6 @@ class TcpSession(asyncio.BufferedProtocol):
             if not fut.cancelled() and fut.exception() is None:
                 _rst(fut.result()[0])
             return
-        director = plane.director
         if fut.cancelled():
             plane.connect_timeouts += 1
             _rst(self.ct)
@@ -323,7 +354,7 @@ class TcpSession(asyncio.BufferedProtocol):
         if exc is not None:
             plane.connect_failures += 1
             if isinstance(exc, ConnectionRefusedError):
-                director.process_out(self.conn, plane.now(), RST, 0)
+                self.seg_out(RST, plane.now())
             _rst(self.ct)
             self.detach()
             return
@@ -333,13 +364,8 @@ class TcpSession(asyncio.BufferedProtocol):
         self.swq = st.get_write_buffer_size
         self.state = _OPEN
         now = plane.now()
-        if director.ipvs.sysctl.secure_tcp:
-            director.process_out(self.conn, now, SYN | ACK, 0)
-        else:
-            # SYN+ACK out changes no state in the normal tables (SYN_RECV
-            # stays): only count it
-            self.up.pout += 1  # type: ignore[union-attr]
-        director.process_in(self.flow, now, ACK, 0)  # type: ignore[arg-type]
+        self.seg_out(SYN | ACK, now)
+        self.seg_in(ACK, now)
         hdr = self.sf.proxy_header(self)
         if hdr:
             st.write(hdr)
@@ -362,12 +388,13 @@ class TcpSession(asyncio.BufferedProtocol):
         self.c_eof = True
         plane = self.sf.plane
         now = plane.now()
-        plane.director.process_in(self.flow, now, FIN | ACK, 0)  # type: ignore[arg-type]
+        self.seg_in(FIN | ACK, now)
+        if self.s_eof:
+            self.finish()  # close() sends the FIN: no separate shutdown
+            return
         st = self.st
         if st is not None and not st.is_closing():
             st.write_eof()
-        if self.s_eof:
-            self.finish()
 
     def server_eof(self) -> None:
         if self.state != _OPEN or self.s_eof:
@@ -375,12 +402,13 @@ class TcpSession(asyncio.BufferedProtocol):
         self.s_eof = True
         plane = self.sf.plane
         now = plane.now()
-        plane.director.process_out(self.conn, now, FIN | ACK, 0)
+        self.seg_out(FIN | ACK, now)
+        if self.c_eof:
+            self.finish()
+            return
         ct = self.ct
         if ct is not None and not ct.is_closing():
             ct.write_eof()
-        if self.c_eof:
-            self.finish()
 
     def client_lost(self, exc: Exception | None) -> None:
         if self.state == _DONE:
@@ -393,7 +421,7 @@ class TcpSession(asyncio.BufferedProtocol):
             return
         if exc is not None or not (self.c_eof and self.s_eof):
             # a reset (or an abort) from the client side
-            plane.director.process_in(self.flow, plane.now(), RST, 0)  # type: ignore[arg-type]
+            self.seg_in(RST, plane.now())
             plane.resets += 1
             self.detach()
             _rst(self.st)
@@ -404,7 +432,7 @@ class TcpSession(asyncio.BufferedProtocol):
             return
         plane = self.sf.plane
         if exc is not None or not (self.c_eof and self.s_eof):
-            plane.director.process_out(self.conn, plane.now(), RST, 0)
+            self.seg_out(RST, plane.now())
             plane.resets += 1
             self.detach()
             _rst(self.ct)
@@ -849,17 +877,19 @@ def _endpoint(af: int, host: str, port: int) -> str:
 
 
 def unserved_reason(svc: Service) -> str | None:
-    """Why the NAT plane does not serve ``svc`` (None: it does)."""
+    """Why the NAT plane does not serve ``svc``: None if it does, ``""`` if
+    the service belongs to the DR/TUN plane (every real server is -g/-i:
+    that plane reports on it), else the warning text."""
     key = svc.key
+    if svc.destinations and not any(d.conn_flags & CONN_F_FWD_MASK == CONN_F_MASQ for d in svc.destinations):
+        return ""
     if key.fwmark:
-        return "firewall-mark services are kept in the table but no data plane serves them yet"
+        return "firewall-mark services are kept in the table but the NAT data plane does not serve them"
     if key.protocol not in (IPPROTO_TCP, IPPROTO_UDP):
         return "only TCP and UDP services are served by the NAT data plane"
     if key.port == 0:
         kind = "persistent port-0" if svc.flags & SVC_F_PERSISTENT else "port-0"
-        return f"{kind} services are kept in the table but no data plane serves them yet"
-    if svc.destinations and not any(d.conn_flags & CONN_F_FWD_MASK == CONN_F_MASQ for d in svc.destinations):
-        return "its real servers use direct routing or tunnelling (-g/-i); the NAT data plane cannot do that"
+        return f"{kind} services are kept in the table but the NAT data plane does not serve them"
     return None
 
 
@@ -917,6 +947,7 @@ class NatPlane:
         """Serve the current table and follow its changes (call inside the loop)."""
         self.loop = asyncio.get_running_loop()
         _raise_nofile()
+        _tune_gc()
         if self.workers > 1:
             self._problems["workers"] = (
                 f"--workers {self.workers}: not implemented in this version; the NAT data plane runs "
@@ -972,7 +1003,10 @@ class NatPlane:
             self._unserve(key)
         else:
             why = unserved_reason(svc)
-            if why is not None:
+            if why == "":
+                self._unserved.pop(key, None)
+                self._unserve(key)
+            elif why is not None:
                 if self._unserved.get(key) != why:
                     log.warning("%s is not served: %s", key.describe(), why)
                 self._unserved[key] = why
@@ -1096,6 +1130,17 @@ class NatPlane:
                 if f.idle * SWEEP >= timeout:
                     f.close()
                     del front.ops[key]
+
+
+def _tune_gc() -> None:
+    """Every relayed connection allocates a few container objects and leaves a
+    connection entry behind (TIME_WAIT, 2 minutes): with the default
+    thresholds the cyclic collector runs every few connections and walks a
+    table that only grows.  Collect young objects less often, and move what
+    exists at start (modules, the table) out of the collector's sight."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20000, 20, 50)
 
 
 def _raise_nofile() -> None:

@@ -94,3 +94,13 @@ def parse_spec(text: str) -> tuple[str, int, int]:
     if not 0 < nport < 65536:
         raise ValueError(f"bad PROXY protocol port in {endpoint!r}")
     return host, nport, version
+
+
+def parse_specs(texts: list[str]) -> dict[tuple[str, int], int]:
+    """Several ``RIP:PORT=v1|v2`` texts (e.g. repeated ``--proxy-protocol``
+    options) as the ``proxy_protocol`` mapping of :class:`forwarding.nat.NatPlane`."""
+    out: dict[tuple[str, int], int] = {}
+    for text in texts:
+        host, port, version = parse_spec(text)
+        out[(host, port)] = version
+    return out
