@@ -45,8 +45,6 @@ FTPPORT = 21
 EXPIRE_RETRY = 60.0
 #: the timeout of a new entry before its first state transition
 INITIAL_TIMEOUT = 3.0
-#: the dest trash is examined this often
-TRASH_CHECK = 60.0
 
 # Verdicts of process_in.
 ACCEPT = "accept"  # not ours: the packet goes on to the local stack
@@ -72,7 +70,6 @@ class Director:
         self.conns = ConnTable()
         self.ipvs.conns = self.conns  # type: ignore[attr-defined]
         self._next_estimate = 0.0
-        self._next_trash = 0.0
         self._next_sched_tick = 0.0
 
     # ------------------------------------------------------------------------
@@ -345,6 +342,33 @@ class Director:
             self._put(cp, now)
         return Verdict(FORWARD, cp, new)
 
+    def account_in(self, cp: Conn, now: float, packets: int, nbytes: int) -> None:
+        """``packets`` client packets of ``cp`` (``nbytes`` IP bytes in all),
+        all seen at ``now``, counted at once: the same counters, timeout, timer
+        and ``in_pkts`` as that many :meth:`process_in` calls give, for the
+        packets on which process_in does nothing else.  The caller (the DR/TUN
+        fast path) guarantees that: ``cp`` is hashed, not one-packet, its dest
+        available; the packets are UDP, or TCP segments without SYN, FIN and
+        RST but with ACK on an ESTABLISHED entry, which stays ESTABLISHED in
+        every table (INPUT, INPUT_ONLY, and their secure_tcp variants)."""
+        dest = cp.dest
+        if dest is not None and dest.flags & DEST_F_AVAILABLE:
+            st = dest.stats
+            st.inpkts += packets
+            st.inbytes += nbytes
+            svc = dest.svc
+            if svc is not None:
+                st = svc.stats
+                st.inpkts += packets
+                st.inbytes += nbytes
+            st = self.ipvs.stats
+            st.inpkts += packets
+            st.inbytes += nbytes
+        timeouts = self.ipvs.timeouts
+        cp.timeout = timeouts.tcp[cp.state] if cp.protocol == IPPROTO_TCP else timeouts.udp
+        cp.in_pkts += packets
+        self._put(cp, now)
+
     def _tcp_may_schedule(self, tcp_flags: int) -> bool:
         """``tcp_conn_schedule``: only a SYN opens a connection (any non-RST
         segment with sloppy_tcp); a RST never does."""
@@ -508,22 +532,29 @@ class Director:
                 if svc.scheduler is not None:
                     svc.scheduler.tick(now)
             self._next_sched_tick = now + 1.0
-        if now >= self._next_trash:
-            self.ipvs.purge_trash(now)
-            self._next_trash = now + TRASH_CHECK
+        timer = self.ipvs.trash_timer
+        if timer is not None and now >= timer:
+            self.ipvs.trash_expire(now)
         return more
 
     def advance(self, start: float, end: float) -> None:
-        """Move virtual time from ``start`` to ``end``, firing every timer and
-        estimator run in order (for simulations)."""
+        """Move virtual time from ``start`` to ``end``, running every timer
+        (entries, estimator, dest trash) at its own time, in order (for
+        simulations)."""
         t = start
         while True:
+            deadlines = [end, self._next_estimate, self._next_sched_tick]
             nxt = self.conns.wheel.next_deadline()
-            step = min(x for x in (end, self._next_estimate, nxt if nxt is not None else end) if x >= t)
+            if nxt is not None:
+                deadlines.append(nxt)
+            if self.ipvs.trash_timer is not None:
+                deadlines.append(self.ipvs.trash_timer)
+            later = [x for x in deadlines if x > t]
+            step = min(later) if later else end
             self.tick(step)
             if step >= end:
                 break
-            t = step if step > t else t + 1e-6
+            t = step
 
     def _on_timer(self, cp: Conn) -> None:
         now = cp.expires
@@ -541,7 +572,6 @@ class Director:
         """Align periodic work with a clock that does not start at zero."""
         self._next_estimate = now + ESTIMATOR_PERIOD
         self._next_sched_tick = now + 1.0
-        self._next_trash = now + TRASH_CHECK
 
 
 __all__ = ["ACCEPT", "ACK", "DROP", "FORWARD", "REJECT", "TCP_S_NONE", "Director", "Verdict"]

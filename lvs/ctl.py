@@ -132,6 +132,8 @@ class IPVS:
         self.classic = classic
         self.sched_ctx = SchedContext(rng=rng or random.Random(0), classic=classic, sysctl=self.sysctl)
         self.trash: list[Dest] = []
+        #: when the trash timer runs next (None: the trash is empty)
+        self.trash_timer: float | None = None
         self.daemons: dict[str, SyncDaemon] = {}
         self.stats = Stats()
         #: called with (service) when a service appears / changes / goes
@@ -379,8 +381,13 @@ class IPVS:
 
     # -- trash ---------------------------------------------------------------------
     def _to_trash(self, dest: Dest, now: float) -> None:
+        """``__ip_vs_del_dest``: unavailable, onto the trash list; the trash timer
+        starts (60 s) when the list was empty.  ``trash_since`` is the kernel's
+        idle_start: unset until a timer run finds the dest unreferenced."""
         dest.flags &= ~DEST_F_AVAILABLE
-        dest.trash_since = now
+        dest.trash_since = None
+        if not self.trash:
+            self.trash_timer = now + DEST_TRASH_PERIOD / 2
         self.trash.append(dest)
 
     def _trash_get(self, svc: Service, spec: DestSpec) -> Dest | None:
@@ -395,19 +402,26 @@ class IPVS:
                 and old.key == svc.key
             ):
                 del self.trash[i]
+                if not self.trash:
+                    self.trash_timer = None
                 return dest
         return None
 
-    def purge_trash(self, now: float) -> None:
-        """Free trashed real servers nobody refers to any more, after 120 s idle."""
+    def trash_expire(self, now: float) -> None:
+        """``ip_vs_dest_trash_expire``, every 60 s while the trash holds dests:
+        a dest still referenced by entries stays; the first run that finds it
+        unreferenced notes the time; 120 s after that it is freed."""
         keep = []
         for dest in self.trash:
             if dest.refcnt > 0:
+                keep.append(dest)
+            elif dest.trash_since is None:
                 dest.trash_since = now
                 keep.append(dest)
-            elif dest.trash_since is not None and now - dest.trash_since < DEST_TRASH_PERIOD:
+            elif now < dest.trash_since + DEST_TRASH_PERIOD:
                 keep.append(dest)
         self.trash = keep
+        self.trash_timer = now + DEST_TRASH_PERIOD / 2 if keep else None
 
     # -- timeouts, daemons -------------------------------------------------------------
     def set_timeouts(self, tcp: int, tcpfin: int, udp: int) -> None:

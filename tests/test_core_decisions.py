@@ -817,13 +817,6 @@ def test_trash_referenced_dest_is_kept() -> None:
     assert lab.add(0) is a
 
 
-@pytest.mark.xfail(
-    reason="kernel-notes §6: the trash timer is armed 60 s after the first deletion and "
-    "ip_vs_dest_trash_expire frees a server 120 s after the first tick that saw it "
-    "unreferenced (idle_start); IPVS.purge_trash frees it 120 s after the last tick "
-    "that saw it referenced, i.e. up to 60 s earlier",
-    strict=True,
-)
 def test_trash_kernel_idle_start_timing() -> None:
     """Entry made at t=0 (expires 300), server deleted at t=5: the kernel's
     trash timer runs at 65, 125, ..., 305 (first tick without references:
