@@ -136,7 +136,7 @@ _CONNECTING, _OPEN, _DONE = 0, 1, 2
 
 #: size of the read buffer
 READ_BUF = 256 * 1024
-#: the one read buffer every TCP relay reads into (the loop runs one callback
+#: the one read buffer every bulk TCP relay reads into (the loop runs one callback
 #: at a time): a read lands here, is written to the other side at once, and
 #: if the kernel did not take it all, the transport keeps a reference to it and
 #: a fresh buffer takes its place.  No bytes object is made per read.
@@ -145,6 +145,78 @@ _mv = memoryview(bytearray(READ_BUF))
 
 def _always() -> int:
     return 1
+
+
+#: a read this large means bulk: that side switches to reading into the
+#: shared buffer (plain reads are cheaper for small messages, buffered reads
+#: save a copy of every byte)
+BULK_READ = 64 * 1024
+
+
+class _BulkIn(asyncio.BufferedProtocol):
+    """The client side of a relay once it carries bulk data."""
+
+    __slots__ = ("s",)
+
+    def __init__(self, s: TcpSession) -> None:
+        self.s = s
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _mv
+
+    def buffer_updated(self, nbytes: int) -> None:
+        global _mv
+        s = self.s
+        s.sw(_mv[:nbytes])
+        if s.swq():
+            _mv = memoryview(bytearray(READ_BUF))
+        s.nin += nbytes
+        s.pin += 1
+
+    def eof_received(self) -> bool:
+        return self.s.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.s.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.s.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.s.resume_writing()
+
+
+class _BulkOut(asyncio.BufferedProtocol):
+    """The real server's side of a relay once it carries bulk data."""
+
+    __slots__ = ("u",)
+
+    def __init__(self, u: _Upstream) -> None:
+        self.u = u
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _mv
+
+    def buffer_updated(self, nbytes: int) -> None:
+        global _mv
+        u = self.u
+        u.cw(_mv[:nbytes])
+        if u.cwq():
+            _mv = memoryview(bytearray(READ_BUF))
+        u.nout += nbytes
+        u.pout += 1
+
+    def eof_received(self) -> bool:
+        return self.u.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.u.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.u.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.u.resume_writing()
 
 
 _ipcache: dict[str, int] = {}
@@ -185,7 +257,7 @@ def _resume(transport: Any) -> None:
 # ----------------------------------------------------------------------------
 # TCP
 # ----------------------------------------------------------------------------
-class _Upstream(asyncio.BufferedProtocol):
+class _Upstream(asyncio.Protocol):
     """The real server's side of one relayed TCP connection."""
 
     __slots__ = ("cw", "cwq", "nout", "pout", "s")
@@ -205,16 +277,13 @@ class _Upstream(asyncio.BufferedProtocol):
         self.s.st = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[attr-defined]
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _mv
-
-    def buffer_updated(self, nbytes: int) -> None:
-        global _mv
-        self.cw(_mv[:nbytes])
-        if self.cwq():
-            _mv = memoryview(bytearray(READ_BUF))
-        self.nout += nbytes
+    def data_received(self, data: bytes) -> None:
+        self.cw(data)
+        n = len(data)
+        self.nout += n
         self.pout += 1
+        if n >= BULK_READ:
+            self.s.st.set_protocol(_BulkOut(self))  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         self.s.server_eof()
@@ -231,7 +300,7 @@ class _Upstream(asyncio.BufferedProtocol):
             _resume(self.s.ct)
 
 
-class TcpSession(asyncio.BufferedProtocol):
+class TcpSession(asyncio.Protocol):
     """One client connection to a virtual service and its relay."""
 
     __slots__ = (
@@ -282,16 +351,13 @@ class TcpSession(asyncio.BufferedProtocol):
         transport.pause_reading()  # type: ignore[attr-defined]
         self.sf.accept(self, transport)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _mv
-
-    def buffer_updated(self, nbytes: int) -> None:
-        global _mv
-        self.sw(_mv[:nbytes])
-        if self.swq():
-            _mv = memoryview(bytearray(READ_BUF))
-        self.nin += nbytes
+    def data_received(self, data: bytes) -> None:
+        self.sw(data)
+        n = len(data)
+        self.nin += n
         self.pin += 1
+        if n >= BULK_READ and self.state == _OPEN:
+            self.ct.set_protocol(_BulkIn(self))  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         self.client_eof()
