@@ -82,10 +82,9 @@ Client address
     director that delivers them locally).
 
 Workers
-    ``workers > 1`` is not implemented in this version: the data plane runs in
-    the lvsd process (one core) and a warning says so.  The design kept open
-    for it: each worker a process with its own SO_REUSEPORT listeners and its
-    own table replicated from the control plane, scheduling independently.
+    ``workers > 1``: N processes each run this plane on their own copy of
+    the table, with SO_REUSEPORT listeners; see :mod:`forwarding.workers` for
+    the scheduling semantics across workers and how counters come back.
 """
 
 from __future__ import annotations
@@ -787,6 +786,27 @@ class _ServedService:
         self.task: asyncio.Future[Any] | None = None
         self.vip = False
         self.closed = False
+        self.persistent = bool(svc.flags & SVC_F_PERSISTENT)
+        self.steered = False
+
+    def steer(self, persistent: bool) -> None:
+        """With workers: a persistent service steers each client address to
+        one worker (so its template is found again); others let the kernel
+        spread connections by their 4-tuple."""
+        self.persistent = persistent
+        sock = self.sock
+        if sock is None or self.plane.reuse_port < 2 or persistent == self.steered:
+            return
+        from .workers import attach_client_steering, detach_steering
+
+        try:
+            if persistent:
+                attach_client_steering(sock, self.af, self.plane.reuse_port)
+            else:
+                detach_steering(sock)
+            self.steered = persistent
+        except OSError as exc:
+            log.warning("client steering on %s: %s", self.describe(), exc)
 
     def describe(self) -> str:
         return ("UDP " if self.udp else "TCP ") + _endpoint(self.af, self.host, self.vport)
@@ -798,6 +818,8 @@ class _ServedService:
         sock = socket.socket(af, socket.SOCK_DGRAM if self.udp else socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.plane.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if af == AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
@@ -806,6 +828,10 @@ class _ServedService:
             sock.bind((self.host, self.vport))
             if not self.udp:
                 sock.listen(BACKLOG)
+            self.sock = sock
+            if self.plane.reuse_port > 1:
+                # after listen(): a TCP group formed earlier refuses the next bind
+                self.steer(self.persistent)
             sock.setblocking(False)
         except OSError:
             sock.close()
@@ -981,6 +1007,7 @@ class NatPlane:
         proxy_protocol: dict[tuple[str, int], int] | None = None,
         transparent: bool = False,
         connect_timeout: float = 5.0,
+        reuse_port: int = 0,
     ) -> None:
         self.director = director
         self.now = now_fn
@@ -989,6 +1016,10 @@ class NatPlane:
         self.proxy_protocol = dict(proxy_protocol or {})
         self.transparent = transparent
         self.connect_timeout = connect_timeout
+        #: in a worker: the number of workers sharing each listening address
+        self.reuse_port = reuse_port
+        #: with ``workers > 1``, the processes that carry the traffic
+        self.pool: Any = None
         self.served: dict[ServiceKey, _ServedService] = {}
         self.sessions: set[TcpSession] = set()
         self._targets: dict[tuple[int, int, int], tuple[str, int]] = {}
@@ -1015,10 +1046,19 @@ class NatPlane:
         _raise_nofile()
         _tune_gc()
         if self.workers > 1:
-            self._problems["workers"] = (
-                f"--workers {self.workers}: not implemented in this version; the NAT data plane runs "
-                "in the lvsd process only (one core)"
+            from .workers import WorkerPool
+
+            self.pool = WorkerPool(
+                self.director,
+                self.now,
+                self.workers,
+                {
+                    "proxy_protocol": [[h, p, v] for (h, p), v in self.proxy_protocol.items()],
+                    "transparent": self.transparent,
+                    "connect_timeout": self.connect_timeout,
+                },
             )
+            self.pool.start(self.loop)
         self.director.ipvs.listeners.append(self._on_change)
         for svc in list(self.director.ipvs.services.values()):
             self._on_change("add", svc)
@@ -1036,10 +1076,14 @@ class NatPlane:
         self.served.clear()
         for s in list(self.sessions):
             s.reset()
+        if self.pool is not None:
+            await self.pool.close()
         self.vips.close()
         await asyncio.sleep(0)
 
     def describe(self) -> str:
+        if self.pool is not None:
+            return f"nat: {len(self.served)} services served by " + self.pool.describe()
         tcp = sum(1 for sf in self.served.values() if not sf.udp)
         udp = len(self.served) - tcp
         flows = sum(len(sf.front.flows) for sf in self.served.values() if sf.front is not None)
@@ -1081,6 +1125,11 @@ class NatPlane:
                 self._unserved.pop(key, None)
                 if key not in self.served:
                     self._serve(svc)
+                sf = self.served.get(key)
+                if sf is not None and self.reuse_port:
+                    sf.steer(bool(svc.flags & SVC_F_PERSISTENT))
+                if self.pool is not None and key in self.served:
+                    self.pool.update(svc)
         if not self._sweep_soon and self.loop is not None:
             self._sweep_soon = True
             self.loop.call_soon(self._check_sessions)
@@ -1094,7 +1143,8 @@ class NatPlane:
         if warning:
             self.problem(f"{sf.describe()}: {warning}", ("vip", svc.key))
         try:
-            sf.open()
+            if self.pool is None:
+                sf.open()
         except OSError as exc:
             self.vips.release(sf.af, sf.host)
             self.problem(f"cannot serve {sf.describe()}: {exc.strerror or exc}", svc.key)
@@ -1108,6 +1158,8 @@ class NatPlane:
         if sf is None:
             return
         sf.close()
+        if self.pool is not None:
+            self.pool.remove(key)
         self._problems.pop(("vip", key), None)
         if sf.vip:
             self.vips.release(sf.af, sf.host)
@@ -1139,6 +1191,8 @@ class NatPlane:
         """Counters to the core, timers re-armed for traffic, connect
         timeouts, expired entries and unavailable real servers."""
         director = self.director
+        if self.pool is not None:
+            self.pool.sync_env()
         arm = director.conns.arm
         nodest_expire = director.ipvs.sysctl.expire_nodest_conn
         deadline = now - self.connect_timeout

@@ -1004,3 +1004,52 @@ def test_transparent_mode_real_server_sees_the_client(topology: NatTopology) -> 
     d.stdin.close()
     assert "accepted 1" in d.stdout.readline()
     d.wait(10)
+
+
+# ----------------------------------------------------------------------------
+# --workers
+# ----------------------------------------------------------------------------
+def test_workers_share_the_traffic_and_counts_add_up(backends: Backends) -> None:
+    a, b = backends.greeter(), backends.greeter()
+    vport = free_port()
+    vip = f"127.0.0.1:{vport}"
+    with running_lvsd("--workers", "2") as name:
+        adm = Adm(name)
+        adm("-A", "-t", vip, "-s", "rr")
+        adm("-a", "-t", vip, "-r", f"127.0.0.1:{a}", "-m")
+        adm("-a", "-t", vip, "-r", f"127.0.0.1:{b}", "-m")
+        time.sleep(0.5)  # the workers receive the table
+        socks = [greet("127.0.0.1", vport) for _ in range(20)]
+        assert {p for _, p in socks} == {a, b}
+
+        def total_active() -> bool:
+            counts = adm.counts(vip)
+            return sum(v[0] for v in counts.values()) == 20
+
+        wait_until(total_active, 5)
+        planes = " ".join(adm.status()["planes"])
+        assert "2 workers" in planes
+        accepted = [int(x) for x in re.findall(r"accepted (\d+)", planes)]
+        assert len(accepted) == 2 and sum(accepted) == 20 and min(accepted) > 0
+        for s, _ in socks:
+            s.close()
+        wait_until(lambda: sum(v[1] for v in adm.counts(vip).values()) == 20, 5)
+        out = adm("-L", "-n", "--stats")
+        assert re.search(rf"TCP  127\.0\.0\.1:{vport}\s+20\s", out), out
+
+
+def test_workers_keep_persistence_per_client_address(backends: Backends) -> None:
+    a, b = backends.greeter(), backends.greeter()
+    vport = free_port()
+    vip = f"127.0.0.1:{vport}"
+    with running_lvsd("--workers", "2") as name:
+        adm = Adm(name)
+        adm("-A", "-t", vip, "-s", "rr", "-p", "60")
+        adm("-a", "-t", vip, "-r", f"127.0.0.1:{a}", "-m")
+        adm("-a", "-t", vip, "-r", f"127.0.0.1:{b}", "-m")
+        time.sleep(0.5)
+        for src in ("127.0.0.5", "127.0.0.6", "127.0.0.7"):
+            got = [greet("127.0.0.1", vport, src=src) for _ in range(6)]
+            assert len({p for _, p in got}) == 1, src
+            for s, _ in got:
+                s.close()
