@@ -93,6 +93,8 @@ FMT_EXACT = 0x0080
 FMT_TUN_INFO = 0x0100
 
 _U32 = 0xFFFFFFFF
+_SIGN = 0x80000000
+_WRAP = 0x100000000
 _ADDRPORT_MAX = 59  # snprintf into a 60-byte buffer
 _SVC_NAME_CUT = 33
 _DEST_NAME_CUT = 28
@@ -150,12 +152,23 @@ def _addr_words(af: int, addr: int, as_af: int) -> list[int]:
 
 
 def _cmp_addr(af: int, a_af: int, a: int, b_af: int, b: int) -> int:
-    r = 0
-    for wa, wb in zip(_addr_words(a_af, a, af), _addr_words(b_af, b, af)):
-        r = _int32(wa - wb)
-        if r:
-            break
-    return r
+    """Word by word as ``af`` reads them (one word for IPv4, four for IPv6),
+    the first non-zero signed-wrapped difference; 0 if all are equal.
+
+    The same result as comparing :func:`_addr_words` lists, without building
+    them: the listings of a large table call this some 10**5 times."""
+    a128 = a if a_af == AF_INET6 else (a & _U32) << 96
+    b128 = b if b_af == AF_INET6 else (b & _U32) << 96
+    if af != AF_INET6:
+        d = ((a128 >> 96) - (b128 >> 96)) & _U32
+        return d - _WRAP if d & _SIGN else d
+    if a128 == b128:
+        return 0
+    for shift in (96, 64, 32, 0):
+        d = ((a128 >> shift) - (b128 >> shift)) & _U32
+        if d:
+            return d - _WRAP if d & _SIGN else d
+    return 0
 
 
 def _kernel_protocol(svc: Service) -> int:
@@ -166,27 +179,39 @@ def _kernel_protocol(svc: Service) -> int:
 def cmp_services(s1: Service, s2: Service) -> int:
     """``ipvs_cmp_services``: fwmark, family, protocol, address, port, each a
     plain subtraction; fwmark and address differences wrap to a signed int."""
-    r = _int32(s1.fwmark - s2.fwmark)
+    k1, k2 = s1.key, s2.key
+    d = (k1.fwmark - k2.fwmark) & _U32
+    if d:
+        return d - _WRAP if d & _SIGN else d
+    r = k1.af - k2.af
     if r:
         return r
-    r = s1.af - s2.af
+    r = (IPPROTO_TCP if k1.fwmark else k1.protocol) - (IPPROTO_TCP if k2.fwmark else k2.protocol)
     if r:
         return r
-    r = _kernel_protocol(s1) - _kernel_protocol(s2)
-    if r:
-        return r
-    r = _cmp_addr(s1.af, s1.af, s1.addr, s2.af, s2.addr)
-    if r:
-        return r
-    return (s1.port & 0xFFFF) - (s2.port & 0xFFFF)
+    if k1.af != AF_INET6:  # one word each (the families are equal here)
+        d = (k1.addr - k2.addr) & _U32
+        if d:
+            return d - _WRAP if d & _SIGN else d
+    else:
+        r = _cmp_addr(k1.af, k1.af, k1.addr, k2.af, k2.addr)
+        if r:
+            return r
+    return (k1.port & 0xFFFF) - (k2.port & 0xFFFF)
 
 
 def cmp_dests(d1: Dest, d2: Dest) -> int:
     """``ipvs_cmp_dests``: address (as many words as the *first* dest's family
     has, signed-wrapped differences), then port."""
-    r = _cmp_addr(d1.af, d1.af, d1.addr, d2.af, d2.addr)
-    if r:
-        return r
+    af1 = d1.af
+    if af1 != AF_INET6 and d2.af != AF_INET6:
+        d = (d1.addr - d2.addr) & _U32
+        if d:
+            return d - _WRAP if d & _SIGN else d
+    else:
+        r = _cmp_addr(af1, af1, d1.addr, d2.af, d2.addr)
+        if r:
+            return r
     return (d1.port & 0xFFFF) - (d2.port & 0xFFFF)
 
 
