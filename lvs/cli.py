@@ -17,6 +17,7 @@ import io
 import json
 import os
 import sys
+from typing import TextIO
 
 from .daemon.client import Client, DaemonUnavailable, PermissionDenied
 
@@ -93,9 +94,21 @@ def main(argv: list[str] | None = None) -> int:
     if not reply.get("ok", True):
         print(f"lvsadm: {reply.get('error')}", file=sys.stderr)
         return 255
-    sys.stdout.write(reply["stdout"])
-    sys.stderr.write(reply["stderr"])
+    _write_raw(sys.stdout, reply["stdout"])
+    _write_raw(sys.stderr, reply["stderr"])
     return int(reply["rc"])
+
+
+def _write_raw(stream: TextIO, text: str) -> None:
+    """Write as ipvsadm would: arguments that were not UTF-8 travel as
+    surrogate escapes and go out as the bytes they were."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(text)
+        return
+    stream.flush()
+    buffer.write(text.encode("utf-8", "surrogateescape"))
+    buffer.flush()
 
 
 def _wants_stdin(argv: list[str]) -> bool:

@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from schedulers import get_scheduler
+
 from .addr import parse_ip, v4_mask_from_text
 from .constants import (
     AF_INET,
@@ -60,7 +62,7 @@ from .constants import (
     TUN_TYPE_GUE,
     TUN_TYPE_IPIP,
 )
-from .ctl import IPVS, DestSpec, ServiceSpec
+from .ctl import IPVS, KNOWN_PE, DestSpec, ServiceSpec
 from .errors import IPVSError
 from .model import ServiceKey
 from .sysctl import Sysctls
@@ -105,6 +107,7 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Node:
+    loader.flatten_mapping(node)  # YAML merge keys (<<)
     data: dict[str, Any] = {}
     lines: dict[str, int] = {}
     for key_node, value_node in node.value:
@@ -163,6 +166,8 @@ def load_config(path: str) -> Config:
             text = fh.read()
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid UTF-8") from None
     return parse_config(text, path)
 
 
@@ -235,6 +240,13 @@ def _service(ctx: _Ctx, node: _Node, where: str) -> tuple[ServiceSpec, list[Dest
         af, addr, port = _endpoint(ctx, node.data[kind], node.lines[kind], f"{where}.{kind}")
         key = ServiceKey(af, PROTOS[kind], addr, port)
     sched = str(node.data.get("scheduler", "wlc"))
+    if get_scheduler(sched) is None:
+        raise ctx.fail(
+            node.lines["scheduler"], f"{where}.scheduler", "Scheduler or persistence engine not found"
+        )
+    pe = str(node.data.get("pe", "") or "")
+    if pe and pe not in KNOWN_PE:
+        raise ctx.fail(node.lines["pe"], f"{where}.pe", "Scheduler or persistence engine not found")
     flags = 0
     timeout = 0
     persistent = node.data.get("persistent", False)
@@ -247,11 +259,18 @@ def _service(ctx: _Ctx, node: _Node, where: str) -> tuple[ServiceSpec, list[Dest
     if not flags & SVC_F_PERSISTENT and key.port == 0 and not key.fwmark:
         raise ctx.fail(node.line, where, "Zero port specified for non-persistent service")
     if node.data.get("ops"):
+        if key.protocol != IPPROTO_UDP and not key.fwmark:
+            reason = "One-Packet Scheduling is only for UDP virtual services"
+            raise ctx.fail(node.lines["ops"], f"{where}.ops", reason)
         flags |= SVC_F_ONEPACKET
     for name in node.data.get("flags") or []:
-        if str(name) not in SCHED_FLAGS:
+        name = str(name)
+        if name not in SCHED_FLAGS:
             raise ctx.fail(node.lines["flags"], f"{where}.flags", f"invalid scheduler flag `{name}'")
-        flags |= SCHED_FLAGS[str(name)]
+        owner = name.split("-", 1)[0]
+        if owner in ("sh", "mh") and sched != owner:
+            raise ctx.fail(node.lines["flags"], f"{where}.flags", f"incompatible scheduler flag `{name}'")
+        flags |= SCHED_FLAGS[name]
     netmask = None
     if "netmask" in node.data:
         raw = node.data["netmask"]
@@ -259,7 +278,9 @@ def _service(ctx: _Ctx, node: _Node, where: str) -> tuple[ServiceSpec, list[Dest
             netmask = int(raw) if af == AF_INET6 else v4_mask_from_text(str(raw))
         except ValueError:
             raise ctx.fail(node.lines["netmask"], f"{where}.netmask", f"bad netmask {raw!r}") from None
-    spec = ServiceSpec(key, sched, flags, timeout, netmask, str(node.data.get("pe", "") or ""))
+        if af == AF_INET6 and not 1 <= netmask <= 128:
+            raise ctx.fail(node.lines["netmask"], f"{where}.netmask", "illegal ipv6 netmask specified")
+    spec = ServiceSpec(key, sched, flags, timeout, netmask, pe)
     dests = []
     rs_list = node.data.get("realservers") or []
     if not isinstance(rs_list, list):
@@ -285,6 +306,8 @@ def _dest(ctx: _Ctx, rs: Any, where: str, key: ServiceKey, parent: _Node) -> Des
     spec = DestSpec(af, addr, port, fwd, _int(ctx, rs, "weight", where, 0, INT_MAX, 1))
     spec.u_threshold = _int(ctx, rs, "upper", where, 0, INT_MAX, 0)
     spec.l_threshold = _int(ctx, rs, "lower", where, 0, INT_MAX, 0)
+    if spec.l_threshold > spec.u_threshold:
+        raise ctx.fail(rs.lines["lower"], f"{where}.lower", "Numerical result out of range")
     tun = rs.data.get("tunnel")
     if tun is not None:
         if fwd & CONN_F_FWD_MASK != CONN_F_TUNNEL:
@@ -304,6 +327,17 @@ def _dest(ctx: _Ctx, rs: Any, where: str, key: ServiceKey, parent: _Node) -> Des
         spec.tun_flags = TUN_CSUM[csum]
         if spec.tun_type == TUN_TYPE_GUE and not spec.tun_port:
             raise ctx.fail(tun.line, f"{where}.tunnel.port", "gue needs a port")
+        # ipvsadm's tunnel matrix: ipip takes no options, gre no port and no remcsum
+        illegal = []
+        if spec.tun_type != TUN_TYPE_GUE and "port" in tun.data:
+            illegal.append(("port", "tun-port"))
+        if spec.tun_type == TUN_TYPE_IPIP and "csum" in tun.data:
+            illegal.append(("csum", f"tun-{csum}"))
+        if spec.tun_type == TUN_TYPE_GRE and csum == "remcsum":
+            illegal.append(("csum", "tun-remcsum"))
+        for field_name, option in illegal:
+            reason = f"Illegal '{option}' option with the '{ttype}' tunnel type"
+            raise ctx.fail(tun.lines[field_name], f"{where}.tunnel.{field_name}", reason)
     if af != key.af and fwd != CONN_F_TUNNEL:
         raise ctx.fail(rs.line, where, "mixed address families need the tunnel method")
     return spec

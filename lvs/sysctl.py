@@ -59,7 +59,13 @@ class Sysctls:
         """Set one sysctl from its text; raises KeyError or ValueError."""
         if name not in self.names():
             raise KeyError(name)
-        setattr(self, name, int(value.split()[0]))
+        words = value.split()
+        if not words:
+            raise ValueError(f"empty value for {name}")
+        number = int(words[0])
+        if number < 0:
+            raise ValueError(f"negative value for {name}")
+        setattr(self, name, number)
 
 
 def default_tcp_timeouts() -> list[float]:

@@ -30,6 +30,10 @@ TICK = 0.25  # seconds between two runs of the timers
 EXPIRY_BUDGET = 20000  # timers examined per slice, so one slice stays short
 
 
+class BadRequest(ValueError):
+    """A well-formed request asking for something that does not exist."""
+
+
 class Daemon:
     """The state of one lvsd: the tables, the data planes, the control server."""
 
@@ -61,10 +65,13 @@ class Daemon:
             return self.run_ipvsadm(req.args["argv"], req.args.get("stdin", ""))
         if op == "status":
             return {"data": self.status()}
-        if op == "json":
-            return {"data": self.json_view(str(req.args.get("what", "services")))}
-        if op == "proc":
-            return {"text": self.proc_view(str(req.args.get("name", "")))}
+        try:
+            if op == "json":
+                return {"data": self.json_view(str(req.args.get("what", "services")))}
+            if op == "proc":
+                return {"text": self.proc_view(str(req.args.get("name", "")))}
+        except BadRequest as exc:
+            return {"ok": False, "error": str(exc)}
         if op == "reload":
             return self.reload()
         if op == "sysctl":
@@ -97,7 +104,7 @@ class Daemon:
             return listing.services_json(self.ipvs, self.now())
         if what == "conns":
             return listing.conns_json(self.ipvs, self.now())
-        raise ValueError(f"unknown view {what!r}")
+        raise BadRequest(f"unknown view {what!r}")
 
     def proc_view(self, name: str) -> str:
         from ..ipvsadm import proc
@@ -109,7 +116,7 @@ class Daemon:
             "ip_vs_stats": lambda: proc.proc_ip_vs_stats(self.ipvs),
         }
         if name not in views:
-            raise ValueError(f"unknown /proc view {name!r}")
+            raise BadRequest(f"unknown /proc view {name!r}")
         return views[name]()
 
     def reload(self) -> dict[str, Any]:
@@ -119,9 +126,9 @@ class Daemon:
 
         try:
             cfg = load_config(self.opts.config)
+            changes = apply_config(self.ipvs, cfg, self.now())
         except ConfigError as exc:
             return {"ok": False, "error": str(exc)}
-        changes = apply_config(self.ipvs, cfg, self.now())
         return {"changes": changes}
 
     def sysctl(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -149,10 +156,9 @@ class Daemon:
             from ..config import ConfigError, apply_config, load_config
 
             try:
-                cfg = load_config(self.opts.config)
+                apply_config(self.ipvs, load_config(self.opts.config), self.now())
             except ConfigError as exc:
                 raise SystemExit(f"lvsd: {exc}") from None
-            apply_config(self.ipvs, cfg, self.now())
         if self.opts.state and os.path.exists(self.opts.state):
             self.restore_state(self.opts.state)
         self.start_planes()

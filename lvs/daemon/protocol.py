@@ -47,7 +47,7 @@ def decode_request(line: bytes) -> Request:
         raise ProtocolError("message too large")
     try:
         obj = json.loads(line)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProtocolError("not a JSON message") from None
     if not isinstance(obj, dict):
         raise ProtocolError("a message must be a JSON object")

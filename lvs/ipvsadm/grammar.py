@@ -461,7 +461,10 @@ def _strtol_prefix(text: str) -> tuple[int | None, str]:
         i += 1
     if i == start:
         return None, text
-    value = sign * int(text[start:i])
+    digits = text[start:i].lstrip("0")
+    if len(digits) > 19:  # beyond any long: strtol saturates (ERANGE)
+        return (_LONG_MIN if sign < 0 else _LONG_MAX), text[i:]
+    value = sign * int(digits or "0")
     return max(_LONG_MIN, min(_LONG_MAX, value)), text[i:]
 
 
