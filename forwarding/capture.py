@@ -321,6 +321,11 @@ _BLOCK = struct.Struct("<III")
 _PKT = struct.Struct("<IIIIIIHH")
 _SLL_IFINDEX = struct.Struct("<i")
 _SLL_OFF = 48  # TPACKET_ALIGN(sizeof(struct tpacket3_hdr))
+#: the fields of tpacket3_hdr a frame loop needs: next_offset, snaplen, len, status, mac
+PKT3 = struct.Struct("<I8xIIIH")
+#: where sockaddr_ll's ifindex sits from the start of a tpacket3_hdr
+SLL_IFINDEX_OFF = _SLL_OFF + 4
+_U32 = struct.Struct("<I")
 
 #: handler(buffer, start, end, ifindex, status, wire_len)
 FrameHandler = Callable[[memoryview, int, int, int, int, int], None]
@@ -385,6 +390,26 @@ class RxRing:
         """Give every released block back unread (after a filter swap at start)."""
         self.drain(lambda *a: None)
 
+    def next_block(self) -> tuple[int, int] | None:
+        """The next block the kernel has released: (offset of its first
+        frame, number of frames), or None.  Hand it back with :meth:`release`
+        once its frames are processed (the kernel fills blocks in ring order,
+        so the caller must release before asking for the next)."""
+        base = self.cur * self.block_size
+        status, num, first = _BLOCK.unpack_from(self.mm, base + 8)
+        if not status & TP_STATUS_USER:
+            return None
+        if status & TP_STATUS_LOSING:
+            self.drops_seen += 1
+        self.packets += num
+        return base + first, num
+
+    def release(self) -> None:
+        """Give the current block back to the kernel and move to the next."""
+        _U32.pack_into(self.mm, self.cur * self.block_size + 8, TP_STATUS_KERNEL)
+        self.cur = (self.cur + 1) % self.block_nr
+        self.blocks += 1
+
     def drain(self, handler: FrameHandler, max_blocks: int = 0) -> int:
         """Process the released blocks in ring order; returns frames handled."""
         mm = self.mm
@@ -404,15 +429,19 @@ class RxRing:
             if status & TP_STATUS_LOSING:
                 self.drops_seen += 1
             off = base + first
-            for _ in range(num):
-                nxt, _s, _ns, snap, wire, st, mac, _net = unpack_pkt(mm, off)
-                ifindex = unpack_ifx(mm, off + _SLL_OFF + 4)[0]
-                start = off + mac
-                handler(mv, start, start + snap, ifindex, st, wire)
-                off += nxt
+            try:
+                for _ in range(num):
+                    nxt, _s, _ns, snap, wire, st, mac, _net = unpack_pkt(mm, off)
+                    ifindex = unpack_ifx(mm, off + _SLL_OFF + 4)[0]
+                    start = off + mac
+                    handler(mv, start, start + snap, ifindex, st, wire)
+                    off += nxt
+            finally:
+                # a handler that raises must not leave the block with us
+                # (the ring would stall on it for good)
+                _U32.pack_into(mm, base + 8, TP_STATUS_KERNEL)
+                self.cur = (self.cur + 1) % nr
             count += num
-            struct.pack_into("<I", mm, base + 8, TP_STATUS_KERNEL)
-            self.cur = (self.cur + 1) % nr
             blocks += 1
             if max_blocks and blocks >= max_blocks:
                 break
@@ -435,6 +464,25 @@ class RxRing:
         self.sock.close()
 
 
+def layout_frames(frames: Iterable[tuple[bytes, int, int]]) -> bytes:
+    """The frames of one block as the kernel lays them out in a TPACKET_V3
+    ring (tpacket3_hdr, sockaddr_ll, the frame at ``tp_mac``, 16-byte
+    alignment), from ``(frame, status, ifindex)``; offset 0 is the first
+    frame.  For tests and benchmarks of code that walks ring blocks."""
+    out = bytearray()
+    netoff = (_SLL_OFF + 20 + 16 + 15) & ~15  # TPACKET_ALIGN(hdrlen + max(maclen, 16))
+    mac = netoff - 14
+    for frame, status, ifindex in frames:
+        n = len(frame)
+        nxt = (mac + n + 15) & ~15
+        rec = bytearray(nxt)
+        _PKT.pack_into(rec, 0, nxt, 0, 0, n, n, status | TP_STATUS_USER, mac, netoff)
+        struct.pack_into("<HHi", rec, _SLL_OFF, socket.AF_PACKET, 0x0008, ifindex)
+        rec[mac : mac + n] = frame
+        out += rec
+    return bytes(out)
+
+
 class TxSockets:
     """One AF_PACKET socket per egress interface, bound to it (protocol 0, so
     they receive nothing); ``send(ifindex, frame)`` is one ``send`` call."""
@@ -452,6 +500,15 @@ class TxSockets:
             s.setblocking(False)
             self._socks[ifindex] = s
         return s
+
+    def sender(self, ifindex: int) -> Callable[[bytes], object]:
+        """The bound ``send`` of ``ifindex``'s socket, for a loop that sends
+        many frames (it counts them itself with :meth:`count`)."""
+        return (self._socks.get(ifindex) or self.get(ifindex)).send
+
+    def count(self, sent: int, errors: int = 0) -> None:
+        self.sent += sent
+        self.errors += errors
 
     def send(self, ifindex: int, frame: bytes | bytearray) -> bool:
         try:
@@ -483,6 +540,8 @@ def netns_inode() -> str:
 
 __all__ = [
     "DROP_ALL",
+    "PKT3",
+    "SLL_IFINDEX_OFF",
     "FilterTooLarge",
     "RxRing",
     "Target",
@@ -490,5 +549,6 @@ __all__ = [
     "attach_filter",
     "compile_addr_filter",
     "compile_filter",
+    "layout_frames",
     "run_filter",
 ]
