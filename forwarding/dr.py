@@ -48,7 +48,9 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import importlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +87,7 @@ NUD_FAILED = 0x20
 NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
 RTN_UNICAST = 1
 RTN_LOCAL = 2
+NTF_USE = 0x01
 
 NEIGH_TTL = 10.0  # seconds a resolved next hop is used before it is checked again
 NEG_TTL = 1.0  # seconds an unreachable next hop is remembered
@@ -94,6 +97,8 @@ FRAG_TIMEOUT = 30.0
 FRAG_MAX_KEYS = 1024
 FRAG_MAX_HELD = 64
 ICMP_BURST = 6
+#: ring blocks handled per wake-up before the event loop gets a turn
+BLOCKS_PER_WAKEUP = 32
 ICMP_INTERVAL = 1.0
 
 
@@ -181,6 +186,26 @@ class NetInfo:
                 return _ip_int(af, msg.get("IFA_ADDRESS"))
         return 0
 
+    def kernel_resolve(self, af: int, addr: int, ifindex: int, timeout: float = ARP_TIMEOUT) -> bytes | None:
+        """Let the kernel's neighbour subsystem resolve ``addr`` (what
+        ``neigh_output`` does for the kernel's IPVS): an RTM_NEWNEIGH with
+        NTF_USE (``ip neigh replace ADDR dev DEV use``) creates the entry and
+        starts ARP / neighbour discovery with the kernel's own rules
+        (arp_announce, retransmits); then the table is polled for the answer."""
+        try:
+            self.ipr.neigh(
+                "replace", dst=format_ip(af, addr), ifindex=ifindex, family=af, flags=NTF_USE, state=0
+            )
+        except Exception as exc:
+            log.debug("NTF_USE for %s: %s", format_ip(af, addr), exc)
+            return None
+        deadline = time.monotonic() + timeout
+        while True:
+            mac = self.neigh(af, addr, ifindex)
+            if mac is not None or time.monotonic() >= deadline:
+                return mac
+            time.sleep(0.005)
+
     def neigh(self, af: int, addr: int, ifindex: int) -> bytes | None:
         try:
             msgs = self.ipr.neigh("get", dst=format_ip(af, addr), ifindex=ifindex)
@@ -254,7 +279,10 @@ class Resolver:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lvsd-neigh")
         self._inflight: set[tuple[int, int]] = set()
         self.arp_requests = 0
+        self.kernel_requests = 0
         self.dropped = 0
+        #: called (no arguments) whenever a cached next hop changes or goes
+        self.on_change: list[Callable[[], None]] = []
 
     def lookup(self, af: int, addr: int, now: float) -> NextHop | None:
         nh = self.cache.get((af, addr))
@@ -312,6 +340,10 @@ class Resolver:
             hop = gw or addr
             mac = self.net.neigh(af, hop, oif)
             if mac is None:
+                self.kernel_requests += 1
+                mac = self.net.kernel_resolve(af, hop, oif)
+            if mac is None:
+                # the kernel got no answer either; one more try with scapy
                 self.arp_requests += 1
                 mac = solicit(af, hop, src, link)
             if mac is None:
@@ -341,6 +373,8 @@ class Resolver:
             else:
                 nh.expires = now + (NEIGH_TTL if nh.ok else NEG_TTL)
                 self.cache[key] = nh
+            for cb in self.on_change:
+                cb()
             q = self.pending.pop(key, None)
             if q:
                 if nh.ok:
@@ -357,6 +391,21 @@ class Resolver:
     def invalidate(self) -> None:
         self.cache.clear()
         self.links.clear()
+        for cb in self.on_change:
+            cb()
+
+    def prewarm(self) -> None:
+        """Import scapy (ARP/ND fallback, ICMP errors) in a background thread,
+        so that neither the first ICMP error nor a neighbour that the kernel
+        cannot resolve stalls the packet loop or the resolver for the second
+        or more that importing scapy takes."""
+
+        def load() -> None:
+            with contextlib.suppress(Exception):
+                for name in ("scapy.layers.inet", "scapy.layers.inet6", "scapy.layers.l2", "scapy.sendrecv"):
+                    importlib.import_module(name)
+
+        threading.Thread(target=load, name="lvsd-scapy-import", daemon=True).start()
 
     def prefetch_links(self) -> None:
         """Learn every interface once (ingress MTU and MAC for the slow paths)."""
@@ -473,6 +522,7 @@ class DirectPlane:
         self.ring = RxRing(self.ifname, bs, nr, tmo)
         assert self.resolver is not None
         self.resolver.prefetch_links()
+        self.resolver.prewarm()
         if self.loop is not None:
             self.loop.add_reader(self.ring.fileno(), self._on_readable)
 
@@ -597,7 +647,11 @@ class DirectPlane:
         if ring is None:
             return
         self._t = self.now()
-        ring.drain(self.handle_frame)
+        # a bounded share, then the event loop gets a turn: an unbounded drain
+        # kept going as long as the kernel kept filling blocks, so under a
+        # sustained load the resolver's answers (call_soon_threadsafe), the
+        # timers and the control socket waited for the load to stop
+        ring.drain(self.handle_frame, BLOCKS_PER_WAKEUP)
         if self._frags:
             self._expire_frags(self._t)
 
