@@ -31,6 +31,16 @@ Fragments: the kernel reassembles before IPVS; here the first fragment
 is forwarded the same way, on its own.  Later fragments that arrive first
 wait (bounded, 30 s like ``ipfrag_time``).
 
+Fast path (:meth:`DirectPlane.process_block`): once the core has decided
+a flow, an established IPv4 flow's later packets (UDP; TCP segments with ACK
+and without SYN/FIN/RST on an ESTABLISHED entry) are forwarded from a table
+keyed by the raw address and port bytes of the frame: header checks as
+``ip_rcv`` makes them, TTL and checksum patched, the prepared Ethernet header
+(DR) or Ethernet + outer IPIP header (TUN) in front, one ``send``.  Their
+counters, timeout and timer go to the core in batches (``account_in``).  New
+flows, TCP flag changes, ICMP answers, fragments, IP options, IPv6, GUE and
+GRE all stay on the path described above.
+
 Verdicts other than FORWARD: REJECT sends ICMP port unreachable (rate
 limited per client like ``icmp_ratelimit``), DROP drops, ACCEPT (the packet
 is not for a scheduled connection, e.g. a stray ACK) also drops, because the
@@ -48,8 +58,10 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import importlib
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -57,11 +69,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lvs.addr import format_ip
+from lvs.conn import TCP_S_ESTABLISHED
 from lvs.constants import (
     CONN_F_DROUTE,
     CONN_F_FWD_MASK,
+    CONN_F_ONE_PACKET,
     CONN_F_TUNNEL,
+    DEST_F_AVAILABLE,
     IPPROTO_TCP,
+    IPPROTO_UDP,
+    TUN_TYPE_IPIP,
 )
 from lvs.core import FORWARD, REJECT, Director
 from lvs.model import Dest, Flow, Service
@@ -69,6 +86,8 @@ from lvs.model import Dest, Flow, Service
 from . import packet as P
 from . import tun as T
 from .capture import (
+    PKT3,
+    SLL_IFINDEX_OFF,
     TP_STATUS_CSUMNOTREADY,
     FilterTooLarge,
     RxRing,
@@ -97,8 +116,6 @@ FRAG_TIMEOUT = 30.0
 FRAG_MAX_KEYS = 1024
 FRAG_MAX_HELD = 64
 ICMP_BURST = 6
-#: ring blocks handled per wake-up before the event loop gets a turn
-BLOCKS_PER_WAKEUP = 32
 ICMP_INTERVAL = 1.0
 
 
@@ -442,7 +459,42 @@ class PlaneStats:
     waiting: int = 0
     no_route: int = 0
     other_method: int = 0
+    fast: int = 0
+    errors: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+
+
+class _Fast:
+    """A fast-path entry: one established flow (IPv4, no IP options, TCP or
+    UDP), the connection entry it belongs to and its prepared output (see
+    :meth:`DirectPlane.process_block`).  ``n``/``b`` are the packets and
+    bytes forwarded since the last flush into the core's counters."""
+
+    __slots__ = ("addrs", "addrsum", "b", "cp", "dest", "l2", "maxlen", "minsnap", "n", "proto", "send",
+                 "tun", "unpack")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.b = 0
+
+
+#: the fast path's view of a frame, from the ethertype (offset 12) to the IPv4
+#: header checksum (the identification skipped), then the UDP length (offset
+#: 38) or the TCP data offset and flags (offset 46)
+_FAST_UDP = struct.Struct("!HBBH2xHBBH12xH")
+_FAST_TCP = struct.Struct("!HBBH2xHBBH20xH")
+#: sockaddr_ll's ifindex (at SLL_IFINDEX_OFF in a ring frame)
+_IFINDEX = struct.Struct("<i")
+#: TTL, protocol, header checksum (IPv4 offsets 8..12)
+_TTL_CSUM = struct.Struct("!BBH")
+#: an outer IPv4 header (IPIP) with its 8 address bytes
+_OUTER4 = struct.Struct("!BBHHHBBH8s")
+#: the fast-path key: the frame's bytes 26..38 (addresses and ports)
+_FAST_KEY = struct.Struct("!IIHH")
+_TCP_ES_ACK_MASK = P.TCP_SYN | P.TCP_FIN | P.TCP_RST | P.TCP_ACK
+FAST_MAX = 1 << 16
+#: blocks handled per wake-up before the event loop gets a turn
+BLOCKS_PER_WAKEUP = 32
 
 
 class DirectPlane:
@@ -464,11 +516,12 @@ class DirectPlane:
         guard: bool = True,
         capture: bool = True,
         ifname: str | None = None,
-        block_size: int = 1 << 20,
-        block_nr: int = 16,
+        block_size: int = 1 << 17,
+        block_nr: int = 128,
         timeout_ms: int = 1,
         tx: TxSockets | None = None,
         resolver: Resolver | None = None,
+        fast_path: bool = True,
     ) -> None:
         self.director = director
         self.ipvs = director.ipvs
@@ -497,6 +550,17 @@ class DirectPlane:
         self._t = 0.0
         self.filter_kind = "none"
         self._started = False
+        self.ring_drops = 0
+        #: the fast path (see process_block): raw key bytes -> _Fast
+        self.fast_path = fast_path
+        self._fast: dict[bytes, _Fast] = {}
+        self._touched: list[_Fast] = []
+        # a transmitter with sender() (TxSockets) hands the fast path its
+        # sockets' own send and is told the counts afterwards; others get
+        # send(ifindex, frame) calls, which count themselves
+        self._tx_count: Callable[..., None] | None = (
+            getattr(self.tx, "count", None) if getattr(self.tx, "sender", None) is not None else None
+        )
 
     # -- life cycle -------------------------------------------------------------
     def start(self) -> None:
@@ -508,6 +572,7 @@ class DirectPlane:
             self.resolver = Resolver(self.loop)
         elif self.resolver.loop is None:
             self.resolver.loop = self.loop
+        self.resolver.on_change.append(self.fast_clear)
         self.ipvs.listeners.append(self._on_change)
         self._started = True
         self.refresh()
@@ -530,6 +595,7 @@ class DirectPlane:
         self.shutdown()
 
     def shutdown(self) -> None:
+        self.fast_clear()
         if self._on_change in self.ipvs.listeners:
             self.ipvs.listeners.remove(self._on_change)
         if self.ring is not None:
@@ -550,11 +616,19 @@ class DirectPlane:
 
     def describe(self) -> str:
         s = self.stats
-        return (
+        text = (
             f"dr/tun: {len(self._targets)} capture targets ({self.filter_kind} filter), "
-            f"frames {s.frames}, forwarded {s.forwarded}, rejected {s.rejected}, "
-            f"dropped {s.dropped + s.accepted}, malformed {s.malformed}"
+            f"frames {s.frames}, forwarded {s.forwarded} (fast path {s.fast}), rejected {s.rejected}, "
+            f"dropped {s.dropped + s.accepted}, malformed {s.malformed}, "
+            f"waiting for neighbour {s.waiting}, no route {s.no_route}, "
+            f"tx errors {getattr(self.tx, 'errors', 0)}"
         )
+        if self.ring is not None:
+            with contextlib.suppress(OSError):
+                _pk, drops = self.ring.stats()
+                self.ring_drops += drops
+            text += f", ring drops {self.ring_drops}"
+        return text
 
     def warnings(self) -> list[str]:
         return list(self._warnings)
@@ -566,6 +640,7 @@ class DirectPlane:
         ``lvsadm -a`` already finds the nftables rule and the filter."""
         if what == "del":
             self._owned.discard(svc.key)
+        self.fast_clear()
         self.refresh()
 
     @staticmethod
@@ -647,13 +722,212 @@ class DirectPlane:
         if ring is None:
             return
         self._t = self.now()
-        # a bounded share, then the event loop gets a turn: an unbounded drain
-        # kept going as long as the kernel kept filling blocks, so under a
-        # sustained load the resolver's answers (call_soon_threadsafe), the
-        # timers and the control socket waited for the load to stop
-        ring.drain(self.handle_frame, BLOCKS_PER_WAKEUP)
+        mm = ring.mm
+        mv = ring.mv
+        # a bounded share, then the event loop gets a turn (resolver answers,
+        # timers, lvsadm): the kernel keeps releasing blocks under load
+        try:
+            for _ in range(BLOCKS_PER_WAKEUP):
+                blk = ring.next_block()
+                if blk is None:
+                    break
+                try:
+                    self.process_block(mm, blk[0], blk[1], mv)
+                finally:
+                    ring.release()
+        finally:
+            self._flush()
         if self._frags:
             self._expire_frags(self._t)
+
+    # -- the fast path ------------------------------------------------------------------
+    def process_block(self, buf: Any, off: int, num: int, view: Any = None) -> None:
+        """The frames of one TPACKET_V3 block: ``num`` frames, the first at
+        ``off`` in ``buf`` (the ring's mmap; any buffer whose slices are bytes).
+
+        Fast path: a frame whose bytes 26..38 (IPv4 addresses and ports) name
+        a flow in the fast table, and that is an IPv4 packet without options
+        or fragmentation, complete, with a valid header checksum, a TTL above
+        1, a length within the entry's MTU, a sane UDP length / TCP data
+        offset, and, for TCP, only ACK among SYN/FIN/RST/ACK on an entry still
+        ESTABLISHED, is forwarded here: TTL and checksum patched, the prepared
+        Ethernet header (DR) or Ethernet + outer IPIP header (TUN) put in
+        front, one send.  For such packets ``Director.process_in`` would only
+        count them, keep the state (ACK on ES stays ES in the INPUT_ONLY table
+        DR/TUN entries use, as in every other table), set the timeout and
+        re-arm the timer: that is done by ``Director.account_in``, batched per
+        entry, before any other frame reaches the core and at the end of the
+        wake-up (``now`` is the same for all of them).  Everything else (new
+        flows, SYN/FIN/RST, fragments, options, IPv6, GUE/GRE, TTL 1, too big,
+        checksum offload pending, malformed frames) takes the slow path,
+        :meth:`handle_frame`, exactly as before; the slow path (re)installs
+        or removes the flow's entry after each of its decisions.
+        """
+        if view is None:
+            view = buf
+        fget = self._fast.get
+        unpack_pkt = PKT3.unpack_from
+        unpack_ifx = _IFINDEX.unpack_from
+        ttl_csum = _TTL_CSUM.pack
+        outer4 = _OUTER4.pack
+        ids = T._ids
+        pmtu = bool(self.ipvs.sysctl.pmtu_disc)
+        touched = self._touched
+        from_bytes = int.from_bytes
+        handle = self.handle_frame
+        fast = 0
+        errors = 0
+        for _ in range(num):
+            nxt, snap, wire, st, mac = unpack_pkt(buf, off)
+            s = off + mac
+            e = fget(buf[s + 26 : s + 38])
+            if e is not None and snap == wire and snap >= e.minsnap and not st & TP_STATUS_CSUMNOTREADY:
+                etype, vihl, tos, tot, frag, ttl, proto, csum, x = e.unpack(buf, s + 12)
+                if (
+                    etype == 0x0800
+                    and vihl == 0x45
+                    and proto == e.proto
+                    and not frag & 0x3FFF
+                    and ttl > 1
+                    and tot <= e.maxlen
+                    and tot + 14 <= snap
+                    and e.cp.hashed
+                    and e.dest.flags & DEST_F_AVAILABLE
+                    and (
+                        8 <= x <= tot - 20
+                        if proto == 17
+                        else x & _TCP_ES_ACK_MASK == P.TCP_ACK
+                        and 20 <= (x >> 12) << 2 <= tot - 20
+                        and e.cp.state == TCP_S_ESTABLISHED
+                    )
+                ):
+                    hs = from_bytes(buf[s + 14 : s + 34], "big")
+                    if hs and not hs % 0xFFFF:
+                        # decrement_ttl: TTL - 1, checksum word + 0x0100
+                        ttl -= 1
+                        c = csum + 0x100
+                        c = (c + (c >> 16)) & 0xFFFF
+                        inner = buf[s + 14 : s + 22] + ttl_csum(ttl, proto, c) + buf[s + 26 : s + 14 + tot]
+                        if e.tun:
+                            # ip_vs_tunnel_xmit, IPv4 in IPv4 (tun.encapsulate)
+                            ds = tos if tos & 3 != 3 else (tos & 0xFC) | 2
+                            oid = next(ids) & 0xFFFF
+                            df = frag & 0x4000 if pmtu else 0
+                            r = (0x4504 + ds + tot + 20 + oid + df + (ttl << 8) + e.addrsum) % 0xFFFF
+                            out = e.l2 + outer4(0x45, ds, tot + 20, oid, df, ttl, 4, 0xFFFF - r if r else 0,
+                                                e.addrs) + inner  # fmt: skip
+                        else:
+                            out = e.l2 + inner
+                        try:
+                            e.send(out)
+                        except OSError:
+                            errors += 1
+                        else:
+                            fast += 1
+                        if not e.n:
+                            touched.append(e)
+                        e.n += 1
+                        e.b += tot
+                        off += nxt
+                        continue
+            # the slow path; the fast path's pending counts go to the core first
+            if touched:
+                self._flush()
+            try:
+                handle(view, s, s + snap, unpack_ifx(buf, off + SLL_IFINDEX_OFF)[0], st, wire)
+            except Exception:
+                self.stats.errors += 1
+                log.exception("DR/TUN: frame handling failed")
+            off += nxt
+        if fast or errors:
+            # counted as the slow path counts them: forwarded once decided,
+            # whether the send succeeded or not (TxSockets counts the errors)
+            st_ = self.stats
+            st_.frames += fast + errors
+            st_.forwarded += fast + errors
+            st_.fast += fast + errors
+            if self._tx_count is not None:
+                self._tx_count(fast, errors)
+
+    def _flush(self) -> None:
+        """Hand the fast path's batched packets to the core (account_in)."""
+        touched = self._touched
+        if not touched:
+            return
+        account = self.director.account_in
+        t = self._t
+        for e in touched:
+            account(e.cp, t, e.n, e.b)
+            e.n = e.b = 0
+        touched.clear()
+
+    def fast_clear(self) -> None:
+        """Forget every fast-path entry (services, real servers or next hops
+        changed: the slow path decides again and reinstalls)."""
+        self._flush()
+        self._fast.clear()
+
+    def _fast_install(self, cp: Any, nh: NextHop, dest: Dest | None, p: P.Parsed, method: int) -> None:
+        """After the slow path forwarded ``p`` for ``cp``: make the flow's
+        later packets take the fast path when they can (see process_block)."""
+        if (
+            not self.fast_path
+            or p[0] != P.AF_INET
+            or p[8] - p[7] != 20
+            or p[10] != P.FRAG_NONE
+            or not cp.hashed
+            or cp.flags & CONN_F_ONE_PACKET
+            or cp.af != P.AF_INET
+        ):
+            return
+        proto = p[1]
+        if proto == IPPROTO_TCP:
+            if cp.state != TCP_S_ESTABLISHED:
+                return
+            unpack = _FAST_TCP.unpack_from
+            minsnap = _FAST_TCP.size + 12
+        elif proto == IPPROTO_UDP:
+            unpack = _FAST_UDP.unpack_from
+            minsnap = _FAST_UDP.size + 12
+        else:
+            return
+        d = cp.dest
+        if d is None or not d.flags & DEST_F_AVAILABLE:
+            return
+        e = _Fast()
+        e.proto = proto
+        e.cp = cp
+        e.dest = d
+        e.unpack = unpack
+        e.minsnap = minsnap
+        e.l2 = nh.l2
+        if method == CONN_F_TUNNEL:
+            if dest is None or dest.tun_type != TUN_TYPE_IPIP or cp.daf != P.AF_INET or len(nh.l2) != 14:
+                return
+            e.maxlen = T.inner_mtu(nh.mtu, P.AF_INET, TUN_TYPE_IPIP, 0)
+            if e.maxlen < T.min_inner_mtu(P.AF_INET):
+                return
+            e.tun = True
+            e.addrs = _FAST_KEY.pack(nh.src, cp.daddr, 0, 0)[:8]
+            e.addrsum = nh.src + cp.daddr
+        else:
+            e.maxlen = nh.mtu
+            e.tun = False
+            e.addrs = b""
+            e.addrsum = 0
+        sender = getattr(self.tx, "sender", None)
+        if sender is not None:
+            try:
+                e.send = sender(nh.ifindex)
+            except OSError:
+                return
+        else:
+            e.send = functools.partial(self.tx.send, nh.ifindex)
+        fast = self._fast
+        if len(fast) >= FAST_MAX:
+            self._flush()
+            fast.clear()
+        fast[_FAST_KEY.pack(p[2], p[4], p[3], p[5])] = e
 
     def handle_frame(self, buf: Any, start: int, end: int, ifindex: int, status: int, wire_len: int) -> None:
         """One captured frame (``buf[start:end]``); never raises on bad input."""
@@ -685,6 +959,9 @@ class DirectPlane:
         return any(t.af == af and t.protocol == proto and t.addr == daddr for t in self._targets)
 
     def _decide(self, buf: Any, start: int, p: P.Parsed, ifindex: int, status: int) -> Any:
+        if p[0] == P.AF_INET and self._fast:
+            # this decision replaces whatever the fast path knew of the flow
+            self._fast.pop(_FAST_KEY.pack(p[2], p[4], p[3], p[5]), None)
         flow = Flow(p[0], p[1], p[2], p[3], p[4], p[5])
         v = self.director.process_in(flow, self._t, p[6], p[9])
         action = v.action
@@ -735,6 +1012,8 @@ class DirectPlane:
             if iplen <= nh.mtu:
                 self.tx.send(nh.ifindex, nh.l2 + pkt)
                 self.stats.forwarded += 1
+                if p[10] == P.FRAG_NONE and not status & TP_STATUS_CSUMNOTREADY:
+                    self._fast_install(cp, nh, None, p, method)
                 return
             self._too_big(cp, nh, pkt, buf, start, p, ifindex, nh.mtu, None)
             return
@@ -750,6 +1029,8 @@ class DirectPlane:
             self._too_big(cp, nh, pkt, buf, start, p, ifindex, mtu, dest)
             return
         self._send_tun(cp, nh, dest, pkt, p)
+        if p[10] == P.FRAG_NONE and not status & TP_STATUS_CSUMNOTREADY:
+            self._fast_install(cp, nh, dest, p, method)
 
     def _send_tun(self, cp: Any, nh: NextHop, dest: Dest, inner: bytearray, p: P.Parsed) -> None:
         outer = T.encapsulate(
