@@ -308,6 +308,7 @@ class TcpSession(asyncio.Protocol):
         "ct",
         "early",
         "early_eof",
+        "early_paused",
         "flow",
         "frozen",
         "nin",
@@ -333,7 +334,8 @@ class TcpSession(asyncio.Protocol):
         #: early client data (before the real server answered) waits here
         self.early: list[bytes] = []
         self.early_eof = False
-        self.sw: Callable[[Any], None] = self.early.append
+        self.early_paused = False
+        self.sw: Callable[[Any], None] = self.early_write
         self.swq: Callable[[], int] = _always
         self.nin = 0
         self.pin = 0
@@ -346,8 +348,10 @@ class TcpSession(asyncio.Protocol):
 
     # -- client side events ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # no pause_reading() while the real server is being connected: what
+        # the client sends early is kept (two epoll changes saved per
+        # connection); past HIGH_WATER early bytes reading pauses
         self.ct = transport  # type: ignore[assignment]
-        transport.pause_reading()  # type: ignore[attr-defined]
         self.sf.accept(self, transport)
 
     def data_received(self, data: bytes) -> None:
@@ -357,6 +361,14 @@ class TcpSession(asyncio.Protocol):
         self.pin += 1
         if n >= BULK_READ and self.state == _OPEN:
             self.ct.set_protocol(_BulkIn(self))  # type: ignore[union-attr]
+
+    def early_write(self, data: bytes) -> None:
+        """Client data before the real server answered: kept, and reading
+        pauses once HIGH_WATER bytes wait."""
+        self.early.append(data)
+        if self.nin + len(data) >= HIGH_WATER and not self.early_paused:
+            self.early_paused = True
+            self.ct.pause_reading()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         self.client_eof()
@@ -429,7 +441,11 @@ class TcpSession(asyncio.Protocol):
         self.swq = st.get_write_buffer_size
         self.state = _OPEN
         now = plane.now()
-        self.seg_out(SYN | ACK, now)
+        if plane.director.ipvs.sysctl.secure_tcp:
+            self.seg_out(SYN | ACK, now)
+        else:
+            # SYN+ACK out moves no state in the normal tables (SYN_RECV stays)
+            self.up.pout += 1  # type: ignore[union-attr]
         self.seg_in(ACK, now)
         hdr = self.sf.proxy_header(self)
         if hdr:
@@ -441,7 +457,8 @@ class TcpSession(asyncio.Protocol):
             self.client_eof()
             if self.state != _OPEN:
                 return
-        if not self.frozen:
+        if self.early_paused and not self.frozen:
+            self.early_paused = False
             self.ct.resume_reading()  # type: ignore[union-attr]
 
     def client_eof(self) -> None:
