@@ -9,10 +9,12 @@ client address masked.  ``expires`` is the virtual time the entry runs out;
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .addr import format_endpoint
 from .constants import (
+    AF_INET,
+    AF_INET6,
     CONN_F_FWD_MASK,
     CONN_F_INACTIVE,
     CONN_F_ONE_PACKET,
@@ -79,14 +81,22 @@ CTPL_S_ASSURED = 1
 CTPL_STATE_NAMES = ("NONE", "ASSURED")
 
 
+def client_key(protocol: int, af: int, caddr: int, cport: int) -> int:
+    """The connection table's key: (client address, client port, protocol,
+    family) packed into one integer, which the entry also keeps instead of
+    separate fields (a third less memory per entry)."""
+    return (((caddr << 16) | cport) << 9) | (protocol << 1) | (af == AF_INET6)
+
+
 class Conn:
-    """One entry of the connection table."""
+    """One entry of the connection table.
+
+    The client endpoint, protocol and family live packed in ``key`` (see
+    :func:`client_key`) and are read through properties.
+    """
 
     __slots__ = (
-        "af",
-        "caddr",
         "control",
-        "cport",
         "daddr",
         "daf",
         "dest",
@@ -97,11 +107,8 @@ class Conn:
         "hashed",
         "hnext",
         "in_pkts",
+        "key",
         "n_control",
-        "old_state",
-        "pe_data",
-        "pe_name",
-        "protocol",
         "state",
         "svc",
         "timeout",
@@ -125,10 +132,7 @@ class Conn:
         flags: int,
         fwmark: int = 0,
     ) -> None:
-        self.af = af
-        self.protocol = protocol
-        self.caddr = caddr
-        self.cport = cport
+        self.key = (((caddr << 16) | cport) << 9) | (protocol << 1) | (af == AF_INET6)
         self.vaddr = vaddr
         self.vport = vport
         self.daf = daf
@@ -137,7 +141,6 @@ class Conn:
         self.fwmark = fwmark
         self.flags = flags
         self.state = 0
-        self.old_state = 0
         self.timeout = 3.0
         self.expires = 0.0
         self.dest: Dest | None = None
@@ -147,8 +150,6 @@ class Conn:
         #: how many connections this (template) entry controls
         self.n_control = 0
         self.in_pkts = 0
-        self.pe_name = ""
-        self.pe_data = b""
         #: bookkeeping of the timer wheel (see lvs.timerwheel)
         self.timer_slot: object = None
         self.hashed = False
@@ -156,6 +157,32 @@ class Conn:
         self.hnext: Conn | None = None
         #: free for a forwarder (the NAT proxy keeps its transports here)
         self.user_data: object = None
+
+    # -- the client endpoint, unpacked from the key --------------------------
+    @property
+    def af(self) -> int:
+        return AF_INET6 if self.key & 1 else AF_INET
+
+    @property
+    def protocol(self) -> int:
+        return (self.key >> 1) & 0xFF
+
+    @property
+    def cport(self) -> int:
+        return (self.key >> 9) & 0xFFFF
+
+    @property
+    def caddr(self) -> int:
+        return self.key >> 25
+
+    @property
+    def pe_name(self) -> str:
+        """Persistence-engine name of the entry (pylvs keeps no SIP Call-IDs)."""
+        return ""
+
+    @property
+    def pe_data(self) -> bytes:
+        return b""
 
     # -- views -------------------------------------------------------------
     @property
@@ -198,3 +225,25 @@ class Conn:
     def __repr__(self) -> str:
         kind = "Tpl" if self.is_template else "Conn"
         return f"{kind}({self.client()} -> {self.virtual()} -> {self.real()} {self.state_name()})"
+
+
+class PeConn(Conn):
+    """An entry keyed by a persistence engine (``--pe sip``): it carries the
+    engine's name and data (the SIP Call-ID), which ``-L -c
+    --persistent-conn`` and /proc/net/ip_vs_conn show.  Plain entries do not
+    pay for the two fields."""
+
+    __slots__ = ("_pe_data", "_pe_name")
+
+    def __init__(self, *args: Any, pe_name: str = "", pe_data: bytes = b"", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pe_name = pe_name
+        self._pe_data = pe_data
+
+    @property
+    def pe_name(self) -> str:
+        return self._pe_name
+
+    @property
+    def pe_data(self) -> bytes:
+        return self._pe_data

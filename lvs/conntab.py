@@ -13,17 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from .conn import Conn
+from .conn import Conn, client_key
 from .constants import AF_INET6, CONN_F_TEMPLATE
 from .timerwheel import TimerWheel
 
 #: port numbers of an invalidated template (``ip_vs_check_template``)
 INVALID_PORT = 0xFFFF
-
-
-def client_key(protocol: int, af: int, caddr: int, cport: int) -> int:
-    """Pack (protocol, family, client address, client port) into one int."""
-    return (((caddr << 16) | cport) << 9) | (protocol << 1) | (af == AF_INET6)
 
 
 class ConnTable:
@@ -54,7 +49,7 @@ class ConnTable:
     # -- hashing ----------------------------------------------------------------
     def hash(self, cp: Conn) -> None:
         """Link ``cp`` at the head of its chain (``ip_vs_conn_hash``)."""
-        key = client_key(cp.protocol, cp.af, cp.caddr, cp.cport)
+        key = cp.key
         tab = self._tab
         cp.hnext = tab.get(key)
         tab[key] = cp
@@ -67,7 +62,7 @@ class ConnTable:
         """Unlink ``cp``; False if it was not hashed."""
         if not cp.hashed:
             return False
-        key = client_key(cp.protocol, cp.af, cp.caddr, cp.cport)
+        key = cp.key
         tab = self._tab
         head = tab.get(key)
         if head is cp:

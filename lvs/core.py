@@ -451,7 +451,6 @@ class Director:
                     self._counts_changed(dest)
             if new == TCP_S_ESTABLISHED:
                 self._assure_template(cp)
-            cp.old_state = old
             cp.state = new
         cp.timeout = self.ipvs.timeouts.tcp[new]
 

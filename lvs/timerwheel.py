@@ -26,10 +26,11 @@ class TimerWheel:
     ``timer_slot`` (int slot number while filed, else None) attributes.
     """
 
-    __slots__ = ("_count", "_heap", "_slots")
+    __slots__ = ("_count", "_heap", "_names", "_slots")
 
     def __init__(self) -> None:
         self._slots: dict[int, list[Any]] = {}
+        self._names: dict[int, int] = {}
         self._heap: list[int] = []
         self._count = 0
 
@@ -41,9 +42,12 @@ class TimerWheel:
         bucket = self._slots.get(slot)
         if bucket is None:
             self._slots[slot] = [entry]
+            self._names[slot] = slot
             heapq.heappush(self._heap, slot)
         else:
             bucket.append(entry)
+            # entries of one slot share one int object (32 bytes less each)
+            slot = self._names[slot]
         entry.timer_slot = slot
 
     def arm(self, entry: Any) -> None:
@@ -110,4 +114,5 @@ class TimerWheel:
                 return False
             heapq.heappop(heap)
             del slots[slot]
+            del self._names[slot]
         return False

@@ -24,6 +24,7 @@ from lvs.conn import (
     TCP_S_ESTABLISHED,
     TCP_S_TIME_WAIT,
     Conn,
+    PeConn,
 )
 from lvs.conntab import ConnTable
 from lvs.constants import (
@@ -629,8 +630,12 @@ def test_conn_listing_names_and_ipv6() -> None:
             6001,
         )
     )
-    cp = make_conn(IPPROTO_UDP, "10.2.0.1", 5060, "10.0.0.2", 53, "127.0.0.1", 53, False, 0, 59)
-    cp.pe_name, cp.pe_data = "sip", b"call-1"
+    plain = make_conn(IPPROTO_UDP, "10.2.0.1", 5060, "10.0.0.2", 53, "127.0.0.1", 53, False, 0, 59)
+    cp = PeConn(
+        plain.af, plain.protocol, plain.caddr, plain.cport, plain.vaddr, plain.vport,
+        plain.daf, plain.daddr, plain.dport, plain.flags, pe_name="sip", pe_data=b"call-1",
+    )  # fmt: skip
+    cp.state, cp.expires = plain.state, plain.expires
     table.hash(cp)
     sync = make_conn(IPPROTO_TCP, "10.2.0.1", 1, "10.0.0.1", 80, "2001:db8::7", 80, False, TCP_S_CLOSE, 0)
     sync.flags |= CONN_F_SYNC | CONN_F_TUNNEL
