@@ -276,7 +276,7 @@ def run(cfg: Config, fast: bool, evs: list) -> tuple[DirectPlane, FakeTx]:
 
 
 CONN_FIELDS = (
-    "protocol", "caddr", "cport", "vaddr", "vport", "daddr", "dport", "flags", "state", "old_state",
+    "protocol", "caddr", "cport", "vaddr", "vport", "daddr", "dport", "flags", "state",
     "timeout", "expires", "in_pkts", "n_control", "timer_slot",
 )  # fmt: skip
 DEST_FIELDS = ("addr", "activeconns", "inactconns", "persistconns", "refcnt")
