@@ -285,14 +285,25 @@ def bench_lookup_and_expiry(n: int, runs: int, lookups: int) -> dict[str, float]
         keys.append((f.caddr, f.cport))
     lookup = tab.lookup_in
     assert all(lookup(IPPROTO_UDP, AF_INET, c, p, VIP, 53) is not None for c, p in keys[:1000])
+    # The harness itself misses the cache: at 10^6 entries the (caddr, cport)
+    # tuples and their ints are scattered, and walking them costs ~0.4 µs per
+    # key before lookup_in runs.  A forwarder's key comes from the packet it
+    # just read (hot), so the loop's own cost, measured on the same keys in
+    # the same order, is taken off; both figures are kept.
     best = float("inf")
+    harness = float("inf")
     gc.collect()
     for _ in range(runs):
         c0 = cpu_ns()
         for caddr, cport in keys:
             lookup(IPPROTO_UDP, AF_INET, caddr, cport, VIP, 53)
         best = min(best, (cpu_ns() - c0) / lookups / 1000)
-    res["lookup_us"] = best
+        c0 = cpu_ns()
+        for caddr, cport in keys:  # noqa: B007 - the same walk without the lookup
+            pass
+        harness = min(harness, (cpu_ns() - c0) / lookups / 1000)
+    res["lookup_raw_us"] = best
+    res["lookup_us"] = max(0.0, best - harness)
 
     # expiry: one unbudgeted tick past every deadline (UDP timeout 300 s)
     gc.collect()
@@ -476,7 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         "UDP flows, rr over 8 NAT real servers, entries created over 100 s of virtual time. "
         "Per-operation costs are thread CPU time (`thread_time_ns`, immune to preemption), "
         f"best of {table_runs} runs (one run at 10^6); "
-        "lookups are 200,000 random live keys, best of 5. The tick budget B aims at ~2 ms of CPU per call."
+        "lookups are 200,000 random live keys, best of 5, net of the harness's own walk over those keys "
+        "(raw figure in brackets: at 10^6 the scattered key tuples cost the loop ~0.4 µs each). "
+        "The tick budget B aims at ~2 ms of CPU per call."
     )
     emit()
     emit(
@@ -496,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         if le["tick_cpu_ms"] > TICK_TARGET_MS:
             misses.append(f"longest tick {le['tick_cpu_ms']:.1f} ms CPU > 10 ms at {n:,}")
         emit(
-            f"| {n:,} | {fmt(pi)} | {fmt(hs)} | {fmt(le['lookup_us'])} | {fmt(le['expire_us'])} | "
+            f"| {n:,} | {fmt(pi)} | {fmt(hs)} | {fmt(le['lookup_us'])} ({fmt(le['lookup_raw_us'])}) | "
+            f"{fmt(le['expire_us'])} | "
             f"{bpe:.0f} | {int(le['budget'])} | {fmt(le['tick_cpu_ms'])} | {fmt(le['tick_wall_ms'])} | "
             f"{int(le['tick_calls'])} |"
         )
