@@ -6,8 +6,10 @@ service with its real servers (masquerading) in a single ``lvsadm -R`` so the
 listener never serves without them, then stays in the foreground until the
 harness stops it (SIGTERM is passed on to lvsd).
 
-    custom@lvsd:.venv/bin/python benchmarks/lvsd_target.py \
+    custom@lvsd:$PYLVS/.venv/bin/python $PYLVS/benchmarks/lvsd_target.py \
         --listen {listen} --backends {backends} --proto {proto}
+
+(absolute paths: the harness runs targets from its own directory).
 
 Extra options: ``--scheduler`` (rr), ``--lvsd-arg`` (repeatable, passed to lvsd).
 """
