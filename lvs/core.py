@@ -351,19 +351,7 @@ class Director:
         available; the packets are UDP, or TCP segments without SYN, FIN and
         RST but with ACK on an ESTABLISHED entry, which stays ESTABLISHED in
         every table (INPUT, INPUT_ONLY, and their secure_tcp variants)."""
-        dest = cp.dest
-        if dest is not None and dest.flags & DEST_F_AVAILABLE:
-            st = dest.stats
-            st.inpkts += packets
-            st.inbytes += nbytes
-            svc = dest.svc
-            if svc is not None:
-                st = svc.stats
-                st.inpkts += packets
-                st.inbytes += nbytes
-            st = self.ipvs.stats
-            st.inpkts += packets
-            st.inbytes += nbytes
+        self._count(cp, packets, nbytes, 0, 0)
         timeouts = self.ipvs.timeouts
         cp.timeout = timeouts.tcp[cp.state] if cp.protocol == IPPROTO_TCP else timeouts.udp
         cp.in_pkts += packets
@@ -461,58 +449,36 @@ class Director:
             ct.state |= CTPL_S_ASSURED
 
     # -- stats --------------------------------------------------------------------
-    def _in_stats(self, cp: Conn, length: int) -> None:
+    def _count(self, cp: Conn, inpkts: int, inbytes: int, outpkts: int, outbytes: int) -> None:
+        """``ip_vs_in_stats`` / ``ip_vs_out_stats``: traffic of ``cp`` counts for
+        its real server, that server's service and the table's totals, and only
+        while the server is available (packets to a deleted one are dropped
+        before they are counted)."""
         dest = cp.dest
         if dest is None or not dest.flags & DEST_F_AVAILABLE:
             return
-        st = dest.stats
-        st.inpkts += 1
-        st.inbytes += length
+        dest.stats.add(inpkts, inbytes, outpkts, outbytes)
         svc = dest.svc
         if svc is not None:
-            st = svc.stats
-            st.inpkts += 1
-            st.inbytes += length
-        st = self.ipvs.stats
-        st.inpkts += 1
-        st.inbytes += length
+            svc.stats.add(inpkts, inbytes, outpkts, outbytes)
+        self.ipvs.stats.add(inpkts, inbytes, outpkts, outbytes)
+
+    def _in_stats(self, cp: Conn, length: int) -> None:
+        self._count(cp, 1, length, 0, 0)
 
     def _out_stats(self, cp: Conn, length: int) -> None:
-        dest = cp.dest
-        if dest is None or not dest.flags & DEST_F_AVAILABLE:
-            return
-        st = dest.stats
-        st.outpkts += 1
-        st.outbytes += length
-        svc = dest.svc
-        if svc is not None:
-            st = svc.stats
-            st.outpkts += 1
-            st.outbytes += length
-        st = self.ipvs.stats
-        st.outpkts += 1
-        st.outbytes += length
+        self._count(cp, 0, 0, 1, length)
 
     def count_out(self, cp: Conn, length: int) -> None:
         """A related reply (ICMP error) seen outbound: counted, no state change."""
-        self._out_stats(cp, length)
+        self._count(cp, 0, 0, 1, length)
 
     def add_bytes(
         self, cp: Conn, inbytes: int = 0, outbytes: int = 0, inpkts: int = 0, outpkts: int = 0
     ) -> None:
         """Count traffic a forwarder moved without per-packet calls (the NAT
         proxy relays byte streams, not packets)."""
-        dest = cp.dest
-        if dest is None:
-            return
-        targets = [dest.stats, self.ipvs.stats]
-        if dest.svc is not None:
-            targets.append(dest.svc.stats)
-        for st in targets:
-            st.inbytes += inbytes
-            st.outbytes += outbytes
-            st.inpkts += inpkts
-            st.outpkts += outpkts
+        self._count(cp, inpkts, inbytes, outpkts, outbytes)
 
     # ------------------------------------------------------------------------
     # time

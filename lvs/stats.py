@@ -39,6 +39,13 @@ class Stats:
         self._cps = self._inpps = self._outpps = 0
         self._inbps = self._outbps = 0
 
+    def add(self, inpkts: int, inbytes: int, outpkts: int, outbytes: int) -> None:
+        """Count traffic in both directions."""
+        self.inpkts += inpkts
+        self.inbytes += inbytes
+        self.outpkts += outpkts
+        self.outbytes += outbytes
+
     def zero(self) -> None:
         """``ipvsadm -Z``: counters and rates start again from zero."""
         self.conns = self.inpkts = self.outpkts = self.inbytes = self.outbytes = 0
