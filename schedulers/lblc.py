@@ -54,7 +54,7 @@ rarely as convenient.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lvs.addr import fold
 from lvs.constants import AF_INET, DEST_F_AVAILABLE, DEST_F_OVERLOAD
@@ -127,7 +127,72 @@ class _Entry:
         self.lastuse = lastuse
 
 
-class LBLCScheduler(Scheduler):
+class CacheGC:
+    """The garbage collection lblc and lblcr share (``ip_vs_lblc_check_expire``,
+    ``ip_vs_lblcr_check_expire``): a timer every 60 s; every 30th run deletes
+    the entries idle for the sysctl expiration; the others, only while the
+    cache holds more than MAX_SIZE entries, delete entries idle for 6 minutes,
+    bucket by bucket from a rover, until (count - MAX_SIZE) * 4/3 (at most
+    MAX_SIZE/2) are gone."""
+
+    entries: dict
+    count: int
+    counter: int
+    rover: int
+    dead: bool
+    next_check: float | None
+
+    def _expiration(self) -> float:
+        raise NotImplementedError
+
+    def tick(self, now: float) -> None:
+        if self.dead:
+            return
+        if self.next_check is None:
+            self.next_check = now + CHECK_EXPIRE_INTERVAL
+            return
+        while self.next_check <= now:
+            self._check_expire(self.next_check)
+            self.next_check += CHECK_EXPIRE_INTERVAL
+
+    def _delete(self, en: Any) -> None:
+        del self.entries[en.addr]
+        self.count -= 1
+
+    def _check_expire(self, now: float) -> None:
+        """One run of the 60 s timer."""
+        if self.counter % COUNT_FOR_FULL_EXPIRATION == 0:
+            expire = self._expiration()
+            for en in [e for e in self.entries.values() if now >= e.lastuse + expire]:
+                self._delete(en)
+            self.counter = 1
+            return
+        if self.count <= MAX_SIZE:
+            self.counter += 1
+            return
+        goal = min((self.count - MAX_SIZE) * 4 // 3, MAX_SIZE // 2)
+        stale: dict[int, list[Any]] = {}
+        for en in self.entries.values():
+            if now >= en.lastuse + ENTRY_TIMEOUT:
+                stale.setdefault(en.bucket, []).append(en)
+        j = self.rover
+        for _ in range(TAB_SIZE):
+            j = (j + 1) & TAB_MASK
+            for en in stale.get(j, ()):
+                self._delete(en)
+                goal -= 1
+            if goal <= 0:
+                break
+        self.rover = j
+
+    def done(self) -> None:
+        self.dead = True
+        self.entries.clear()
+        self.count = 0
+        self.next_check = None
+
+
+class LBLCScheduler(CacheGC, Scheduler):
     """Locality-based least-connection: destination address → cached server."""
 
     name = "lblc"
@@ -184,56 +249,8 @@ class LBLCScheduler(Scheduler):
             self._new(addr, dest, now)
         return dest
 
-    # -- garbage collection ------------------------------------------------------------
-    def tick(self, now: float) -> None:
-        if self.dead:
-            return
-        if self.next_check is None:
-            self.next_check = now + CHECK_EXPIRE_INTERVAL
-            return
-        while self.next_check <= now:
-            self._check_expire(self.next_check)
-            self.next_check += CHECK_EXPIRE_INTERVAL
-
-    def _delete(self, en: _Entry) -> None:
-        del self.entries[en.addr]
-        self.count -= 1
-
-    def _full_check(self, now: float) -> None:
-        """Delete every entry idle for lblc_expiration or more (rover unchanged)."""
-        expire = self.ctx.lblc_expiration
-        for en in [e for e in self.entries.values() if now >= e.lastuse + expire]:
-            self._delete(en)
-
-    def _check_expire(self, now: float) -> None:
-        """One run of the 60 s timer (``ip_vs_lblc_check_expire``)."""
-        if self.counter % COUNT_FOR_FULL_EXPIRATION == 0:
-            self._full_check(now)
-            self.counter = 1
-            return
-        if self.count <= MAX_SIZE:
-            self.counter += 1
-            return
-        goal = min((self.count - MAX_SIZE) * 4 // 3, MAX_SIZE // 2)
-        stale: dict[int, list[_Entry]] = {}
-        for en in self.entries.values():
-            if now >= en.lastuse + ENTRY_TIMEOUT:
-                stale.setdefault(en.bucket, []).append(en)
-        j = self.rover
-        for _ in range(TAB_SIZE):
-            j = (j + 1) & TAB_MASK
-            for en in stale.get(j, ()):
-                self._delete(en)
-                goal -= 1
-            if goal <= 0:
-                break
-        self.rover = j
-
-    def done(self) -> None:
-        self.dead = True
-        self.entries.clear()
-        self.count = 0
-        self.next_check = None
+    def _expiration(self) -> float:
+        return self.ctx.lblc_expiration
 
     def explain(self) -> str:
         return f"lblc: {len(self.entries)} cached destinations"

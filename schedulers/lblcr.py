@@ -52,13 +52,9 @@ from .base import SchedContext, Scheduler, conn_overhead
 from .hashing import GOLDEN_RATIO_32
 from .lblc import (
     CHECK_EXPIRE_INTERVAL,
-    COUNT_FOR_FULL_EXPIRATION,
-    ENTRY_TIMEOUT,
     HARD_CAP,
-    MAX_SIZE,
     TAB_BITS,
-    TAB_MASK,
-    TAB_SIZE,
+    CacheGC,
     lblc_overloaded,
     wlc_pick,
 )
@@ -157,7 +153,7 @@ class _Entry:
         self.set = DestSet(lastuse)
 
 
-class LBLCRScheduler(Scheduler):
+class LBLCRScheduler(CacheGC, Scheduler):
     """Locality-based least-connection with replication: destination address →
     a set of servers."""
 
@@ -213,50 +209,8 @@ class LBLCRScheduler(Scheduler):
         return dest
 
     # -- garbage collection (same timer rules as lblc) ----------------------------
-    def tick(self, now: float) -> None:
-        if self.dead:
-            return
-        if self.next_check is None:
-            self.next_check = now + CHECK_EXPIRE_INTERVAL
-            return
-        while self.next_check <= now:
-            self._check_expire(self.next_check)
-            self.next_check += CHECK_EXPIRE_INTERVAL
-
-    def _delete(self, en: _Entry) -> None:
-        del self.entries[en.addr]
-        self.count -= 1
-
-    def _check_expire(self, now: float) -> None:
-        if self.counter % COUNT_FOR_FULL_EXPIRATION == 0:
-            expire = self.ctx.lblcr_expiration
-            for en in [e for e in self.entries.values() if now >= e.lastuse + expire]:
-                self._delete(en)
-            self.counter = 1
-            return
-        if self.count <= MAX_SIZE:
-            self.counter += 1
-            return
-        goal = min((self.count - MAX_SIZE) * 4 // 3, MAX_SIZE // 2)
-        stale: dict[int, list[_Entry]] = {}
-        for en in self.entries.values():
-            if now >= en.lastuse + ENTRY_TIMEOUT:
-                stale.setdefault(en.bucket, []).append(en)
-        j = self.rover
-        for _ in range(TAB_SIZE):
-            j = (j + 1) & TAB_MASK
-            for en in stale.get(j, ()):
-                self._delete(en)
-                goal -= 1
-            if goal <= 0:
-                break
-        self.rover = j
-
-    def done(self) -> None:
-        self.dead = True
-        self.entries.clear()
-        self.count = 0
-        self.next_check = None
+    def _expiration(self) -> float:
+        return self.ctx.lblcr_expiration
 
     def explain(self) -> str:
         sizes = sum(len(e.set.members) for e in self.entries.values())
