@@ -58,6 +58,23 @@ class Daemon:
 
     # -- requests ----------------------------------------------------------------
     def handle(self, req: Request) -> dict[str, Any]:
+        """Answer one request; changes the data planes queued (VIPs on lo)
+        are applied before the answer leaves, so a service is reachable when
+        lvsadm returns."""
+        try:
+            return self._handle(req)
+        finally:
+            self.flush_planes()
+
+    def flush_planes(self) -> None:
+        for plane in self.planes:
+            flush = getattr(getattr(plane, "vips", None), "flush", None)
+            if flush is not None:
+                for warning in flush():
+                    self.warnings.append(warning)
+                del self.warnings[:-100]
+
+    def _handle(self, req: Request) -> dict[str, Any]:
         op = req.op
         if op == "ping":
             return {"pong": True}
@@ -162,6 +179,7 @@ class Daemon:
         if self.opts.state and os.path.exists(self.opts.state):
             self.restore_state(self.opts.state)
         self.start_planes()
+        self.flush_planes()
         await self.server.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -179,6 +197,7 @@ class Daemon:
 
     def _on_sighup(self) -> None:
         reply = self.reload()
+        self.flush_planes()
         if reply.get("ok", True):
             log.info("configuration reloaded: %s", reply.get("changes"))
         else:
