@@ -295,3 +295,43 @@ def test_restore_treats_comments_as_ipvsadm_does(daemon: str) -> None:
                        check=False, cwd=ROOT)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert lvsadm(daemon, "-S", "-n").stdout == "-A -u 10.0.0.2:53 -s rr\n"
+
+
+def test_proxy_protocol_option_reaches_the_nat_plane() -> None:
+    """lvsd --proxy-protocol RIP:PORT=v1: the real server learns the client."""
+    import socket as _socket
+
+    backend = _socket.socket()
+    backend.bind(("127.0.0.1", 0))
+    backend.listen(4)
+    backend.settimeout(10)
+    rport = backend.getsockname()[1]
+    probe = _socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    vport = probe.getsockname()[1]
+    probe.close()
+    with running_lvsd("--no-vip", "--proxy-protocol", f"127.0.0.1:{rport}=v1") as name:
+        assert lvsadm(name, "-A", "-t", f"127.0.0.1:{vport}", "-s", "rr").returncode == 0
+        assert lvsadm(name, "-a", "-t", f"127.0.0.1:{vport}", "-r", f"127.0.0.1:{rport}", "-m").returncode == 0
+        client = _socket.create_connection(("127.0.0.1", vport), timeout=10)
+        cport = client.getsockname()[1]
+        client.sendall(b"hello")
+        conn, _ = backend.accept()
+        conn.settimeout(10)
+        data = b""
+        while b"hello" not in data:
+            chunk = conn.recv(4096)
+            assert chunk
+            data += chunk
+        assert data.startswith(f"PROXY TCP4 127.0.0.1 127.0.0.1 {cport} {vport}\r\n".encode())
+        client.close()
+        conn.close()
+    backend.close()
+
+
+def test_bad_proxy_protocol_option_is_a_usage_error() -> None:
+    r = subprocess.run([PY, "-m", "lvs.daemon.main", "--foreground", "--proxy-protocol", "nonsense"],
+                       capture_output=True, text=True, timeout=30, check=False, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 2
+    assert "bad PROXY protocol spec 'nonsense'" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -212,7 +212,16 @@ class Daemon:
             from forwarding.nat import NatPlane
         except ImportError:  # pragma: no cover - forwarding not installed
             return
-        plane = NatPlane(self.director, self.now, manage_vips=not self.opts.no_vip, workers=self.opts.workers)
+        from forwarding.proxyproto import parse_specs
+
+        plane = NatPlane(
+            self.director,
+            self.now,
+            manage_vips=not self.opts.no_vip,
+            workers=self.opts.workers,
+            proxy_protocol=parse_specs(self.opts.proxy_protocol),
+            transparent=self.opts.transparent,
+        )
         self.planes.append(plane)
         plane.start()
 
@@ -265,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-nat", action="store_true", help="no NAT data plane (control plane only)")
     ap.add_argument("--no-dr", action="store_true", help="no DR/TUN data plane (AF_PACKET, nftables)")
     ap.add_argument("--workers", type=int, default=1, help="NAT worker processes (SO_REUSEPORT)")
+    ap.add_argument(
+        "--proxy-protocol",
+        action="append",
+        default=[],
+        metavar="RIP:PORT=v1|v2",
+        help="send a PROXY protocol header to this NAT real server (repeatable)",
+    )
+    ap.add_argument(
+        "--transparent", action="store_true", help="NAT: connect to real servers from the client's address"
+    )
     ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ap.add_argument("--log-file", help="log here instead of stderr")
@@ -272,7 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = build_parser().parse_args(argv)
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    if opts.proxy_protocol:
+        from forwarding.proxyproto import parse_specs
+
+        try:
+            parse_specs(opts.proxy_protocol)
+        except ValueError as exc:
+            parser.error(str(exc))
     logging.basicConfig(
         level=getattr(logging, opts.log_level.upper()),
         filename=opts.log_file,
