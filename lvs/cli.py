@@ -5,7 +5,8 @@ codes): the arguments travel to lvsd, which parses and runs them against its
 tables and sends back what ipvsadm would print.  pylvs extras:
 
 * ``lvsadm simulate SCENARIO``: replay an oracle scenario in-process;
-* ``lvsadm --json [services|conns]``: listings as JSON, for scripts;
+* ``lvsadm --json [services|conns|timeouts|daemons|sysctl]``: listings as
+  JSON, for scripts (services carry their real servers, counters and rates);
 * ``lvsadm --proc ip_vs|ip_vs_conn|ip_vs_stats``: the kernel's /proc views;
 * ``lvsadm --status``, ``lvsadm --reload``;
 * ``--no-autostart`` (or ``LVSADM_NO_AUTOSTART=1``): never start lvsd.

@@ -335,3 +335,21 @@ def test_bad_proxy_protocol_option_is_a_usage_error() -> None:
     assert r.returncode == 2
     assert "bad PROXY protocol spec 'nonsense'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_json_views_for_scripts(daemon: str) -> None:
+    lvsadm(daemon, "-A", "-u", "10.0.0.2:53", "-s", "rr")
+    lvsadm(daemon, "-a", "-u", "10.0.0.2:53", "-r", "10.1.0.1:53", "-m", "-w", "3")
+    lvsadm(daemon, "--set", "901", "121", "301")
+    lvsadm(daemon, "--start-daemon", "master", "--syncid", "5")
+    services = json.loads(lvsadm(daemon, "--json", "services").stdout)
+    [svc] = services["services"]
+    assert (svc["protocol"], svc["port"], svc["scheduler"]) == ("udp", 53, "rr")
+    assert svc["destinations"][0]["weight"] == 3
+    assert json.loads(lvsadm(daemon, "--json", "timeouts").stdout) == {"tcp": 901, "tcpfin": 121, "udp": 301}
+    [master] = json.loads(lvsadm(daemon, "--json", "daemons").stdout)
+    assert (master["state"], master["syncid"]) == ("master", 5)
+    assert json.loads(lvsadm(daemon, "--json", "sysctl").stdout)["conn_reuse_mode"] == 1
+    assert json.loads(lvsadm(daemon, "--json", "conns").stdout) == []
+    bad = lvsadm(daemon, "--json", "nonsense")
+    assert bad.returncode == 2 and "unknown view 'nonsense'" in bad.stderr

@@ -121,6 +121,13 @@ class Daemon:
             return listing.services_json(self.ipvs, self.now())
         if what == "conns":
             return listing.conns_json(self.ipvs, self.now())
+        if what == "timeouts":
+            tcp, tcpfin, udp = self.ipvs.get_timeouts()
+            return {"tcp": tcp, "tcpfin": tcpfin, "udp": udp}
+        if what == "daemons":
+            return [vars(d) for d in self.ipvs.daemons.values()]
+        if what == "sysctl":
+            return {name: getattr(self.ipvs.sysctl, name) for name in self.ipvs.sysctl.names()}
         raise BadRequest(f"unknown view {what!r}")
 
     def proc_view(self, name: str) -> str:
