@@ -128,19 +128,32 @@ class _Entry:
 
 
 class CacheGC:
-    """The garbage collection lblc and lblcr share (``ip_vs_lblc_check_expire``,
-    ``ip_vs_lblcr_check_expire``): a timer every 60 s; every 30th run deletes
-    the entries idle for the sysctl expiration; the others, only while the
-    cache holds more than MAX_SIZE entries, delete entries idle for 6 minutes,
-    bucket by bucket from a rover, until (count - MAX_SIZE) * 4/3 (at most
-    MAX_SIZE/2) are gone."""
+    """The cache state, its bucket hash and the garbage collection lblc and
+    lblcr share (``ip_vs_lblc_check_expire``, ``ip_vs_lblcr_check_expire``):
+    a timer every 60 s; every 30th run deletes the entries idle for the
+    sysctl expiration; the others, only while the cache holds more than
+    MAX_SIZE entries, delete entries idle for 6 minutes, bucket by bucket
+    from a rover, until (count - MAX_SIZE) * 4/3 (at most MAX_SIZE/2) are
+    gone."""
 
-    entries: dict
-    count: int
-    counter: int
-    rover: int
-    dead: bool
-    next_check: float | None
+    def __init__(self, svc: Service, ctx: SchedContext, *, start: float | None = None) -> None:
+        super().__init__(svc, ctx)  # type: ignore[call-arg] - Scheduler comes next in the MRO
+        self._v4 = svc.af == AF_INET
+        self._af = svc.af
+        #: folded destination address -> cache entry
+        self.entries: dict[int, Any] = {}
+        #: the kernel's entry counter (differs from len(entries) only on classic kernels)
+        self.count = 0
+        self.rover = 0
+        self.counter = 1
+        self.dead = False
+        self.next_check: float | None = None if start is None else start + CHECK_EXPIRE_INTERVAL
+
+    def bucket_of(self, addr: int) -> int:
+        """The cache bucket of a destination address (hash_32, TAB_BITS bits)."""
+        if not self._v4:
+            addr = fold(self._af, addr)
+        return ((addr * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - TAB_BITS)
 
     def _expiration(self) -> float:
         raise NotImplementedError
@@ -197,24 +210,9 @@ class LBLCScheduler(CacheGC, Scheduler):
 
     name = "lblc"
 
-    def __init__(self, svc: Service, ctx: SchedContext, *, start: float | None = None) -> None:
-        super().__init__(svc, ctx)
-        self._v4 = svc.af == AF_INET
-        self._af = svc.af
-        self.entries: dict[int, _Entry] = {}
-        #: the kernel's entry counter (differs from len(entries) only on classic kernels)
-        self.count = 0
-        self.rover = 0
-        self.counter = 1
-        self.dead = False
-        self.next_check: float | None = None if start is None else start + CHECK_EXPIRE_INTERVAL
+    entries: dict[int, _Entry]
 
     # -- helpers ---------------------------------------------------------------
-    def bucket_of(self, addr: int) -> int:
-        if not self._v4:
-            addr = fold(self._af, addr)
-        return ((addr * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - TAB_BITS)
-
     def _new(self, addr: int, dest: Dest, now: float) -> None:
         """``ip_vs_lblc_new``: keep an entry that names ``dest``, else replace it."""
         en = self.entries.get(addr)

@@ -45,22 +45,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lvs.addr import fold
-from lvs.constants import AF_INET, DEST_F_AVAILABLE, DEST_F_OVERLOAD
+from lvs.constants import DEST_F_AVAILABLE, DEST_F_OVERLOAD
 
-from .base import SchedContext, Scheduler, conn_overhead
-from .hashing import GOLDEN_RATIO_32
+from .base import Scheduler, conn_overhead
 from .lblc import (
     CHECK_EXPIRE_INTERVAL,
     HARD_CAP,
-    TAB_BITS,
     CacheGC,
     lblc_overloaded,
     wlc_pick,
 )
 
 if TYPE_CHECKING:
-    from lvs.model import Dest, Flow, Service
+    from lvs.model import Dest, Flow
 
 
 class DestSet:
@@ -159,21 +156,7 @@ class LBLCRScheduler(CacheGC, Scheduler):
 
     name = "lblcr"
 
-    def __init__(self, svc: Service, ctx: SchedContext, *, start: float | None = None) -> None:
-        super().__init__(svc, ctx)
-        self._v4 = svc.af == AF_INET
-        self._af = svc.af
-        self.entries: dict[int, _Entry] = {}
-        self.count = 0
-        self.rover = 0
-        self.counter = 1
-        self.dead = False
-        self.next_check: float | None = None if start is None else start + CHECK_EXPIRE_INTERVAL
-
-    def bucket_of(self, addr: int) -> int:
-        if not self._v4:
-            addr = fold(self._af, addr)
-        return ((addr * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - TAB_BITS)
+    entries: dict[int, _Entry]
 
     def schedule(self, flow: Flow, now: float) -> Dest | None:
         if self.next_check is None:
