@@ -44,7 +44,7 @@ import os
 from heapq import heapify, heappop, heappush
 from typing import TYPE_CHECKING, ClassVar
 
-from .base import Scheduler
+from .base import Scheduler, is_overloaded
 
 if TYPE_CHECKING:
     from lvs.model import Dest, Flow, Service
@@ -185,3 +185,31 @@ class KeyIndexScheduler(Scheduler):
 
     def explain(self) -> str:
         return f"{self.name}: {'indexed' if self._indexed else 'walk'} over {self.svc.num_dests} dests"
+
+
+class RatioKeyScheduler(KeyIndexScheduler):
+    """Keys ordered by load / weight (wlc, sed, nq): a float ratio, trusted
+    while the largest weight times the largest load stays below 2**51 so
+    that different integer cross-products never give equal floats; beyond
+    that the kernel walk decides."""
+
+    def _load(self, dest: Dest) -> int:
+        raise NotImplementedError
+
+    def _note(self, weight: int, load: int) -> None:
+        """Keep the high-water marks ``_exact`` needs."""
+        if weight > self.hw_weight:
+            self.hw_weight = weight
+        if load > self.hw_load:
+            self.hw_load = load
+
+    def _key(self, dest: Dest) -> Key | None:
+        weight = dest.weight
+        load = self._load(dest)
+        self._note(weight, load)
+        if weight <= 0 or is_overloaded(dest):
+            return None
+        return (load / weight, dest.pos)
+
+    def _exact(self) -> bool:
+        return self.hw_weight * self.hw_load < FLOAT_EXACT

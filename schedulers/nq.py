@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import is_overloaded
-from .keyindex import FLOAT_EXACT, Key, KeyIndexScheduler
+from .keyindex import Key, RatioKeyScheduler
 
 if TYPE_CHECKING:
     from lvs.model import Dest
@@ -43,7 +43,7 @@ def nq_pick(dests: list[Dest]) -> Dest | None:
     return least
 
 
-class NeverQueue(KeyIndexScheduler):
+class NeverQueue(RatioKeyScheduler):
     """Never queue; idle servers first (earliest), then shortest expected delay."""
 
     name = "nq"
@@ -54,18 +54,12 @@ class NeverQueue(KeyIndexScheduler):
     def _key(self, dest: Dest) -> Key | None:
         weight = dest.weight
         active = dest.activeconns
-        if weight > self.hw_weight:
-            self.hw_weight = weight
-        if active >= self.hw_load:
-            self.hw_load = active + 1
+        self._note(weight, active + 1)
         if weight <= 0 or is_overloaded(dest):
             return None
         if active == 0:
             return (0, 0.0, dest.pos)
         return (1, (active + 1) / weight, dest.pos)
-
-    def _exact(self) -> bool:
-        return self.hw_weight * self.hw_load < FLOAT_EXACT
 
 
 SCHEDULER = NeverQueue

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import is_overloaded
-from .keyindex import FLOAT_EXACT, Key, KeyIndexScheduler
+from .keyindex import RatioKeyScheduler
 
 if TYPE_CHECKING:
     from lvs.model import Dest
@@ -48,7 +48,7 @@ def sed_pick(dests: list[Dest]) -> Dest | None:
     return least
 
 
-class ShortestExpectedDelay(KeyIndexScheduler):
+class ShortestExpectedDelay(RatioKeyScheduler):
     """Shortest expected delay; key = ((active + 1) / weight, position)."""
 
     name = "sed"
@@ -56,19 +56,8 @@ class ShortestExpectedDelay(KeyIndexScheduler):
     def _walk(self) -> Dest | None:
         return sed_pick(self.svc.destinations)
 
-    def _key(self, dest: Dest) -> Key | None:
-        weight = dest.weight
-        load = dest.activeconns + 1
-        if weight > self.hw_weight:
-            self.hw_weight = weight
-        if load > self.hw_load:
-            self.hw_load = load
-        if weight <= 0 or is_overloaded(dest):
-            return None
-        return (load / weight, dest.pos)
-
-    def _exact(self) -> bool:
-        return self.hw_weight * self.hw_load < FLOAT_EXACT
+    def _load(self, dest: Dest) -> int:
+        return dest.activeconns + 1
 
 
 SCHEDULER = ShortestExpectedDelay

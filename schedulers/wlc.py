@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import conn_overhead, is_overloaded
-from .keyindex import FLOAT_EXACT, Key, KeyIndexScheduler
+from .keyindex import RatioKeyScheduler
 
 if TYPE_CHECKING:
     from lvs.model import Dest
@@ -45,7 +45,7 @@ def wlc_pick(dests: list[Dest], classic: bool) -> Dest | None:
     return least
 
 
-class WeightedLeastConnection(KeyIndexScheduler):
+class WeightedLeastConnection(RatioKeyScheduler):
     """Weighted least connections; key = (overhead / weight, position)."""
 
     name = "wlc"
@@ -53,19 +53,8 @@ class WeightedLeastConnection(KeyIndexScheduler):
     def _walk(self) -> Dest | None:
         return wlc_pick(self.svc.destinations, self.ctx.classic)
 
-    def _key(self, dest: Dest) -> Key | None:
-        weight = dest.weight
-        overhead = conn_overhead(dest, self.ctx.classic)
-        if weight > self.hw_weight:
-            self.hw_weight = weight
-        if overhead > self.hw_load:
-            self.hw_load = overhead
-        if weight <= 0 or is_overloaded(dest):
-            return None
-        return (overhead / weight, dest.pos)
-
-    def _exact(self) -> bool:
-        return self.hw_weight * self.hw_load < FLOAT_EXACT
+    def _load(self, dest: Dest) -> int:
+        return conn_overhead(dest, self.ctx.classic)
 
 
 SCHEDULER = WeightedLeastConnection
