@@ -167,6 +167,36 @@ def parse_ip(buf: bytes | bytearray | memoryview, l3: int = 0, end: int = -1) ->
     return None
 
 
+def _l4_ports(
+    buf: bytes | bytearray | memoryview, proto: int, l4: int, pend: int, frag: int
+) -> tuple[int, int, int] | None:
+    """Ports and TCP flags of the TCP, UDP or SCTP header at ``l4`` (zeros for
+    other protocols), with the receive path's checks: a whole header, a sane
+    TCP data offset, a UDP length that fits unless fragmented; None if not."""
+    if proto == IPPROTO_TCP:
+        if pend - l4 < 20:
+            return None
+        sport, dport, _seq, _ack, doff, flags = _TCP_HEAD.unpack_from(buf, l4)
+        doff = (doff >> 4) << 2
+        if doff < 20 or l4 + doff > pend:
+            return None
+        return sport, dport, flags
+    if proto == IPPROTO_UDP:
+        if pend - l4 < 8:
+            return None
+        sport, dport = _U16x2.unpack_from(buf, l4)
+        ulen = _U16.unpack_from(buf, l4 + 4)[0]
+        if frag == FRAG_NONE and (ulen < 8 or ulen > pend - l4):
+            return None
+        return sport, dport, 0
+    if proto == IPPROTO_SCTP:
+        if pend - l4 < 12:
+            return None
+        sport, dport = _U16x2.unpack_from(buf, l4)
+        return sport, dport, 0
+    return 0, 0, 0
+
+
 def parse_ipv4(buf: bytes | bytearray | memoryview, l3: int, end: int) -> Parsed | None:
     """IPv4 as ``ip_rcv_core`` validates it, then the transport ports.
 
@@ -193,25 +223,10 @@ def parse_ipv4(buf: bytes | bytearray | memoryview, l3: int, end: int) -> Parsed
         if frag_off & IP_OFFMASK:
             return (AF_INET, proto, saddr, 0, daddr, 0, 0, l3, l4, tot_len, FRAG_LATER, ident)
         frag = FRAG_FIRST
-    sport = dport = flags = 0
-    if proto == IPPROTO_TCP:
-        if pend - l4 < 20:
-            return None
-        sport, dport, _seq, _ack, doff, flags = _TCP_HEAD.unpack_from(buf, l4)
-        doff = (doff >> 4) << 2
-        if doff < 20 or l4 + doff > pend:
-            return None
-    elif proto == IPPROTO_UDP:
-        if pend - l4 < 8:
-            return None
-        sport, dport = _U16x2.unpack_from(buf, l4)
-        ulen = _U16.unpack_from(buf, l4 + 4)[0]
-        if frag == FRAG_NONE and (ulen < 8 or ulen > pend - l4):
-            return None
-    elif proto == IPPROTO_SCTP:
-        if pend - l4 < 12:
-            return None
-        sport, dport = _U16x2.unpack_from(buf, l4)
+    ports = _l4_ports(buf, proto, l4, pend, frag)
+    if ports is None:
+        return None
+    sport, dport, flags = ports
     return (AF_INET, proto, saddr, sport, daddr, dport, flags, l3, l4, tot_len, frag, ident if frag else 0)
 
 
@@ -268,25 +283,10 @@ def parse_ipv6(buf: bytes | bytearray | memoryview, l3: int, end: int) -> Parsed
     else:
         return None
     l4 = pos
-    sport = dport = flags = 0
-    if nh == IPPROTO_TCP:
-        if pend - l4 < 20:
-            return None
-        sport, dport, _seq, _ack, doff, flags = _TCP_HEAD.unpack_from(buf, l4)
-        doff = (doff >> 4) << 2
-        if doff < 20 or l4 + doff > pend:
-            return None
-    elif nh == IPPROTO_UDP:
-        if pend - l4 < 8:
-            return None
-        sport, dport = _U16x2.unpack_from(buf, l4)
-        ulen = _U16.unpack_from(buf, l4 + 4)[0]
-        if frag == FRAG_NONE and (ulen < 8 or ulen > pend - l4):
-            return None
-    elif nh == IPPROTO_SCTP:
-        if pend - l4 < 12:
-            return None
-        sport, dport = _U16x2.unpack_from(buf, l4)
+    ports = _l4_ports(buf, nh, l4, pend, frag)
+    if ports is None:
+        return None
+    sport, dport, flags = ports
     return (AF_INET6, nh, saddr, sport, daddr, dport, flags, l3, l4, plen + 40, frag, fragid)
 
 
