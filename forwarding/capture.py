@@ -132,6 +132,30 @@ class _Asm:
         return out
 
 
+def _emit_protocol_ports(
+    a: _Asm, protos: dict[int, set[int]], prefix: str, load_port: tuple[tuple[int, int], ...]
+) -> None:
+    """With the protocol number in A: jump per served protocol to a check of
+    the destination port (loaded by ``load_port``'s instructions) against its
+    ports; port 0 (a port-0 service) accepts any; anything else is dropped."""
+    labels = []
+    for proto in sorted(protos):
+        label = a.new(prefix)
+        labels.append((label, protos[proto]))
+        a.op(BPF_JEQ_K, proto, label, 0)
+    a.op(BPF_RET_K, 0)
+    for label, ports in labels:
+        a.label(label)
+        if 0 in ports:
+            a.op(BPF_RET_K, SNAP_ALL)
+            continue
+        for code, k in load_port:
+            a.op(code, k)
+        for port in sorted(ports):
+            a.op(BPF_JEQ_K, port, "accept", 0)
+        a.op(BPF_RET_K, 0)
+
+
 def compile_filter(targets: Iterable[Target]) -> list[Insn]:
     """Compile the classic BPF program that accepts the frames of ``targets``.
 
@@ -174,22 +198,7 @@ def compile_filter(targets: Iterable[Target]) -> list[Insn]:
         a.op(BPF_LD_H_ABS, 20)
         a.op(BPF_JSET_K, 0x1FFF, later, 0)
         a.op(BPF_LD_B_ABS, 23)
-        plabs = []
-        for proto in sorted(protos):
-            pl = a.new("p4_")
-            plabs.append((pl, protos[proto]))
-            a.op(BPF_JEQ_K, proto, pl, 0)
-        a.op(BPF_RET_K, 0)
-        for pl, ports in plabs:
-            a.label(pl)
-            if 0 in ports:
-                a.op(BPF_RET_K, SNAP_ALL)
-                continue
-            a.op(BPF_LDX_B_MSH, 14)
-            a.op(BPF_LD_H_IND, 16)
-            for port in sorted(ports):
-                a.op(BPF_JEQ_K, port, "accept", 0)
-            a.op(BPF_RET_K, 0)
+        _emit_protocol_ports(a, protos, "p4_", ((BPF_LDX_B_MSH, 14), (BPF_LD_H_IND, 16)))
         a.label(later)
         a.op(BPF_LD_B_ABS, 23)
         for proto in sorted(protos):
@@ -209,21 +218,7 @@ def compile_filter(targets: Iterable[Target]) -> list[Insn]:
         a.op(BPF_LD_B_ABS, 20)
         for eh in V6_EXT_HEADERS:
             a.op(BPF_JEQ_K, eh, "accept", 0)
-        plabs = []
-        for proto in sorted(protos):
-            pl = a.new("p6_")
-            plabs.append((pl, protos[proto]))
-            a.op(BPF_JEQ_K, proto, pl, 0)
-        a.op(BPF_RET_K, 0)
-        for pl, ports in plabs:
-            a.label(pl)
-            if 0 in ports:
-                a.op(BPF_RET_K, SNAP_ALL)
-                continue
-            a.op(BPF_LD_H_ABS, 56)
-            for port in sorted(ports):
-                a.op(BPF_JEQ_K, port, "accept", 0)
-            a.op(BPF_RET_K, 0)
+        _emit_protocol_ports(a, protos, "p6_", ((BPF_LD_H_ABS, 56),))
         a.label(nxt)
     a.op(BPF_RET_K, 0)
     a.label("accept")
