@@ -58,11 +58,3 @@ def v6_prefix_mask(plen: int) -> int:
     if plen <= 0:
         return 0
     return ((1 << 128) - 1) ^ ((1 << (128 - plen)) - 1)
-
-
-def to_bytes(af: int, value: int) -> bytes:
-    return value.to_bytes(4 if af == AF_INET else 16, "big")
-
-
-def from_bytes(af: int, raw: bytes) -> int:
-    return int.from_bytes(raw, "big")

@@ -16,8 +16,6 @@ from .constants import (
     AF_INET,
     AF_INET6,
     CONN_F_FWD_MASK,
-    CONN_F_INACTIVE,
-    CONN_F_ONE_PACKET,
     CONN_F_TEMPLATE,
     IPPROTO_SCTP,
     IPPROTO_TCP,
@@ -188,14 +186,6 @@ class Conn:
     @property
     def is_template(self) -> bool:
         return bool(self.flags & CONN_F_TEMPLATE)
-
-    @property
-    def is_inactive(self) -> bool:
-        return bool(self.flags & CONN_F_INACTIVE)
-
-    @property
-    def is_one_packet(self) -> bool:
-        return bool(self.flags & CONN_F_ONE_PACKET)
 
     @property
     def fwd_method(self) -> int:

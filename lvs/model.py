@@ -19,7 +19,6 @@ from .constants import (
     CONN_F_FWD_MASK,
     DEST_F_AVAILABLE,
     DEST_F_OVERLOAD,
-    IPPROTO_IP,
     PROTO_NAMES,
     SVC_F_ONEPACKET,
     SVC_F_PERSISTENT,
@@ -271,10 +270,6 @@ class Service:
 
     def __repr__(self) -> str:
         return f"Service({self.describe()} {self.sched_name} dests={len(self.destinations)})"
-
-
-def proto_is_fwmark(protocol: int) -> bool:
-    return protocol == IPPROTO_IP
 
 
 __all__ = [
