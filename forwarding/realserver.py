@@ -50,6 +50,8 @@ log = logging.getLogger("lvs-realserver")
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+SOL_UDP = 17
+UDP_NO_CHECK6_RX = 102  # linux/udp.h: accept zero-checksum UDP over IPv6
 
 
 @dataclass
@@ -110,6 +112,10 @@ class RealServer:
         if gue_port:
             s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            # the director's GUE over IPv6 carries a zero UDP checksum unless
+            # --tun-csum (udp6_set_csum with nocheck); the kernel drops such
+            # datagrams unless the socket allows them (RFC 6935, as fou does)
+            s.setsockopt(SOL_UDP, UDP_NO_CHECK6_RX, 1)
             s.bind(("::", gue_port))
             s.setblocking(False)
             self._add(s, ("gue", socket.AF_INET6, 17))

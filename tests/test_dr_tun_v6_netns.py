@@ -1,0 +1,135 @@
+"""DR and TUN over IPv6 end to end across network namespaces (issue 5).
+
+The same topology as :mod:`tests.test_dr_tun_netns`, built with
+``Topology(v6=True)``: the client reaches the VIP ``2001:db8:ffff::110``
+through the director, which forwards to real servers at
+``2001:db8:16::2`` and ``::3`` either by MAC rewrite (DR) or in an IPv6
+outer header (TUN: IPv6-in-IPv6 with ``--tun-type ipip``, GUE or GRE over
+IPv6).  The real servers hold the VIP on ``lo`` and answer the client
+directly over their own link; for TUN they run ``lvs-realserver`` (this
+kernel has no ip6_tunnel/gre/fou modules).
+
+The replies must never pass the director: its client-side interface may
+send only a handful of frames (neighbour discovery) while the test's
+connections are served.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from .helpers import can_netns, lvsadm, running_lvsd
+from .nsnet import PY, VIP6, Topology, rip6, sh
+
+_why = can_netns()
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(_why is not None, reason=_why or ""),
+]
+
+if _why is None and sh("sh", "-c", "command -v nft", check=False).returncode != 0:
+    pytestmark.append(pytest.mark.skip(reason="needs nft (make netdeps)"))
+
+GUE_PORT = 6080
+
+
+class Lab6:
+    """One IPv6 topology with a running lvsd in the director namespace."""
+
+    def __init__(self, topo: Topology, sock: str) -> None:
+        self.t = topo
+        self.sock = sock
+        self.pre = topo.prefix(topo.director)
+
+    def adm(self, *args: str) -> str:
+        r = lvsadm(self.sock, *args, prefix=self.pre)
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+        return r.stdout + r.stderr
+
+    def tcp(self, n: int, *extra: str) -> list[dict]:
+        return self.t.clients("tcp", VIP6, 8080, n, *extra)
+
+    def udp(self, n: int, *extra: str) -> list[dict]:
+        return self.t.clients("udp", VIP6, 8080, n, *extra)
+
+
+@pytest.fixture
+def lab6() -> Iterator:
+    made: list = []
+
+    def make(n_rs: int, kind: str) -> Lab6:
+        topo = Topology(n_rs, v6=True)
+        made.append(topo)
+        for k in range(1, n_rs + 1):
+            topo.realserver_vip(k, VIP6)
+            if kind == "tun":
+                p = topo.spawn(
+                    topo.rs[k - 1], PY, "-m", "forwarding.realserver", "--vip", VIP6,
+                    "--gue-port", str(GUE_PORT), "--lifetime", "200",
+                )  # fmt: skip
+                assert p.stdout is not None
+                line = p.stdout.readline()
+                assert line.startswith("ready"), line
+            topo.server(k, "tcp")
+            topo.server(k, "udp")
+        cm = running_lvsd("--no-vip", prefix=topo.prefix(topo.director))
+        sock = cm.__enter__()
+        made.append(cm)
+        topo.ns(topo.director, "ip", "addr", "add", f"{VIP6}/128", "dev", "lo")
+        return Lab6(topo, sock)
+
+    yield make
+    for obj in reversed(made):
+        if isinstance(obj, Topology):
+            obj.close()
+        else:
+            obj.__exit__(None, None, None)
+
+
+def servers(results: list[dict]) -> list[str]:
+    assert all(r["ok"] and r["intact"] for r in results), results
+    return [r["server"] for r in results]
+
+
+METHODS = [
+    ("-g",),
+    ("-i",),
+    ("-i", "--tun-type", "gue", "--tun-port", str(GUE_PORT)),
+    ("-i", "--tun-type", "gue", "--tun-port", str(GUE_PORT), "--tun-csum"),
+    ("-i", "--tun-type", "gre"),
+    ("-i", "--tun-type", "gre", "--tun-csum"),
+]
+IDS = ["dr", "ip6ip6", "gue", "gue-csum", "gre", "gre-csum"]
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_v6_rr_wrr_and_bypass(lab6, method: tuple[str, ...]) -> None:
+    """Two real servers over IPv6: TCP rr alternates strictly over many
+    connections, UDP wrr 3:1 splits 30/10 over 40 flows, every payload comes
+    back intact, and the replies bypass the director."""
+    lab = lab6(2, "tun" if method[0] == "-i" else "dr")
+    t = lab.t
+    vs = f"[{VIP6}]:8080"
+    lab.adm("-A", "-t", vs, "-s", "rr")
+    lab.adm("-A", "-u", vs, "-s", "wrr")
+    for k in (1, 2):
+        lab.adm("-a", "-t", vs, "-r", f"[{rip6(k)}]:8080", *method)
+        lab.adm("-a", "-u", vs, "-r", f"[{rip6(k)}]:8080", *method, "-w", "3" if k == 1 else "1")
+    lab.tcp(1)  # warm the neighbour caches (ND on both sides)
+    before = t.link_stats(t.director, "veth10")
+    got = servers(lab.tcp(30, "--size", "200", "--timeout", "3"))
+    assert all(a != b for a, b in itertools.pairwise(got)), got
+    assert collections.Counter(got) == {"rs1": 15, "rs2": 15}
+    u = collections.Counter(servers(lab.udp(40)))
+    assert u == {"rs1": 30, "rs2": 10}, u
+    after = t.link_stats(t.director, "veth10")
+    # replies never pass the director: at most a few ND frames towards the client
+    assert after["tx"] - before["tx"] <= 6, (before, after)
+    assert after["rx"] - before["rx"] >= 30 * 4 + 40
+    listing = lab.adm("-L", "-n", "--stats")
+    assert rip6(1) in listing and rip6(2) in listing
