@@ -99,11 +99,29 @@ def tcp_clients(host: str, port: int, count: int, size: int, timeout: float, pau
     return out
 
 
+def _fresh_udp_socket(family: int, used: set[int]) -> socket.socket:
+    """A UDP socket bound to an ephemeral port that no earlier socket of this
+    run had.  The kernel picks UDP ports at random, so 40 sockets in a row
+    share a port about one run in twenty; the repeated flow would then hit
+    the director's existing UDP connection entry instead of being scheduled,
+    which shifts a weighted split (29/11 for 30/10)."""
+    for _ in range(64):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        port = s.getsockname()[1]
+        if port not in used:
+            used.add(port)
+            return s
+        s.close()
+    raise OSError("no fresh UDP source port in 64 tries")
+
+
 def udp_clients(host: str, port: int, count: int, same: bool, timeout: float, pause: float) -> list[dict]:
     out = []
     shared = socket.socket(_family(host), socket.SOCK_DGRAM) if same else None
+    used: set[int] = set()
     for i in range(count):
-        s = shared or socket.socket(_family(host), socket.SOCK_DGRAM)
+        s = shared or _fresh_udp_socket(_family(host), used)
         s.settimeout(timeout)
         payload = os.urandom(16)
         res: dict = {"i": i}
