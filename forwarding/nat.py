@@ -114,6 +114,7 @@ from lvs.model import Flow, Service, ServiceKey
 from lvs.proto_tcp import ACK, DIR_INPUT, DIR_OUTPUT, FIN, RST, SYN
 
 from . import proxyproto
+from .connector import Connect
 from .vip import VipManager
 
 log = logging.getLogger("lvsd.nat")
@@ -344,7 +345,7 @@ class TcpSession(asyncio.Protocol):
         self.frozen = False
         self.state = _CONNECTING
         self.t0 = 0.0
-        self.task: asyncio.Future[Any] | None = None
+        self.task: Connect | None = None
 
     # -- client side events ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -414,28 +415,26 @@ class TcpSession(asyncio.Protocol):
         director.conns.arm(cp)
         self.up.pout += 1  # type: ignore[union-attr]
 
-    def connected(self, fut: asyncio.Future[Any]) -> None:
-        """The connection to the real server is up, or failed."""
+    def connected(self, result: Any, exc: BaseException | None) -> None:
+        """The connection to the real server is up, or failed (the
+        :class:`~forwarding.connector.Connect` outcome)."""
         plane = self.sf.plane
         self.task = None
         if self.state == _DONE:
-            if not fut.cancelled() and fut.exception() is None:
-                _rst(fut.result()[0])
+            if exc is None:
+                _rst(result[0])
             return
-        if fut.cancelled():
-            plane.connect_timeouts += 1
-            _rst(self.ct)
-            self.detach()
-            return
-        exc = fut.exception()
         if exc is not None:
-            plane.connect_failures += 1
-            if isinstance(exc, ConnectionRefusedError):
-                self.seg_out(RST, plane.now())
+            if isinstance(exc, asyncio.CancelledError):
+                plane.connect_timeouts += 1
+            else:
+                plane.connect_failures += 1
+                if isinstance(exc, ConnectionRefusedError):
+                    self.seg_out(RST, plane.now())
             _rst(self.ct)
             self.detach()
             return
-        st = fut.result()[0]
+        st = result[0]
         self.st = st
         self.sw = st.write
         self.swq = st.get_write_buffer_size
@@ -497,9 +496,10 @@ class TcpSession(asyncio.Protocol):
             return
         plane = self.sf.plane
         if self.state == _CONNECTING:
-            if self.task is not None:
-                self.task.cancel()
+            task = self.task
             self.detach()
+            if task is not None:
+                task.cancel()
             return
         if exc is not None or not (self.c_eof and self.s_eof):
             # a reset (or an abort) from the client side
@@ -530,11 +530,12 @@ class TcpSession(asyncio.Protocol):
 
     def reset(self) -> None:
         """Reset both sides (entry expired, or its real server is gone)."""
-        if self.task is not None:
-            self.task.cancel()
+        task = self.task
         _rst(self.ct)
         _rst(self.st)
         self.detach()
+        if task is not None:
+            task.cancel()
 
     def freeze(self, frozen: bool) -> None:
         """Stop (or restart) relaying: packets of an entry whose real server
@@ -921,9 +922,8 @@ class _ServedService:
             coro = _connect_transparent(loop, up, af, peer[0], host, port, cp.daf)
         else:
             coro = loop.create_connection(up.factory, host, port)
-        task = s.task = loop.create_task(coro)
-        task.add_done_callback(s.connected)
         plane.sessions.add(s)
+        s.task = Connect(coro, s.connected)
 
     def proxy_header(self, s: TcpSession) -> bytes:
         plane = self.plane

@@ -28,6 +28,7 @@ from .constants import (
     CONN_F_ONE_PACKET,
     CONN_F_TEMPLATE,
     DEST_F_AVAILABLE,
+    DEST_F_OVERLOAD,
     IPPROTO_IP,
     IPPROTO_SCTP,
     IPPROTO_TCP,
@@ -122,8 +123,9 @@ class Director:
                 dest.inactconns += 1
             else:
                 dest.activeconns += 1
+            overload = dest.flags & DEST_F_OVERLOAD
             self.ipvs.dest_conn_bound(dest)
-            self._counts_changed(dest)
+            self._counts_changed(dest, overload != dest.flags & DEST_F_OVERLOAD)
         if not cp.flags & CONN_F_ONE_PACKET:
             self.conns.hash(cp)
         return cp
@@ -140,16 +142,22 @@ class Director:
                 dest.inactconns -= 1
             else:
                 dest.activeconns -= 1
+            overload = dest.flags & DEST_F_OVERLOAD
             self.ipvs.dest_conn_unbound(dest)
-            self._counts_changed(dest)
+            self._counts_changed(dest, overload != dest.flags & DEST_F_OVERLOAD)
         dest.refcnt -= 1
         cp.dest = None
 
     @staticmethod
-    def _counts_changed(dest: Dest) -> None:
+    def _counts_changed(dest: Dest, overload_flipped: bool = False) -> None:
+        """Tell the service's scheduler that ``dest``'s counters changed (and
+        whether its OVERLOAD flag flipped with them); schedulers that read no
+        counter hear only of flips."""
         svc = dest.svc
-        if dest.pos >= 0 and svc is not None and svc.scheduler is not None:
-            svc.scheduler.counts_changed(dest)
+        if dest.pos >= 0 and svc is not None:
+            sched = svc.scheduler
+            if sched is not None and (overload_flipped or sched.watches_counts):
+                sched.counts_changed(dest)
 
     def _put(self, cp: Conn, now: float) -> None:
         """``ip_vs_conn_put``: re-arm the entry's timer with its timeout."""

@@ -10,7 +10,9 @@ the same with a class per module.  The table calls:
 * ``upd_dest(dest)`` after a real server was edited (weight, thresholds...);
 * ``counts_changed(dest)`` after the connection table changed a real
   server's counters or its OVERLOAD flag (pylvs only: it keeps the
-  incremental indexes of rr/wrr/lc/wlc/sed/nq/fo/ovf/twos exact);
+  incremental indexes of rr/wrr/lc/wlc/sed/nq/fo/ovf/twos exact).  A class
+  whose choice ignores the counters sets ``watches_counts = False`` and
+  hears only of OVERLOAD flips (two to four calls per connection saved);
 * ``schedule(flow, now)`` to pick a real server for a new connection, or None;
 * ``done()`` when the service drops the scheduler (``done_service``);
 * ``tick(now)`` now and then, for schedulers with timers (lblc, lblcr).
@@ -58,6 +60,9 @@ class Scheduler:
     """Base class: a scheduler bound to one service."""
 
     name: ClassVar[str] = ""
+    #: False: the choice reads no connection counter, only OVERLOAD (and
+    #: weights), so ``counts_changed`` is called only when OVERLOAD flips
+    watches_counts: ClassVar[bool] = True
 
     def __init__(self, svc: Service, ctx: SchedContext) -> None:
         self.svc = svc

@@ -44,6 +44,7 @@ class DHScheduler(Scheduler):
     same bucket, and the bucket to a fixed server while the list is unchanged."""
 
     name = "dh"
+    watches_counts = False
 
     def __init__(self, svc: Service, ctx: SchedContext) -> None:
         super().__init__(svc, ctx)

@@ -36,6 +36,7 @@ class WeightedFailover(KeyIndexScheduler):
     """Weighted failover; key = (-weight, position)."""
 
     name = "fo"
+    watches_counts = False
 
     def _walk(self) -> Dest | None:
         return fo_pick(self.svc.destinations)

@@ -107,6 +107,7 @@ class MHScheduler(Scheduler):
     """Maglev hashing: consistent, weighted, identical on every director."""
 
     name = "mh"
+    watches_counts = False
 
     def __init__(self, svc: Service, ctx: SchedContext) -> None:
         super().__init__(svc, ctx)

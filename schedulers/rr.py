@@ -44,6 +44,7 @@ class RoundRobin(Scheduler):
     """Round robin over eligible servers in list order."""
 
     name = "rr"
+    watches_counts = False
 
     def __init__(self, svc: Service, ctx: SchedContext) -> None:
         super().__init__(svc, ctx)

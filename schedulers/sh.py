@@ -69,6 +69,7 @@ class SHScheduler(Scheduler):
     while the table is unchanged."""
 
     name = "sh"
+    watches_counts = False
 
     def __init__(self, svc: Service, ctx: SchedContext) -> None:
         super().__init__(svc, ctx)

@@ -69,6 +69,7 @@ class WeightedRoundRobin(Scheduler):
     """Weighted round robin with the kernel's interleaving passes."""
 
     name = "wrr"
+    watches_counts = False
 
     def __init__(self, svc: Service, ctx: SchedContext) -> None:
         super().__init__(svc, ctx)
