@@ -23,11 +23,37 @@ Design (the simple, honest one):
   connection counts, persistence templates live in the worker that made them.
   With N workers and even spreading this approximates the single-table
   behaviour; it is not identical.
-* Counters: every ``REPORT`` seconds each worker reports, per real server,
-  its ActiveConn/InActConn/persistent counts and the growth of its traffic
-  counters; the main process shows the sums (``lvsadm -L -n``, ``--stats``,
-  ``--rate``).  ``lvsadm -L -c`` lists the main process's entries only, which
-  are none for traffic served by workers.
+* Counters and entries, one director's view: every ``REPORT`` seconds each
+  worker reports, per real server, its ActiveConn/InActConn/persistent
+  counts and the growth of its traffic counters, and the main process keeps
+  the sums (the rate estimator and ``--rate`` work on those).  A listing does
+  not rely on the last report: before lvsd answers ``-L``/``-l`` (any form),
+  ``--json services|conns``, ``--proc ...`` or ``--status``, it sends every
+  worker a ``query`` over its control socket and waits for the answers
+  (at most ``QUERY_TIMEOUT`` seconds; a worker that does not answer is left
+  out and a warning logged).  Each answer is a report made at that moment,
+  plus, for connection listings (``-L -c``, ``--json conns``, ``--proc
+  ip_vs_conn``), a copy of every entry of the worker's table
+  (:func:`lvs.conn.conn_row`, the time left on its timer rather than its
+  expiry).  So the counts, traffic counters and entries shown are as of the
+  request, listed after the main process's own entries, worker by worker.
+  The copy costs the worker about 4 us per entry (0.4 s per 100,000
+  entries, measured), during which it relays nothing, and the main process
+  about 6 us per entry to read it back; counters-only queries cost nothing
+  noticeable.
+* Control messages (JSON lines on the socketpair): main to worker
+  ``options``, ``env``, ``svc``, ``del``, ``query`` {id, conns}, ``stop``;
+  worker to main ``report`` {dests, entries, plane}, with ``id`` and
+  ``conns`` when it answers a query.
+* A dead worker (its control socket closes: killed, crashed) is reaped, its
+  end logged (``worker 0 (pid 123) was killed by SIGKILL; restarting it with
+  the current table``) and a new one started at once with the current
+  table; see :class:`WorkerPool`.  Its connections and entries are lost with
+  it; the listening sockets of the others keep serving meanwhile, so new
+  clients see no gap.
+* ICMP port unreachable (:mod:`forwarding.icmp`) is sent by the worker that
+  got the datagram; the rate limit is per worker process, so a client whose
+  flows spread over N workers may get up to N times the kernel's rate.
 """
 
 from __future__ import annotations
@@ -46,6 +72,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lvs.conn import ConnView, conn_row
 from lvs.constants import AF_INET6, CONN_F_FWD_MASK
 from lvs.core import Director
 from lvs.ctl import IPVS, DestSpec, ServiceSpec
@@ -56,6 +83,12 @@ log = logging.getLogger("lvsd.workers")
 
 #: seconds between two counter reports of a worker
 REPORT = 0.5
+#: seconds a listing waits for the workers' answers (``WorkerPool.query``)
+QUERY_TIMEOUT = 2.0
+#: a worker dying sooner than this after its start counts as a quick death
+QUICK_DEATH = 10.0
+#: pause before restarting a worker, by its number of quick deaths in a row
+RESTART_PAUSES = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 SO_ATTACH_REUSEPORT_CBPF = 51
 SO_DETACH_REUSEPORT_BPF = 68
@@ -132,7 +165,9 @@ class _Link(asyncio.Protocol):
         self.t: asyncio.Transport | None = None
         self.queue: list[bytes] = []
         self.closed = False
-        self.buf = b""
+        #: the pieces of a line not yet complete (a worker's answer with its
+        #: entries may be many megabytes: joined once, not grown per read)
+        self.parts: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.t = transport  # type: ignore[assignment]
@@ -141,18 +176,25 @@ class _Link(asyncio.Protocol):
         self.queue = []
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while b"\n" in self.buf:
-            line, self.buf = self.buf.split(b"\n", 1)
+        while True:
+            nl = data.find(b"\n")
+            if nl < 0:
+                if data:
+                    self.parts.append(data)
+                return
+            self.parts.append(data[:nl])
+            line = b"".join(self.parts)
+            self.parts = []
+            data = data[nl + 1 :]
             try:
-                self.pool.on_report(self.index, json.loads(line))
+                self.pool.on_report(self, json.loads(line))
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("bad report from worker %d: %s", self.index, exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.t = None
         self.closed = True
-        self.pool.on_lost(self.index)
+        self.pool.on_lost(self)
 
     def send(self, msg: dict[str, Any]) -> None:
         data = json.dumps(msg, separators=(",", ":")).encode() + b"\n"
@@ -164,7 +206,15 @@ class _Link(asyncio.Protocol):
 
 
 class WorkerPool:
-    """N worker processes fed with the main table; their counters summed back."""
+    """N worker processes fed with the main table; their counters summed back.
+
+    A worker that dies is started again with the current table (services,
+    timeouts, sysctls), at once, or after a growing pause (1 s up to 30 s)
+    when it keeps dying within ``QUICK_DEATH`` seconds of its start.  The
+    connections it relayed die with it (their sockets close), and so do its
+    entries and persistence templates, as when a director restarts; the
+    other workers go on undisturbed.  Both events are logged as warnings.
+    """
 
     def __init__(
         self, director: Director, now_fn: Callable[[], float], n: int, options: dict[str, Any]
@@ -173,37 +223,69 @@ class WorkerPool:
         self.now = now_fn
         self.n = n
         self.options = options
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.links: list[_Link] = []
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * n
+        self.links: list[_Link | None] = [None] * n
         self.tasks: list[asyncio.Future[Any]] = []
         #: worker -> {(svc key, dest af, addr, port): (active, inact, persist)}
-        self.counts: list[dict[tuple[Any, ...], tuple[int, int, int]]] = []
-        self.planes: list[str] = []
+        self.counts: list[dict[tuple[Any, ...], tuple[int, int, int]]] = [{} for _ in range(n)]
+        #: worker -> entries in its table, as of its last report
+        self.entries = [0] * n
+        self.planes: list[str] = ["starting"] * n
         self.served: set[ServiceKey] = set()
         self._last_env: Any = None
         self.lost = 0
+        self.restarts = 0
+        self.closing = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._started = [0.0] * n
+        self._quick_deaths = [0] * n
+        self._restarted = [False] * n
+        self._qid = 0
+        self._waiting: dict[int, tuple[_Link, asyncio.Future[dict[str, Any] | None]]] = {}
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._last_env = self._env()
         for i in range(self.n):
-            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            cmd = [sys.executable, "-m", "forwarding.workers", str(child.fileno()), str(i), str(self.n)]
+            self._spawn(i)
+
+    def _spawn(self, i: int) -> bool:
+        """Start worker ``i`` and queue the current table for it."""
+        assert self.loop is not None
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        cmd = [sys.executable, "-m", "forwarding.workers", str(child.fileno()), str(i), str(self.n)]
+        try:
             proc = subprocess.Popen(cmd, pass_fds=[child.fileno()], cwd=_root(), env=_worker_env())
+        except OSError as exc:
+            parent.close()
+            log.error("cannot start worker %d: %s", i, exc)
+            return False
+        finally:
             child.close()
-            parent.setblocking(False)
-            link = _Link(self, i)
-            self.procs.append(proc)
-            self.links.append(link)
-            self.counts.append({})
-            self.planes.append("starting")
-            self.tasks.append(
-                asyncio.ensure_future(loop.create_unix_connection(lambda link=link: link, sock=parent))
-            )
-        self.send_all({"op": "options", **self.options})
-        self.sync_env(force=True)
+        parent.setblocking(False)
+        link = _Link(self, i)
+        self.procs[i] = proc
+        self.links[i] = link
+        self.counts[i] = {}
+        self.entries[i] = 0
+        self.planes[i] = "starting"
+        self._started[i] = time.monotonic()
+        self.tasks.append(
+            asyncio.ensure_future(self.loop.create_unix_connection(lambda link=link: link, sock=parent))
+        )
+        link.send({"op": "options", **self.options})
+        link.send({"op": "env", **(self._last_env or self._env())})
+        ipvs = self.director.ipvs
+        for key in self.served:
+            svc = ipvs.get(key)
+            if svc is not None:
+                link.send({"op": "svc", "svc": service_record(svc)})
+        return True
 
     def send_all(self, msg: dict[str, Any]) -> None:
         for link in self.links:
-            link.send(msg)
+            if link is not None:
+                link.send(msg)
 
     def update(self, svc: Service) -> None:
         """A served service appeared or changed: every worker gets it whole."""
@@ -215,22 +297,27 @@ class WorkerPool:
             self.served.discard(key)
             self.send_all({"op": "del", "key": key_tuple(key)})
 
-    def sync_env(self, force: bool = False) -> None:
-        """Timeouts and sysctls, when they changed."""
+    def _env(self) -> dict[str, Any]:
         ipvs = self.director.ipvs
-        env = {
+        return {
             "timeouts": list(ipvs.get_timeouts()),
             "sysctl": {n: getattr(ipvs.sysctl, n) for n in ipvs.sysctl.names()},
         }
+
+    def sync_env(self, force: bool = False) -> None:
+        """Timeouts and sysctls, when they changed."""
+        env = self._env()
         if force or env != self._last_env:
             self._last_env = env
             self.send_all({"op": "env", **env})
 
-    def on_report(self, index: int, msg: dict[str, Any]) -> None:
-        if msg.get("op") != "report":
+    def on_report(self, link: _Link, msg: dict[str, Any]) -> None:
+        if msg.get("op") != "report" or link is not self.links[link.index]:
             return
+        index = link.index
         ipvs = self.director.ipvs
-        self.planes[index] = msg.get("plane", "")
+        self.planes[index] = str(msg.get("plane", ""))
+        self.entries[index] = int(msg.get("entries", 0))
         counts: dict[tuple[Any, ...], tuple[int, int, int]] = {}
         for key, af, addr, port, active, inact, persist, conns, inp, outp, inb, outb in msg["dests"]:
             skey = ServiceKey(*key)
@@ -250,6 +337,11 @@ class WorkerPool:
                 st.outbytes += outb
         self.counts[index] = counts
         self._apply_counts()
+        qid = msg.get("id")
+        if isinstance(qid, int):
+            waiting = self._waiting.pop(qid, None)
+            if waiting is not None and not waiting[1].done():
+                waiting[1].set_result(msg)
 
     def _apply_counts(self) -> None:
         """Show the workers' live counts on the main table's real servers."""
@@ -269,29 +361,138 @@ class WorkerPool:
                         p += got[2]
                 dest.activeconns, dest.inactconns, dest.persistconns = a, i, p
 
-    def on_lost(self, index: int) -> None:
+    async def query(self, conns: bool, timeout: float = QUERY_TIMEOUT) -> list[ConnView]:
+        """Ask every worker for its counters now (and its entries, with
+        ``conns``): when this returns, the main table's counts and traffic
+        counters include everything the workers had counted when they
+        answered, and the result holds copies of their entries.  A worker
+        that does not answer within ``timeout`` seconds is left out (its last
+        periodic report stands; a warning is logged)."""
+        assert self.loop is not None
+        asked: list[tuple[int, _Link, asyncio.Future[dict[str, Any] | None]]] = []
+        for link in self.links:
+            if link is None or link.closed:
+                continue
+            self._qid += 1
+            fut: asyncio.Future[dict[str, Any] | None] = self.loop.create_future()
+            self._waiting[self._qid] = (link, fut)
+            asked.append((self._qid, link, fut))
+            link.send({"op": "query", "id": self._qid, "conns": conns})
+        if asked:
+            await asyncio.wait([f for _, _, f in asked], timeout=timeout)
+        views: list[ConnView] = []
+        now = self.now()
+        for qid, link, fut in asked:
+            self._waiting.pop(qid, None)
+            msg = fut.result() if fut.done() else None
+            if msg is None:
+                log.warning(
+                    "worker %d did not answer within %g s: its entries are not listed", link.index, timeout
+                )
+                continue
+            try:
+                views.extend(ConnView.from_row(row, now) for row in msg.get("conns") or ())
+            except (TypeError, ValueError) as exc:
+                log.warning("bad connection entry from worker %d: %s", link.index, exc)
+        return views
+
+    def on_lost(self, link: _Link) -> None:
+        index = link.index
+        for qid, (who, fut) in list(self._waiting.items()):
+            if who is link:
+                del self._waiting[qid]
+                if not fut.done():
+                    fut.set_result(None)
+        if link is not self.links[index]:
+            return
         self.planes[index] = "gone"
         self.counts[index] = {}
+        self.entries[index] = 0
         self.lost += 1
+        self._apply_counts()
+        if not self.closing and self.loop is not None:
+            self.tasks.append(asyncio.ensure_future(self._restart(index, link)))
+
+    async def _restart(self, index: int, link: _Link) -> None:
+        """Worker ``index`` is gone (its control socket closed): reap it, log
+        how it ended, start a new one with the current table."""
+        proc = self.procs[index]
+        pid = proc.pid if proc is not None else 0
+        deadline = time.monotonic() + 2
+        while proc is not None and proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        rc = proc.poll() if proc is not None else None
+        if proc is not None and rc is None:  # its socket broke but it lives: end it
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(2)
+            rc = proc.poll()
+        if rc is None:
+            how = "lost its control socket"
+        elif rc < 0:
+            try:
+                how = f"was killed by {signal.Signals(-rc).name}"
+            except ValueError:
+                how = f"was killed by signal {-rc}"
+        else:
+            how = f"exited with status {rc}"
+        while not self.closing and self.links[index] is link:
+            # the first death restarts at once; a restarted worker that dies
+            # again soon waits longer each time (no busy crash loop)
+            quick = self._restarted[index] and time.monotonic() - self._started[index] < QUICK_DEATH
+            self._quick_deaths[index] = self._quick_deaths[index] + 1 if quick else 0
+            pause = RESTART_PAUSES[min(self._quick_deaths[index], len(RESTART_PAUSES) - 1)]
+            log.warning(
+                "worker %d (pid %d) %s; restarting it with the current table%s",
+                index,
+                pid,
+                how,
+                f" in {pause:g} s" if pause else "",
+            )
+            if pause:
+                await asyncio.sleep(pause)
+                if self.closing:
+                    return
+            if self._spawn(index):
+                self._restarted[index] = True
+                self.restarts += 1
+                new = self.procs[index]
+                log.warning("worker %d restarted as pid %d", index, new.pid if new is not None else 0)
+                return
+            how = "could not be started"
+            self._started[index] = time.monotonic()
+            self._restarted[index] = True
+
+    def connections(self) -> int:
+        """Entries held by the workers, as of their last reports."""
+        return sum(self.entries)
 
     def describe(self) -> str:
-        return f"{self.n} workers (SO_REUSEPORT): " + " | ".join(
-            f"w{i}: {p}" for i, p in enumerate(self.planes)
+        pids = [p.pid if p is not None else 0 for p in self.procs]
+        text = f"{self.n} workers (SO_REUSEPORT): " + " | ".join(
+            f"w{i} pid {pids[i]}: {p}" for i, p in enumerate(self.planes)
         )
+        return text + (f" | restarts {self.restarts}" if self.restarts else "")
 
     async def close(self) -> None:
+        self.closing = True
         self.send_all({"op": "stop"})
         await asyncio.sleep(0.05)
         for link in self.links:
-            if link.t is not None:
+            if link is not None and link.t is not None:
                 link.t.close()
         deadline = time.monotonic() + 5
         for proc in self.procs:
+            if proc is None:
+                continue
             while proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
+        for task in self.tasks:
+            if not task.done():
+                task.cancel()
 
 
 def _root() -> str:
@@ -346,6 +547,7 @@ class _Worker:
         self.director = Director(self.ipvs)
         self.director.reset_clock(self.now())
         self.plane: Any = None
+        self.writer: asyncio.StreamWriter | None = None
         self._last: dict[tuple[Any, ...], tuple[int, int, int, int, int]] = {}
         self.stop = asyncio.Event()
 
@@ -385,8 +587,19 @@ class _Worker:
             for name, value in msg["sysctl"].items():
                 with contextlib.suppress(KeyError, ValueError):
                     self.ipvs.sysctl.set(name, str(value))
+        elif op == "query":
+            # an answer at once: the counters so far, and the entries if asked
+            reply = self.report()
+            reply["id"] = msg.get("id")
+            if msg.get("conns"):
+                reply["conns"] = [conn_row(cp, now) for cp in self.director.conns]
+            self.send(reply)
         elif op == "stop":
             self.stop.set()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
 
     def report(self) -> dict[str, Any]:
         dests = []
@@ -404,11 +617,17 @@ class _Worker:
                     [k[0], d.af, d.addr, d.port, d.activeconns, d.inactconns, d.persistconns, *delta]
                 )
         self._last = last
-        return {"op": "report", "dests": dests, "plane": self.plane.describe() if self.plane else ""}
+        return {
+            "op": "report",
+            "dests": dests,
+            "entries": len(self.director.conns),
+            "plane": self.plane.describe() if self.plane else "",
+        }
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         reader, writer = await asyncio.open_unix_connection(sock=self.sock)
+        self.writer = writer
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
 
@@ -426,7 +645,7 @@ class _Worker:
                 more = self.director.tick(self.now(), 20000)
                 if self.now() >= next_report:
                     next_report = self.now() + REPORT
-                    writer.write(json.dumps(self.report(), separators=(",", ":")).encode() + b"\n")
+                    self.send(self.report())
                 await asyncio.sleep(0 if more else 0.25)
 
         tasks = [asyncio.ensure_future(read()), asyncio.ensure_future(tick())]

@@ -237,3 +237,93 @@ class PeConn(Conn):
     @property
     def pe_data(self) -> bytes:
         return self._pe_data
+
+
+class ConnView:
+    """A copy of an entry held in another table: a ``lvsd --workers`` process
+    keeps its own connection table, and the main process lists the workers'
+    entries beside its own, as one director's ``/proc/net/ip_vs_conn`` would
+    show them all.  It has what the listings read (the endpoints, state name,
+    flags, timer), nothing the packet path needs.  Build it with
+    :meth:`from_row` from :func:`conn_row`'s list."""
+
+    __slots__ = (
+        "af",
+        "caddr",
+        "cport",
+        "daddr",
+        "daf",
+        "dport",
+        "expires",
+        "flags",
+        "fwmark",
+        "pe_data",
+        "pe_name",
+        "protocol",
+        "state",
+        "timeout",
+        "vaddr",
+        "vport",
+    )
+
+    def __init__(self, row: list[Any], now: float) -> None:
+        (
+            self.af,
+            self.protocol,
+            self.caddr,
+            self.cport,
+            self.vaddr,
+            self.vport,
+            self.daf,
+            self.daddr,
+            self.dport,
+            self.state,
+            left,
+            self.timeout,
+            self.flags,
+            self.fwmark,
+            self.pe_name,
+            pe_data,
+        ) = row
+        for name in ("af", "protocol", "caddr", "cport", "vaddr", "vport", "daf", "daddr", "dport", "flags"):
+            if not isinstance(getattr(self, name), int):
+                raise TypeError(f"{name} must be an integer")
+        if not all(isinstance(v, str) for v in (self.state, self.pe_name, pe_data)):
+            raise TypeError("state, pe_name and pe_data must be strings")
+        #: the remaining time is carried, not the other table's clock
+        self.expires = now + float(left)
+        self.pe_data = pe_data.encode("latin-1")
+
+    @classmethod
+    def from_row(cls, row: list[Any], now: float) -> ConnView:
+        """Raises TypeError/ValueError for a row that is not :func:`conn_row`'s."""
+        if not isinstance(row, list) or len(row) != 16:
+            raise ValueError("a connection row has 16 fields")
+        return cls(row, now)
+
+    def state_name(self) -> str:
+        return self.state
+
+
+def conn_row(cp: Conn, now: float) -> list[Any]:
+    """An entry as plain data for another process (JSON-safe): the remaining
+    time on its timer rather than its expiry time, since each process has
+    its own clock."""
+    return [
+        cp.af,
+        cp.protocol,
+        cp.caddr,
+        cp.cport,
+        cp.vaddr,
+        cp.vport,
+        cp.daf,
+        cp.daddr,
+        cp.dport,
+        cp.state_name(),
+        round(cp.expires - now, 3),
+        cp.timeout,
+        cp.flags,
+        cp.fwmark,
+        cp.pe_name,
+        cp.pe_data.decode("latin-1"),
+    ]

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from ..core import Director
@@ -57,14 +58,42 @@ class Daemon:
         return time.monotonic() - self.t0
 
     # -- requests ----------------------------------------------------------------
-    def handle(self, req: Request) -> dict[str, Any]:
+    def handle(self, req: Request) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Answer one request; changes the data planes queued (VIPs on lo)
         are applied before the answer leaves, so a service is reachable when
-        lvsadm returns."""
+        lvsadm returns.  A listing with ``--workers`` first gathers what the
+        workers hold (:meth:`gathered`)."""
+        pool = self.worker_pool()
+        if pool is not None:
+            conns = _needs_workers(req)
+            if conns is not None:
+                return self.gathered(pool, req, conns)
         try:
             return self._handle(req)
         finally:
             self.flush_planes()
+
+    async def gathered(self, pool: Any, req: Request, conns: bool) -> dict[str, Any]:
+        """One director's view with ``--workers``: ask every worker for its
+        counters now (and its connection entries when the request lists
+        them), then answer from the main table with those folded in.  So
+        ``-L -c``, ``--json conns`` and ``/proc/net/ip_vs_conn`` list the
+        workers' entries after the main process's own, and ActiveConn,
+        InActConn and the traffic counters are as of this request."""
+        self.ipvs.remote_conns = await pool.query(conns)  # type: ignore[attr-defined]
+        try:
+            return self._handle(req)
+        finally:
+            self.ipvs.remote_conns = []  # type: ignore[attr-defined]
+            self.flush_planes()
+
+    def worker_pool(self) -> Any:
+        """The NAT plane's worker processes (``--workers N``), if any."""
+        for plane in self.planes:
+            pool = getattr(plane, "pool", None)
+            if pool is not None:
+                return pool
+        return None
 
     def flush_planes(self) -> None:
         for plane in self.planes:
@@ -104,12 +133,13 @@ class Daemon:
         return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue(), "seq": self.seq}
 
     def status(self) -> dict[str, Any]:
+        pool = self.worker_pool()
         return {
             "pid": os.getpid(),
             "netns": _netns_id(),
             "uptime": round(self.now(), 3),
             "services": len(self.ipvs.services),
-            "connections": len(self.director.conns),
+            "connections": len(self.director.conns) + (pool.connections() if pool is not None else 0),
             "planes": [p.describe() for p in self.planes],
             "warnings": list(self.warnings) + [w for p in self.planes for w in p.warnings()],
         }
@@ -257,6 +287,33 @@ class Daemon:
             reply = self.run_ipvsadm(["-R"], fh.read())
         if reply["rc"] != 0:
             log.error("restoring %s: %s", path, reply["stderr"].strip())
+
+
+def _needs_workers(req: Request) -> bool | None:
+    """Does this request show what ``--workers`` processes hold?  None: no;
+    False: their counters; True: their connection entries too."""
+    op = req.op
+    if op == "status":
+        return False
+    if op == "json":
+        what = req.args.get("what", "services")
+        return {"services": False, "conns": True}.get(what) if isinstance(what, str) else None
+    if op == "proc":
+        name = req.args.get("name")
+        return (
+            {"ip_vs": False, "ip_vs_stats": False, "ip_vs_conn": True}.get(name)
+            if isinstance(name, str)
+            else None
+        )
+    if op == "ipvsadm":
+        from ..ipvsadm.grammar import CMD_LIST, UsageError, parse
+
+        try:
+            cmd = parse(list(req.args["argv"]))
+        except (UsageError, ValueError, OSError):
+            return None  # the request itself reports it
+        return bool(cmd.connection) if cmd.kind == CMD_LIST else None
+    return None
 
 
 def _netns_id() -> str:

@@ -16,6 +16,7 @@ which is why this module is the source of that listing too.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -145,8 +146,14 @@ def remaining_seconds(expires: float, now: float) -> int:
 
 
 def _conns(ipvs: Any) -> Iterable[Conn]:
+    """The entries to list: the table's own, then copies of the entries other
+    tables hold for the same director (``ipvs.remote_conns``: lvsd's
+    ``--workers`` processes, gathered by the daemon before a listing)."""
     conns = getattr(ipvs, "conns", None)
-    return () if conns is None else conns
+    remote = getattr(ipvs, "remote_conns", None)
+    if not remote:
+        return () if conns is None else conns
+    return itertools.chain(() if conns is None else conns, remote)
 
 
 # -- /proc/net/ip_vs --------------------------------------------------------------------
