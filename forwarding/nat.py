@@ -44,7 +44,17 @@ UDP
     one-packet scheduling, ``-o``); each client flow gets its own connected
     upstream socket; replies are sent back from the VIP socket.  Known flows
     take a fast path (a dict look-up and a send); a flow lives as long as its
-    entry (UDP timeout, ``--set``).  With ``-o`` every datagram is scheduled.
+    entry (UDP timeout, ``--set``).  A datagram for which no real server is
+    available (none, all of weight 0 or overloaded) is dropped and answered
+    with ICMP port unreachable from the VIP, rate-limited per client, as
+    ``ip_vs_leave`` does (:mod:`forwarding.icmp`); a connected client socket
+    then gets ECONNREFUSED.  With ``-o`` every datagram is scheduled and its
+    entry is gone right after it (never in ``-L -c``, ActiveConn/InActConn
+    back to 0); the upstream socket per (client, real server) is kept for
+    the UDP timeout to carry the replies.  The replies are relayed from the
+    VIP but not counted: the kernel never hashes a one-packet entry, so its
+    ip_vs_out finds none for them and lets them pass uncounted (OutPkts and
+    OutBytes of a -o service stay 0; its NAT does not even rewrite them).
 
 Entries, expiry, deleted real servers
     Traffic re-arms the entry's timer (every ``SWEEP`` seconds for busy
@@ -84,7 +94,8 @@ Client address
 Workers
     ``workers > 1``: N processes each run this plane on their own copy of
     the table, with SO_REUSEPORT listeners; see :mod:`forwarding.workers` for
-    the scheduling semantics across workers and how counters come back.
+    the scheduling semantics across workers, how their counters and entries
+    reach the listings, and how a dead worker is replaced.
 """
 
 from __future__ import annotations
@@ -109,7 +120,7 @@ from lvs.constants import (
     IPPROTO_UDP,
     SVC_F_PERSISTENT,
 )
-from lvs.core import FORWARD, Director
+from lvs.core import FORWARD, REJECT, Director
 from lvs.model import Flow, Service, ServiceKey
 from lvs.proto_tcp import ACK, DIR_INPUT, DIR_OUTPUT, FIN, RST, SYN
 
@@ -657,6 +668,12 @@ class _UdpFlow(asyncio.DatagramProtocol):
         if not (self.pin or self.pout):
             return False
         conn = self.conn
+        if conn.flags & CONN_F_ONE_PACKET:
+            # replies to one-packet datagrams: the kernel never hashes their
+            # entries, so ip_vs_out finds none and lets the replies pass
+            # uncounted (OutPkts/OutBytes stay 0); the proxy relays them
+            self.nin = self.nout = self.pin = self.pout = 0
+            return True
         if conn.dest is None and self.dest is not None:
             _count(director, self.dest, self.nin, self.nout, self.pin, self.pout)
         else:
@@ -666,7 +683,8 @@ class _UdpFlow(asyncio.DatagramProtocol):
 
 
 def _count(director: Director, dest: Any, inb: int, outb: int, inp: int, outp: int) -> None:
-    """Counters of a one-packet flow, whose entry is already unbound."""
+    """Counters of a flow whose entry is already unbound (it expired with
+    traffic still in the batch)."""
     targets = [dest.stats, director.ipvs.stats]
     if dest.svc is not None:
         targets.append(dest.svc.stats)
@@ -713,6 +731,8 @@ class _UdpFront(asyncio.DatagramProtocol):
         v = plane.director.process_in(flow, plane.now(), 0, len(data))
         if v.action != FORWARD or v.conn is None:
             plane.udp_dropped += 1
+            if v.action == REJECT:
+                plane.port_unreachable(sf, addr, data)
             return
         cp = v.conn
         if cp.flags & CONN_F_ONE_PACKET:
@@ -1055,6 +1075,8 @@ class NatPlane:
         self.nodest = 0
         self.udp_dropped = 0
         self.udp_flows_opened = 0
+        #: ICMP port unreachable for UDP without a real server (forwarding.icmp)
+        self.icmp: Any = None
 
     # -- life cycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -1095,6 +1117,8 @@ class NatPlane:
             s.reset()
         if self.pool is not None:
             await self.pool.close()
+        if self.icmp is not None:
+            self.icmp.close()
         self.vips.close()
         await asyncio.sleep(0)
 
@@ -1109,7 +1133,8 @@ class NatPlane:
             f"{flows} UDP flows; accepted {self.accepted}, refused {self.refused}, "
             f"connect failures {self.connect_failures}, connect timeouts {self.connect_timeouts}, "
             f"resets {self.resets}, expired {self.expired}, no-dest {self.nodest}, "
-            f"UDP flows {self.udp_flows_opened}, UDP dropped {self.udp_dropped}"
+            f"UDP flows {self.udp_flows_opened}, UDP dropped {self.udp_dropped}, "
+            f"ICMP unreachable {self.icmp.sent if self.icmp is not None else 0}"
         )
 
     def warnings(self) -> list[str]:
@@ -1181,6 +1206,17 @@ class NatPlane:
         if sf.vip:
             self.vips.release(sf.af, sf.host)
         log.info("stopped serving %s", sf.describe())
+
+    def port_unreachable(self, sf: _ServedService, addr: Any, data: bytes) -> None:
+        """``ip_vs_leave``: a UDP datagram no real server can take is
+        answered with ICMP port unreachable from the VIP, rate-limited per
+        client (:mod:`forwarding.icmp`)."""
+        if self.icmp is None:
+            from .icmp import PortUnreachable
+
+            self.icmp = PortUnreachable()
+        if not self.icmp.send(sf.af, addr, sf.host, sf.vport, data, self.now()) and self.icmp.error:
+            self._problems["icmp"] = self.icmp.error
 
     def target(self, cp: Any) -> tuple[str, int]:
         """The real server of an entry as (host, port) text for connect()."""
