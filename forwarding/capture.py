@@ -14,6 +14,10 @@ The filter accepts, for each virtual address:
   destination port is served (any port for a port-0 service);
 * IPv4 later fragments (no ports) and IPv6 packets with extension headers of
   a served protocol's address: Python parses those (slow path);
+* ICMP errors to a served address (IPv4 destination unreachable, source
+  quench, time exceeded; every ICMPv6 error type): those about a DR/TUN
+  connection are forwarded to its real server (``ip_vs_in_icmp``, see
+  :mod:`forwarding.icmp_related`);
 * only frames addressed to this host (``PACKET_HOST``), never our own
   transmissions (``PACKET_IGNORE_OUTGOING``).
 
@@ -54,6 +58,7 @@ BPF_LD_W_ABS = 0x20
 BPF_LD_H_ABS = 0x28
 BPF_LD_B_ABS = 0x30
 BPF_LD_H_IND = 0x48
+BPF_LD_B_IND = 0x50
 BPF_LDX_B_MSH = 0xB1
 BPF_JEQ_K = 0x15
 BPF_JSET_K = 0x45
@@ -70,6 +75,12 @@ SNAP_ALL = 0x40000
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_SCTP = 132
+IPPROTO_ICMP = 1
+IPPROTO_ICMPV6 = 58
+#: the ICMPv4 types ip_vs_in_icmp relates to connections
+ICMP_ERROR_TYPES_V4 = (3, 4, 11)
+#: ICMPv6 informational types have this bit; every other type is an error
+ICMPV6_INFOMSG_MASK = 0x80
 #: IPv6 next headers sent to the slow path (hop-by-hop, routing, fragment, dest opts)
 V6_EXT_HEADERS = (0, 43, 44, 60)
 
@@ -156,14 +167,38 @@ def _emit_protocol_ports(
         a.op(BPF_RET_K, 0)
 
 
+def _emit_icmp_errors(a: _Asm, proto: int, load_type: tuple[tuple[int, int], ...]) -> None:
+    """With the protocol number in A: an ICMP (``proto`` 1) or ICMPv6 (58)
+    packet whose type (loaded by ``load_type``) is an error IPVS relates to
+    connections is accepted, any other ICMP packet dropped; other protocols
+    fall through with A unchanged."""
+    skip = a.new("ni_")
+    ok = a.new("ie_")
+    a.op(BPF_JEQ_K, proto, 0, skip)
+    for code, k in load_type:
+        a.op(code, k)
+    if proto == IPPROTO_ICMPV6:
+        no = a.new("ii_")
+        a.op(BPF_JSET_K, ICMPV6_INFOMSG_MASK, no, ok)
+        a.label(no)
+        a.op(BPF_RET_K, 0)
+    else:
+        for t in ICMP_ERROR_TYPES_V4:
+            a.op(BPF_JEQ_K, t, ok, 0)
+        a.op(BPF_RET_K, 0)
+    a.label(ok)
+    a.op(BPF_RET_K, SNAP_ALL)
+    a.label(skip)
+
+
 def compile_filter(targets: Iterable[Target]) -> list[Insn]:
     """Compile the classic BPF program that accepts the frames of ``targets``.
 
     Layout: packet type must be HOST; dispatch on the ethertype; then on the
     destination address (IPv4: one word; IPv6: four words); then, per
-    address, fragments and extension headers go up whole, and TCP/UDP/SCTP
-    segments are matched on their destination port.  An empty set compiles
-    to "drop everything".
+    address, fragments and extension headers go up whole, ICMP errors
+    (``_emit_icmp_errors``) too, and TCP/UDP/SCTP segments are matched on
+    their destination port.  An empty set compiles to "drop everything".
     """
     by_addr: dict[tuple[int, int], dict[int, set[int]]] = {}
     for t in targets:
@@ -198,6 +233,7 @@ def compile_filter(targets: Iterable[Target]) -> list[Insn]:
         a.op(BPF_LD_H_ABS, 20)
         a.op(BPF_JSET_K, 0x1FFF, later, 0)
         a.op(BPF_LD_B_ABS, 23)
+        _emit_icmp_errors(a, IPPROTO_ICMP, ((BPF_LDX_B_MSH, 14), (BPF_LD_B_IND, 14)))
         _emit_protocol_ports(a, protos, "p4_", ((BPF_LDX_B_MSH, 14), (BPF_LD_H_IND, 16)))
         a.label(later)
         a.op(BPF_LD_B_ABS, 23)
@@ -218,6 +254,7 @@ def compile_filter(targets: Iterable[Target]) -> list[Insn]:
         a.op(BPF_LD_B_ABS, 20)
         for eh in V6_EXT_HEADERS:
             a.op(BPF_JEQ_K, eh, "accept", 0)
+        _emit_icmp_errors(a, IPPROTO_ICMPV6, ((BPF_LD_B_ABS, 54),))
         _emit_protocol_ports(a, protos, "p6_", ((BPF_LD_H_ABS, 56),))
         a.label(nxt)
     a.op(BPF_RET_K, 0)
@@ -271,8 +308,8 @@ def run_filter(prog: list[Insn], frame: bytes, pkttype: int = PACKET_HOST, ifind
             if v is None:
                 return 0
             acc = v
-        elif code == BPF_LD_H_IND:
-            v = load(x + k, 2)
+        elif code in (BPF_LD_H_IND, BPF_LD_B_IND):
+            v = load(x + k, 2 if code == BPF_LD_H_IND else 1)
             if v is None:
                 return 0
             acc = v

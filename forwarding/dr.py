@@ -47,9 +47,31 @@ is not for a scheduled connection, e.g. a stray ACK) also drops, because the
 frame was already taken from the local stack (the kernel would hand it to
 the local stack, which would answer with a RST).
 
-Not handled here: firewall-mark services (the mark does not exist yet when
-AF_PACKET sees the frame), ICMP errors about DR/TUN connections
-(``ip_vs_in_icmp``), local clients of the VIP (traffic on lo).
+Firewall-mark services (``-f MARK``): the mark does not exist yet when
+AF_PACKET sees the frame, so their packets come from NFQUEUE instead
+(:mod:`forwarding.nfqueue`).  With the first such service, lvsd binds a
+free queue (from :data:`QUEUE_BASE` up) and its nftables table gets, per
+served (family, mark), a rule queueing marked packets at ``input`` priority
+99, where the kernel's ``ip_vs_in_hook`` sits (:mod:`forwarding.netfilter`);
+the user marks packets as for the kernel (``iptables -t mangle -A
+PREROUTING -d VIP -p tcp --dport 80 -j MARK --set-mark 1`` or ``nft ...
+meta mark set 1``), and the VIP must be local so that routing delivers the
+packets to ``input``, as with the kernel.  :meth:`DirectPlane.handle_queued`
+puts each queued packet through the same core decision (the mark in the
+flow: ``ip_vs_service_find`` looks the fwmark table up first) and the same
+transmit code as a captured frame, then gives the kernel its verdict:
+DROP when lvsd forwarded (or deliberately dropped, or rejected with ICMP)
+the packet, ACCEPT when IPVS would have let it through to the local stack
+(``NF_ACCEPT``: no service, not a SYN, a protocol IPVS does not schedule,
+a packet it cannot parse).  All verdicts of one receive batch go back in
+one ``send``.  Flows decided this way never enter the fast path (their
+packets do not come through the ring).  If a fwmark service and an
+address/port DR/TUN service cover the same packets, the address/port
+service serves them: AF_PACKET and the raw-priority drop take them before
+any mark is set.
+
+Not handled here: ICMP errors about DR/TUN connections (``ip_vs_in_icmp``),
+local clients of the VIP (traffic on lo).
 """
 
 from __future__ import annotations
@@ -80,7 +102,7 @@ from lvs.constants import (
     IPPROTO_UDP,
     TUN_TYPE_IPIP,
 )
-from lvs.core import FORWARD, REJECT, Director
+from lvs.core import ACCEPT, FORWARD, REJECT, Director
 from lvs.model import Dest, Flow, Service
 
 from . import packet as P
@@ -97,6 +119,7 @@ from .capture import (
     compile_filter,
 )
 from .netfilter import NftGuard
+from .nfqueue import NF_ACCEPT, NF_DROP, NfQueue, Queued, bind_free_queue
 
 log = logging.getLogger("lvsd.dr")
 
@@ -117,6 +140,13 @@ FRAG_MAX_KEYS = 1024
 FRAG_MAX_HELD = 64
 ICMP_BURST = 6
 ICMP_INTERVAL = 1.0
+#: the first NFQUEUE number lvsd tries for firewall-mark services ("LV")
+QUEUE_BASE = 0x4C56
+#: a status bit (beyond the TP_STATUS_* ones) for packets that came from
+#: NFQUEUE: their flows never get a fast-path entry
+STATUS_QUEUED = 1 << 30
+#: the transport protocols ip_vs_in_hook schedules (ip_vs_proto_data_get)
+_SCHEDULED_PROTOS = frozenset((6, 17, 132))
 
 
 # -----------------------------------------------------------------------------
@@ -460,6 +490,7 @@ class PlaneStats:
     no_route: int = 0
     other_method: int = 0
     fast: int = 0
+    queued: int = 0
     errors: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -522,6 +553,7 @@ class DirectPlane:
         tx: TxSockets | None = None,
         resolver: Resolver | None = None,
         fast_path: bool = True,
+        queue_base: int = QUEUE_BASE,
     ) -> None:
         self.director = director
         self.ipvs = director.ipvs
@@ -535,6 +567,10 @@ class DirectPlane:
         self.resolver = resolver
         self.ring: RxRing | None = None
         self.guard: NftGuard | None = None
+        self.queue: NfQueue | None = None
+        self.queue_base = queue_base
+        self._marks: frozenset[tuple[int, int]] = frozenset()
+        self._resolver_ready = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stats = PlaneStats()
         self._owned: set[Any] = set()
@@ -577,19 +613,42 @@ class DirectPlane:
         self._started = True
         self.refresh()
 
-    def _open(self) -> None:
-        if self.ring is not None or not self.use_capture:
+    def _open_guard(self) -> None:
+        """The nftables table, once (installing it removes a crashed lvsd's)."""
+        if self.guard is None and self.use_guard:
+            guard = NftGuard(self.table)
+            guard.install()
+            self.guard = guard
+
+    def _prepare_resolver(self) -> None:
+        if self._resolver_ready:
             return
-        if self.use_guard:
-            self.guard = NftGuard(self.table)
-            self.guard.install()
-        bs, nr, tmo = self.ring_args
-        self.ring = RxRing(self.ifname, bs, nr, tmo)
+        self._resolver_ready = True
         assert self.resolver is not None
         self.resolver.prefetch_links()
         self.resolver.prewarm()
+
+    def _open(self) -> None:
+        if self.ring is not None or not self.use_capture:
+            return
+        self._open_guard()
+        bs, nr, tmo = self.ring_args
+        self.ring = RxRing(self.ifname, bs, nr, tmo)
+        self._prepare_resolver()
         if self.loop is not None:
             self.loop.add_reader(self.ring.fileno(), self._on_readable)
+
+    def _open_queue(self) -> None:
+        """The table and a bound NFQUEUE queue for firewall-mark services."""
+        if self.queue is not None:
+            return
+        if not self.use_guard:
+            raise RuntimeError("firewall-mark services need lvsd's nftables table for their queue rules")
+        self._open_guard()
+        self.queue = bind_free_queue(self.queue_base)
+        self._prepare_resolver()
+        if self.loop is not None:
+            self.loop.add_reader(self.queue.fileno(), self._on_queue_readable)
 
     async def close(self) -> None:
         self.shutdown()
@@ -605,11 +664,19 @@ class DirectPlane:
             self.ring.close()
             self.ring = None
         if self.guard is not None:
+            # the queue rules go with the table, before the queue closes
             try:
                 self.guard.remove()
             except Exception as exc:
                 log.error("removing nftables table: %s", exc)
             self.guard = None
+        if self.queue is not None:
+            if self.loop is not None and not self.loop.is_closed():
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_reader(self.queue.fileno())
+            self.queue.close()
+            self.queue = None
+        self._marks = frozenset()
         self.tx.close()
         if self.resolver is not None:
             self.resolver.close()
@@ -628,6 +695,12 @@ class DirectPlane:
                 _pk, drops = self.ring.stats()
                 self.ring_drops += drops
             text += f", ring drops {self.ring_drops}"
+        if self.queue is not None:
+            q = self.queue
+            text += (
+                f"; nfqueue {q.queue_num}: {len(self._marks)} marks, {s.queued} packets "
+                f"in {q.syscalls} receives, {q.verdict_msgs} verdict messages"
+            )
         return text
 
     def warnings(self) -> list[str]:
@@ -661,6 +734,7 @@ class DirectPlane:
         warn: list[str] = []
         match: set[tuple[int, int, int, int]] = set()
         match_any: set[tuple[int, int, int]] = set()
+        marks: set[tuple[int, int]] = set()
         for svc in self.ipvs:
             kind = self.method_of(svc)
             key = svc.key
@@ -678,9 +752,7 @@ class DirectPlane:
             if key not in self._owned:
                 continue
             if key.fwmark:
-                warn.append(
-                    f"{svc.describe()}: firewall-mark DR/TUN services are not captured (mark unknown)"
-                )
+                marks.add((key.af, key.fwmark))
                 continue
             targets.add(Target(key.af, key.addr, key.protocol, key.port))
             if key.port:
@@ -690,6 +762,7 @@ class DirectPlane:
         self._warnings = warn
         self._match = match
         self._match_any = match_any
+        self._refresh_marks(frozenset(marks))
         new = frozenset(targets)
         if new == self._targets and (self.ring is not None or not new or not self.use_capture):
             return
@@ -716,7 +789,103 @@ class DirectPlane:
             self.ring.set_filter(prog)
         self._targets = new
 
+    def _refresh_marks(self, marks: frozenset[tuple[int, int]]) -> None:
+        """Queue exactly the served marks: bind the queue with the first
+        one, then replace the table's queue rules (one transaction)."""
+        if not self.use_capture:
+            self._marks = marks
+            return
+        if marks and self.queue is None:
+            try:
+                self._open_queue()
+            except Exception as exc:
+                self._warnings.append(f"firewall-mark DR/TUN services not served: {exc}")
+                log.error("firewall-mark DR/TUN services not served: %s", exc)
+                return
+        if self.guard is None or self.queue is None:
+            return
+        try:
+            self.guard.update_fwmarks(marks, self.queue.queue_num)
+            self._marks = marks
+        except Exception as exc:
+            self._warnings.append(f"firewall-mark queue rules not updated: {exc}")
+            log.error("firewall-mark queue rules not updated: %s", exc)
+
     # -- receive --------------------------------------------------------------------
+    def _on_queue_readable(self) -> None:
+        """Queued packets (firewall-mark services): a bounded number of
+        ``recvmmsg`` batches per wake-up, each answered by one ``send`` of
+        verdicts.  Every packet gets a verdict, also when handling it fails
+        (DROP), or it would stay in the kernel's queue."""
+        q = self.queue
+        if q is None:
+            return
+        self._t = self.now()
+        for _ in range(BLOCKS_PER_WAKEUP):
+            try:
+                batch = q.receive()
+            except OSError as exc:
+                log.error("NFQUEUE receive: %s", exc)
+                break
+            if not batch:
+                break
+            verdicts: list[tuple[int, int]] = []
+            for pk in batch:
+                try:
+                    v = self.handle_queued(pk)
+                except Exception:
+                    self.stats.errors += 1
+                    log.exception("DR/TUN: queued packet handling failed")
+                    v = NF_DROP
+                verdicts.append((pk.packet_id, v))
+            try:
+                q.send_verdicts(verdicts)
+            except OSError as exc:
+                log.error("NFQUEUE verdicts: %s", exc)
+            if len(batch) < q.batch:
+                break
+        if self._frags:
+            self._expire_frags(self._t)
+
+    def handle_queued(self, pk: Queued) -> int:
+        """One packet from NFQUEUE (a firewall-mark service's): the verdict
+        for the kernel, after ``ip_vs_in_hook``'s rules.
+
+        The IP packet gets an Ethernet header (our MAC, the sender's MAC from
+        NFQA_HWADDR) so that the frame code (decision, transmit, ICMP errors
+        back to the sender's MAC) serves it unchanged.  NF_ACCEPT for what
+        IPVS lets through (unparsable packets, protocols other than
+        TCP/UDP/SCTP, core verdict ACCEPT); NF_DROP for everything lvsd
+        forwarded, dropped or rejected itself.
+        """
+        st = self.stats
+        st.queued += 1
+        st.frames += 1
+        if pk.truncated:
+            # longer than the copy range: cannot be forwarded whole
+            st.truncated += 1
+            return NF_DROP
+        payload = pk.payload
+        if not len(payload):
+            st.malformed += 1
+            return NF_ACCEPT
+        etype = P.ETH_P_IPV6 if payload[0] >> 4 == 6 else P.ETH_P_IP
+        link = self.resolver.links.get(pk.indev) if self.resolver is not None else None
+        sender = pk.hwaddr[:6] if len(pk.hwaddr) >= 6 else bytes(6)
+        frame = P.ethernet_header(link.mac if link is not None else bytes(6), sender, etype) + payload
+        p = P.parse_frame(frame)
+        if p is None:
+            st.malformed += 1
+            return NF_ACCEPT
+        if p[1] not in _SCHEDULED_PROTOS:
+            st.not_ours += 1
+            return NF_ACCEPT
+        if p[10] != P.FRAG_NONE:
+            self._fragment(frame, 0, len(frame), p, pk.indev, STATUS_QUEUED, pk.mark)
+            return NF_DROP
+        v = self._decide(frame, 0, p, pk.indev, STATUS_QUEUED, pk.mark)
+        return NF_ACCEPT if v.action == ACCEPT else NF_DROP
+
     def _on_readable(self) -> None:
         ring = self.ring
         if ring is None:
@@ -958,11 +1127,11 @@ class DirectPlane:
     def _addr_served(self, af: int, proto: int, daddr: int) -> bool:
         return any(t.af == af and t.protocol == proto and t.addr == daddr for t in self._targets)
 
-    def _decide(self, buf: Any, start: int, p: P.Parsed, ifindex: int, status: int) -> Any:
+    def _decide(self, buf: Any, start: int, p: P.Parsed, ifindex: int, status: int, fwmark: int = 0) -> Any:
         if p[0] == P.AF_INET and self._fast:
             # this decision replaces whatever the fast path knew of the flow
             self._fast.pop(_FAST_KEY.pack(p[2], p[4], p[3], p[5]), None)
-        flow = Flow(p[0], p[1], p[2], p[3], p[4], p[5])
+        flow = Flow(p[0], p[1], p[2], p[3], p[4], p[5], fwmark)
         v = self.director.process_in(flow, self._t, p[6], p[9])
         action = v.action
         if action == FORWARD:
@@ -1012,7 +1181,7 @@ class DirectPlane:
             if iplen <= nh.mtu:
                 self.tx.send(nh.ifindex, nh.l2 + pkt)
                 self.stats.forwarded += 1
-                if p[10] == P.FRAG_NONE and not status & TP_STATUS_CSUMNOTREADY:
+                if p[10] == P.FRAG_NONE and not status & (TP_STATUS_CSUMNOTREADY | STATUS_QUEUED):
                     self._fast_install(cp, nh, None, p, method)
                 return
             self._too_big(cp, nh, pkt, buf, start, p, ifindex, nh.mtu, None)
@@ -1029,7 +1198,7 @@ class DirectPlane:
             self._too_big(cp, nh, pkt, buf, start, p, ifindex, mtu, dest)
             return
         self._send_tun(cp, nh, dest, pkt, p)
-        if p[10] == P.FRAG_NONE and not status & TP_STATUS_CSUMNOTREADY:
+        if p[10] == P.FRAG_NONE and not status & (TP_STATUS_CSUMNOTREADY | STATUS_QUEUED):
             self._fast_install(cp, nh, dest, p, method)
 
     def _send_tun(self, cp: Any, nh: NextHop, dest: Dest, inner: bytearray, p: P.Parsed) -> None:
@@ -1111,7 +1280,9 @@ class DirectPlane:
         self._forward(cp, frame, 0, p, ifindex, status)
 
     # -- fragments --------------------------------------------------------------------
-    def _fragment(self, buf: Any, start: int, end: int, p: P.Parsed, ifindex: int, status: int) -> None:
+    def _fragment(
+        self, buf: Any, start: int, end: int, p: P.Parsed, ifindex: int, status: int, fwmark: int = 0
+    ) -> None:
         st = self.stats
         st.fragments += 1
         key = (p[0], p[1], p[2], p[4], p[11])
@@ -1124,7 +1295,7 @@ class DirectPlane:
             if fs.decided:
                 return  # duplicate first fragment
             fs.decided = True
-            v = self._decide(buf, start, p, ifindex, status)
+            v = self._decide(buf, start, p, ifindex, status, fwmark)
             fs.conn = v.conn if v.action == FORWARD else None
             held, fs.held = fs.held, []
             for frame, fifx, fst in held:
@@ -1231,4 +1402,4 @@ def build_icmp_error(frame: bytes, p: P.Parsed, our_mac: bytes, kind: str, mtu: 
     return bytes(pkt)
 
 
-__all__ = ["DirectPlane", "NextHop", "PlaneStats", "Resolver", "build_icmp_error", "solicit"]
+__all__ = ["QUEUE_BASE", "DirectPlane", "NextHop", "PlaneStats", "Resolver", "build_icmp_error", "solicit"]
