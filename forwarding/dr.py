@@ -70,8 +70,21 @@ address/port DR/TUN service cover the same packets, the address/port
 service serves them: AF_PACKET and the raw-priority drop take them before
 any mark is set.
 
-Not handled here: ICMP errors about DR/TUN connections (``ip_vs_in_icmp``),
-local clients of the VIP (traffic on lo).
+ICMP errors about DR/TUN connections (``ip_vs_in_icmp``,
+``ip_vs_in_icmp_v6``; :mod:`forwarding.icmp_related`): an ICMP destination
+unreachable (fragmentation needed included), source quench or time exceeded
+(ICMPv6: any error) addressed to a VIP, whose quoted packet is a reply of
+an existing DR/TUN connection (VIP -> client, looked up reversed, client ->
+VIP, as the kernel does), is counted for that connection and forwarded to
+its real server like the connection's packets: MAC rewrite (DR) or
+encapsulated (TUN), TTL decremented.  The capture filter lets ICMP errors
+to a served address through for this.  Errors matching no connection are
+the local stack's (the kernel's ``schedule_icmp`` is not emulated); the
+local stack also sees the forwarded ones (AF_PACKET copies, the nftables
+table does not drop ICMP), where they find no socket of theirs.  No ICMP
+error is ever sent about an ICMP error.
+
+Not handled here: local clients of the VIP (traffic on lo).
 """
 
 from __future__ import annotations
@@ -105,6 +118,7 @@ from lvs.constants import (
 from lvs.core import ACCEPT, FORWARD, REJECT, Director
 from lvs.model import Dest, Flow, Service
 
+from . import icmp_related as IR
 from . import packet as P
 from . import tun as T
 from .capture import (
@@ -1112,6 +1126,9 @@ class DirectPlane:
         af = p[0]
         proto = p[1]
         daddr = p[4]
+        if proto == P.IPPROTO_ICMP or proto == P.IPPROTO_ICMPV6:
+            self._related_icmp(buf, start, p, ifindex, status)
+            return
         if (
             (af, proto, daddr, p[5]) not in self._match
             and (af, proto, daddr) not in self._match_any
@@ -1126,6 +1143,32 @@ class DirectPlane:
 
     def _addr_served(self, af: int, proto: int, daddr: int) -> bool:
         return any(t.af == af and t.protocol == proto and t.addr == daddr for t in self._targets)
+
+    def _related_icmp(self, buf: Any, start: int, p: P.Parsed, ifindex: int, status: int) -> None:
+        """An ICMP packet to a served address: ``ip_vs_in_icmp`` for DR/TUN
+        (rules in :mod:`forwarding.icmp_related`).  An error about an existing
+        DR/TUN connection (the quote looked up reversed, client -> VIP) with a
+        valid checksum is counted for it (``ip_vs_in_stats``, ``in_pkts``)
+        and sent to its real server by the connection's own transmitter
+        (``ip_vs_icmp_xmit``: DR or TUN, packet unchanged but for the TTL);
+        everything else is left to the local stack (counted as not ours)."""
+        st = self.stats
+        rel = IR.related(buf, p)
+        cp = None
+        if rel is not None:
+            cp = self.director.conns.lookup_in(rel.protocol, p[0], rel.caddr, rel.cport, rel.vaddr, rel.vport)
+        if cp is None or cp.flags & CONN_F_FWD_MASK not in (CONN_F_DROUTE, CONN_F_TUNNEL):
+            st.not_ours += 1
+            return
+        assert rel is not None
+        if not rel.csum_ok:
+            # the kernel drops it; here it is just not forwarded
+            st.extra["icmp_bad_csum"] = st.extra.get("icmp_bad_csum", 0) + 1
+            return
+        self.director.add_bytes(cp, inbytes=p[9], inpkts=1)
+        cp.in_pkts += 1
+        st.extra["icmp_related"] = st.extra.get("icmp_related", 0) + 1
+        self._forward(cp, buf, start, p, ifindex, status)
 
     def _decide(self, buf: Any, start: int, p: P.Parsed, ifindex: int, status: int, fwmark: int = 0) -> Any:
         if p[0] == P.AF_INET and self._fast:
@@ -1340,7 +1383,10 @@ class DirectPlane:
     def _icmp_error(self, buf: Any, start: int, p: P.Parsed, ifindex: int, kind: str, mtu: int = 0) -> None:
         """Answer the client as ``icmp_send``/``icmpv6_send`` would: from the
         address it used, quoting its packet, out of the interface it came in
-        on, back to the MAC it came from."""
+        on, back to the MAC it came from.  Never about an ICMP packet (only
+        ICMP errors are forwarded, and ``icmp_send`` never answers those)."""
+        if p[1] == P.IPPROTO_ICMP or p[1] == P.IPPROTO_ICMPV6:
+            return
         if not self._icmp_allowed(p[2]):
             return
         assert self.resolver is not None
