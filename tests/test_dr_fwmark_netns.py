@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from .helpers import can_netns, lvsadm, running_lvsd
-from .nsnet import PY, ROOT, VIP, Topology, rip, sh
+from .nsnet import PY, ROOT, VIP, VIP6, Topology, rip, rip6, sh
 from .test_dr_tun_netns import Lab, servers, start_realservers
 
 _why = can_netns()
@@ -242,3 +243,70 @@ def test_fwmark_rules_lifecycle() -> None:
         rules = ruleset(t)
         assert "pylvs" not in rules, rules
         assert queues(t) == ""
+
+
+# -----------------------------------------------------------------------------
+# 3. IPv6: a "-f 1 -6" service, the mark set in an ip6 table
+# -----------------------------------------------------------------------------
+def test_fwmark_v6_dr() -> None:
+    with Topology(2, v6=True) as t:
+        for k in (1, 2):
+            t.realserver_vip(k, VIP6)
+            t.server(k, "tcp")
+            t.server(k, "udp")
+        t.ns(t.director, "ip", "addr", "add", f"{VIP6}/128", "dev", "lo")
+        script = f"""table ip6 mangle {{
+    chain PREROUTING {{
+        type filter hook prerouting priority mangle; policy accept;
+        ip6 daddr {VIP6} meta l4proto {{ tcp, udp }} th dport 8080 meta mark set 0x20
+    }}
+}}
+"""
+        r = subprocess.run(
+            [*t.prefix(t.director), "nft", "-f", "-"], input=script, capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr
+        pre = t.prefix(t.director)
+        with running_lvsd("--no-vip", prefix=pre) as sock:
+
+            def adm(*args: str) -> None:
+                r = lvsadm(sock, *args, prefix=pre)
+                assert r.returncode == 0, (args, r.stdout, r.stderr)
+
+            adm("-A", "-f", "32", "-6", "-s", "rr")
+            for k in (1, 2):
+                adm("-a", "-f", "32", "-6", "-r", f"[{rip6(k)}]:8080", "-g")
+            assert "meta nfproto ipv6 meta mark 0x00000020" in ruleset(t)
+            t.clients("tcp", VIP6, 8080, 1)  # neighbour discovery on both sides
+            got = servers(t.clients("tcp", VIP6, 8080, 20, "--timeout", "3"))
+            assert all(a != b for a, b in itertools.pairwise(got)), got
+            u = collections.Counter(servers(t.clients("udp", VIP6, 8080, 10)))
+            assert u == {"rs1": 5, "rs2": 5}, u
+        assert "pylvs" not in ruleset(t)
+        assert queues(t) == ""
+
+
+# -----------------------------------------------------------------------------
+# 4. verdict batching (no kernel needed)
+# -----------------------------------------------------------------------------
+def test_verdict_runs_become_batches() -> None:
+    from forwarding import nfqueue as Q
+
+    q = object.__new__(Q.NfQueue)
+    q.queue_num = 5
+    q._seq = 0
+    q.verdict_msgs = 0
+    ids = [(1, Q.NF_DROP), (2, Q.NF_DROP), (3, Q.NF_DROP), (4, Q.NF_ACCEPT), (5, Q.NF_DROP), (6, Q.NF_DROP)]
+    data = q.verdict_messages(ids)
+    got = []
+    for mtype, _flags, body, end in Q.iter_msgs(data, 0, len(data)):
+        (res_id,) = struct.unpack_from("!H", data, body + 2)
+        for kind, s, _e in Q.iter_attrs(data, body + 4, end):
+            assert kind == Q.NFQA_VERDICT_HDR
+            got.append((mtype & 0xFF, res_id, *struct.unpack_from("!II", data, s)))
+    assert got == [
+        (Q.NFQNL_MSG_VERDICT_BATCH, 5, Q.NF_DROP, 3),
+        (Q.NFQNL_MSG_VERDICT, 5, Q.NF_ACCEPT, 4),
+        (Q.NFQNL_MSG_VERDICT_BATCH, 5, Q.NF_DROP, 6),
+    ]
+    assert q.verdict_msgs == 3
