@@ -12,14 +12,17 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from forwarding.icmp import QUOTE4, QUOTE6, RateLimit, _csum, port_unreachable_v4, port_unreachable_v6
 
-from .helpers import is_root, running_lvsd
+from .helpers import can_netns, is_root, lvsadm, running_lvsd
 from .test_nat_e2e import Adm, Backends, free_port, udp_ask, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -240,3 +243,84 @@ def test_one_packet_entries_and_counters_follow_the_kernel(backends: Backends, w
         listing = adm("-L", "-n")
         rows = re.findall(r"->\s+127\.0\.0\.1:\d+\s+Masq\s+1\s+(\d+)\s+(\d+)", listing)
         assert rows == [("0", "0"), ("0", "0")], listing
+
+
+# ----------------------------------------------------------------------------
+# the rate limit on a real path: client and director in their own namespaces
+# ----------------------------------------------------------------------------
+_CLIENT_PROG = r"""
+import socket, struct, sys, time
+vip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+cap = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+cap.settimeout(0.3)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(n):
+    s.sendto(b"x%d" % i, (vip, port))
+    time.sleep(0.01)
+got = []
+deadline = time.monotonic() + 1.5
+while time.monotonic() < deadline:
+    try:
+        pkt = cap.recv(2048)
+    except TimeoutError:
+        continue
+    icmp = pkt[(pkt[0] & 15) * 4 :]
+    if icmp[:2] == bytes([3, 3]):
+        got.append(socket.inet_ntoa(pkt[12:16]) + " " + icmp[36:].decode())
+print("\n".join(got))
+"""
+
+
+@needs_root
+def test_icmp_rate_limit_per_client_across_namespaces() -> None:
+    why = can_netns()
+    if why:
+        pytest.skip(why)
+    tag = uuid.uuid4().hex[:6]
+    cns, dns = f"lvuc{tag}", f"lvud{tag}"
+
+    def sh(*args: str) -> None:
+        subprocess.run(list(args), check=True, capture_output=True, timeout=20)
+
+    try:
+        sh("ip", "netns", "add", cns)
+        sh("ip", "netns", "add", dns)
+        sh(
+            "ip",
+            "link",
+            "add",
+            f"c{tag}",
+            "netns",
+            cns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"d{tag}",
+            "netns",
+            dns,
+        )
+        for ns, dev, addr in ((cns, f"c{tag}", "10.9.0.2/24"), (dns, f"d{tag}", "10.9.0.1/24")):
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        prefix = ["ip", "netns", "exec", dns]
+        with running_lvsd("--no-dr", prefix=prefix) as name:
+            r = lvsadm(name, "-A", "-u", "10.9.0.1:5353", "-s", "rr", prefix=prefix)
+            assert r.returncode == 0, r.stderr
+            run = [*("ip", "netns", "exec", cns), sys.executable, "-c", _CLIENT_PROG, "10.9.0.1", "5353"]
+            out = subprocess.run([*run, "10"], capture_output=True, text=True, timeout=30, check=True).stdout
+            got = out.split()
+            # a burst of 6 for a new client (XRLIM_BURST_FACTOR), then nothing
+            # within the same second; every answer from the VIP
+            assert got[0::2] == ["10.9.0.1"] * 6, out
+            assert got[1::2] == [f"x{i}" for i in range(6)], out
+            time.sleep(1.1)
+            out = subprocess.run([*run, "8"], capture_output=True, text=True, timeout=30, check=True).stdout
+            # a token per second since (the first run's collection and this
+            # run's start included: 2-4 s), still not all 8
+            got = out.split()
+            assert 1 <= len(got) // 2 <= 5 and got[1::2] == [f"x{i}" for i in range(len(got) // 2)], out
+    finally:
+        for ns in (cns, dns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20, check=False)
