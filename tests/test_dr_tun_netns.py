@@ -59,6 +59,13 @@ class Lab:
     def tcp(self, n: int, *extra: str) -> list[dict]:
         return self.t.clients("tcp", VIP, 8080, n, *extra)
 
+    def diag(self) -> str:
+        """What a failed distribution check prints: the tables and lvsd's
+        own account of the plane (for intermittent failures)."""
+        parts = [self.adm("-L", "-n", "--stats", ok=False), self.adm("-L", "-n", "-c", ok=False)]
+        parts.append(self.adm("--status", ok=False))
+        return "\n".join(parts)
+
     def udp(self, n: int, *extra: str) -> list[dict]:
         return self.t.clients("udp", VIP, 8080, n, *extra)
 
@@ -157,11 +164,11 @@ def test_rr_weights_and_bypass(lab_factory, method: tuple[str, ...]) -> None:
     before = t.link_stats(t.director, "veth10")
     got = servers(lab.tcp(20))
     # rr: strict alternation
-    assert all(a != b for a, b in itertools.pairwise(got)), got
-    assert collections.Counter(got) == {"rs1": 10, "rs2": 10}
+    assert all(a != b for a, b in itertools.pairwise(got)), (got, lab.diag())
+    assert collections.Counter(got) == {"rs1": 10, "rs2": 10}, lab.diag()
     # UDP, wrr 3:1 over 40 flows (a new source port each)
     u = collections.Counter(servers(lab.udp(40)))
-    assert u == {"rs1": 30, "rs2": 10}, u
+    assert u == {"rs1": 30, "rs2": 10}, (u, lab.diag())
     after = t.link_stats(t.director, "veth10")
     # replies never pass the director: it sent (almost) nothing towards the client
     assert after["tx"] - before["tx"] <= 4, (before, after)
