@@ -16,8 +16,10 @@ connections are served.
 
 from __future__ import annotations
 
+import ast
 import collections
 import itertools
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -45,6 +47,8 @@ class Lab6:
         self.t = topo
         self.sock = sock
         self.pre = topo.prefix(topo.director)
+        #: the lvs-realserver processes (TUN)
+        self.decaps: list = []
 
     def adm(self, *args: str) -> str:
         r = lvsadm(self.sock, *args, prefix=self.pre)
@@ -65,6 +69,7 @@ def lab6() -> Iterator:
     def make(n_rs: int, kind: str) -> Lab6:
         topo = Topology(n_rs, v6=True)
         made.append(topo)
+        decaps = []
         for k in range(1, n_rs + 1):
             topo.realserver_vip(k, VIP6)
             if kind == "tun":
@@ -75,13 +80,16 @@ def lab6() -> Iterator:
                 assert p.stdout is not None
                 line = p.stdout.readline()
                 assert line.startswith("ready"), line
+                decaps.append(p)
             topo.server(k, "tcp")
             topo.server(k, "udp")
         cm = running_lvsd("--no-vip", prefix=topo.prefix(topo.director))
         sock = cm.__enter__()
         made.append(cm)
         topo.ns(topo.director, "ip", "addr", "add", f"{VIP6}/128", "dev", "lo")
-        return Lab6(topo, sock)
+        lab = Lab6(topo, sock)
+        lab.decaps = decaps
+        return lab
 
     yield make
     for obj in reversed(made):
@@ -105,10 +113,12 @@ METHODS = [
     ("-i", "--tun-type", "gre", "--tun-csum"),
 ]
 IDS = ["dr", "ip6ip6", "gue", "gue-csum", "gre", "gre-csum"]
+#: how lvs-realserver names what it decapsulated (its exit report)
+KINDS = {"ip6ip6": "ipip6", "gue": "gue", "gue-csum": "gue", "gre": "gre", "gre-csum": "gre"}
 
 
-@pytest.mark.parametrize("method", METHODS, ids=IDS)
-def test_v6_rr_wrr_and_bypass(lab6, method: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(("method", "name"), list(zip(METHODS, IDS, strict=True)), ids=IDS)
+def test_v6_rr_wrr_and_bypass(lab6, method: tuple[str, ...], name: str) -> None:
     """Two real servers over IPv6: TCP rr alternates strictly over many
     connections, UDP wrr 3:1 splits 30/10 over 40 flows, every payload comes
     back intact, and the replies bypass the director."""
@@ -133,3 +143,12 @@ def test_v6_rr_wrr_and_bypass(lab6, method: tuple[str, ...]) -> None:
     assert after["rx"] - before["rx"] >= 30 * 4 + 40
     listing = lab.adm("-L", "-n", "--stats")
     assert rip6(1) in listing and rip6(2) in listing
+    if name in KINDS:
+        # each real server decapsulated IPv6 packets of the configured kind
+        for p in lab.decaps:
+            p.terminate()
+            _out, err = p.communicate(timeout=10)
+            m = re.search(r"delivered (\d+) .*?(\{.*\})", err)
+            assert m is not None, err
+            kinds = ast.literal_eval(m.group(2))
+            assert int(m.group(1)) >= 10 and set(kinds) == {KINDS[name]}, err
