@@ -12,9 +12,9 @@ since replies bypass the director) and transmits, following ip_vs_xmit.c:
 * **DR** (``ip_vs_dr_xmit``): the IP packet is left as it is except for the
   TTL (``decrement_ttl`` in ``__ip_vs_get_out_rt``: TTL <= 1 gives ICMP time
   exceeded) and goes out on the interface of the route to the real server,
-  with the destination MAC of that route's next hop, taken from the kernel's
-  neighbour table, or resolved by ARP/ND (scapy) on a miss while the
-  packets wait in a short queue as in the kernel's ``unres_qlen``.
+  with the destination MAC of that route's next hop
+  (:mod:`forwarding.neighbours`: the kernel's neighbour table, ARP/ND on a
+  miss, packets waiting meanwhile as in the kernel's ``unres_qlen``).
 * **TUN** (``ip_vs_tunnel_xmit``): the same TTL step, then the outer
   headers of :mod:`forwarding.tun`, sent to the real server's next hop.
 
@@ -22,30 +22,29 @@ MTU (``ensure_mtu_is_adequate``): an IPv4 packet with DF that does not fit
 the route MTU (less the tunnel overhead for TUN) is answered with ICMP
 "fragmentation needed" carrying that MTU; without DF it is fragmented (for
 TUN the outer packet is, as ``ignore_df`` makes the kernel do); an IPv6
-packet gets ICMPv6 "packet too big".  TCP aggregates built by receive
-offload (longer than the ingress MTU, which no wire frame can be) are cut
-back into segments first, as the kernel's GSO would.
+packet gets ICMPv6 "packet too big" (the ICMP answers:
+:mod:`forwarding.dr_icmp`).  TCP aggregates built by receive offload
+(longer than the ingress MTU, which no wire frame can be) are cut back into
+segments first, as the kernel's GSO would.
 
 Fragments: the kernel reassembles before IPVS; here the first fragment
 (which has the ports) takes the decision and every fragment of the datagram
 is forwarded the same way, on its own.  Later fragments that arrive first
 wait (bounded, 30 s like ``ipfrag_time``).
 
-Fast path (:meth:`DirectPlane.process_block`): once the core has decided
-a flow, an established IPv4 flow's later packets (UDP; TCP segments with ACK
-and without SYN/FIN/RST on an ESTABLISHED entry) are forwarded from a table
-keyed by the raw address and port bytes of the frame: header checks as
-``ip_rcv`` makes them, TTL and checksum patched, the prepared Ethernet header
-(DR) or Ethernet + outer IPIP header (TUN) in front, one ``send``.  Their
-counters, timeout and timer go to the core in batches (``account_in``).  New
-flows, TCP flag changes, ICMP answers, fragments, IP options, IPv6, GUE and
-GRE all stay on the path described above.
+Fast path (:meth:`DirectPlane.process_block`, here; its entry type and
+frame layouts in :mod:`forwarding.dr_fast`): once the core has decided a
+flow, an established IPv4 flow's later packets are forwarded from a table
+keyed by the raw address and port bytes of the frame, their counters going
+to the core in batches (``account_in``).  Everything else stays on the path
+described above.
 
-Verdicts other than FORWARD: REJECT sends ICMP port unreachable (rate
-limited per client like ``icmp_ratelimit``), DROP drops, ACCEPT (the packet
-is not for a scheduled connection, e.g. a stray ACK) also drops, because the
-frame was already taken from the local stack (the kernel would hand it to
-the local stack, which would answer with a RST).
+Verdicts other than FORWARD: REJECT sends ICMP port unreachable
+(:mod:`forwarding.dr_icmp`, rate limited per client like
+``icmp_ratelimit``), DROP drops, ACCEPT (the packet is not for a scheduled
+connection, e.g. a stray ACK) also drops, because the frame was already
+taken from the local stack (the kernel would hand it to the local stack,
+which would answer with a RST).
 
 Firewall-mark services (``-f MARK``): the mark does not exist yet when
 AF_PACKET sees the frame, so their packets come from NFQUEUE instead
@@ -91,19 +90,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import functools
-import importlib
 import logging
-import struct
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lvs.addr import format_ip
 from lvs.conn import TCP_S_ESTABLISHED
 from lvs.constants import (
     CONN_F_DROUTE,
@@ -132,28 +125,43 @@ from .capture import (
     compile_addr_filter,
     compile_filter,
 )
+from .dr_fast import (
+    _FAST_KEY,
+    _FAST_TCP,
+    _FAST_UDP,
+    _IFINDEX,
+    _OUTER4,
+    _TCP_ES_ACK_MASK,
+    _TTL_CSUM,
+    FAST_MAX,
+    _Fast,
+)
+from .dr_icmp import ICMP_BURST, ICMP_INTERVAL, build_icmp_error, icmp_allowed
+from .neighbours import (
+    ARP_TIMEOUT,
+    NEG_TTL,
+    NEIGH_TTL,
+    NTF_USE,
+    NUD_FAILED,
+    NUD_INCOMPLETE,
+    NUD_USABLE,
+    RTN_LOCAL,
+    RTN_UNICAST,
+    UNRES_QLEN,
+    LinkInfo,
+    NetInfo,
+    NextHop,
+    Resolver,
+    solicit,
+)
 from .netfilter import NftGuard
 from .nfqueue import NF_ACCEPT, NF_DROP, NfQueue, Queued, bind_free_queue
 
 log = logging.getLogger("lvsd.dr")
 
-# neighbour states (linux/neighbour.h)
-NUD_INCOMPLETE = 0x01
-NUD_FAILED = 0x20
-NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
-RTN_UNICAST = 1
-RTN_LOCAL = 2
-NTF_USE = 0x01
-
-NEIGH_TTL = 10.0  # seconds a resolved next hop is used before it is checked again
-NEG_TTL = 1.0  # seconds an unreachable next hop is remembered
-UNRES_QLEN = 100  # packets waiting for one neighbour
-ARP_TIMEOUT = 1.0
 FRAG_TIMEOUT = 30.0
 FRAG_MAX_KEYS = 1024
 FRAG_MAX_HELD = 64
-ICMP_BURST = 6
-ICMP_INTERVAL = 1.0
 #: the first NFQUEUE number lvsd tries for firewall-mark services ("LV")
 QUEUE_BASE = 0x4C56
 #: a status bit (beyond the TP_STATUS_* ones) for packets that came from
@@ -161,325 +169,6 @@ QUEUE_BASE = 0x4C56
 STATUS_QUEUED = 1 << 30
 #: the transport protocols ip_vs_in_hook schedules (ip_vs_proto_data_get)
 _SCHEDULED_PROTOS = frozenset((6, 17, 132))
-
-
-# -----------------------------------------------------------------------------
-# next hops: route, link and neighbour, from netlink in a worker thread
-# -----------------------------------------------------------------------------
-@dataclass(slots=True)
-class NextHop:
-    """How to reach one real server: egress interface, the 14-byte Ethernet
-    header to put in front (next hop MAC, our MAC, ethertype of the real
-    server's family), our source address on that route, the route MTU."""
-
-    ifindex: int = 0
-    l2: bytes = b""
-    src: int = 0
-    mtu: int = 1500
-    expires: float = 0.0
-    ok: bool = False
-    local: bool = False
-    error: str = ""
-    refreshing: bool = False
-
-
-@dataclass(slots=True)
-class LinkInfo:
-    ifindex: int
-    name: str
-    mac: bytes
-    mtu: int
-
-
-class NetInfo:
-    """Synchronous netlink look-ups (pyroute2), run only in the resolver's
-    worker thread: pyroute2's synchronous API cannot run inside the daemon's
-    own event loop, so the thread gets its own selector loop."""
-
-    def __init__(self) -> None:
-        self._ipr: Any = None
-
-    @property
-    def ipr(self) -> Any:
-        if self._ipr is None:
-            from pyroute2 import IPRoute
-
-            self._ipr = IPRoute(use_event_loop=asyncio.SelectorEventLoop())
-        return self._ipr
-
-    def link(self, ifindex: int) -> LinkInfo:
-        msg = self.ipr.link("get", index=ifindex)[0]
-        mac = msg.get("IFLA_ADDRESS") or "00:00:00:00:00:00"
-        return LinkInfo(ifindex, msg.get("IFLA_IFNAME"), P.mac_bytes(mac), int(msg.get("IFLA_MTU") or 1500))
-
-    def all_links(self) -> list[LinkInfo]:
-        out = []
-        for msg in self.ipr.get_links():
-            mac = msg.get("IFLA_ADDRESS") or "00:00:00:00:00:00"
-            try:
-                raw = P.mac_bytes(mac)
-            except ValueError:
-                raw = bytes(6)
-            out.append(LinkInfo(msg["index"], msg.get("IFLA_IFNAME"), raw, int(msg.get("IFLA_MTU") or 1500)))
-        return out
-
-    def route(self, af: int, addr: int) -> tuple[int, int, int, int, int]:
-        """(route type, oif, gateway or 0, preferred source or 0, metrics MTU or 0)."""
-        msg = self.ipr.route("get", dst=format_ip(af, addr))[0]
-        gw = msg.get("RTA_GATEWAY")
-        src = msg.get("RTA_PREFSRC")
-        mtu = 0
-        metrics = msg.get("RTA_METRICS")
-        if metrics:
-            mtu = int(metrics.get("RTAX_MTU") or 0)
-        return (
-            int(msg.get("type", RTN_UNICAST)),
-            int(msg.get("RTA_OIF") or 0),
-            _ip_int(af, gw) if gw else 0,
-            _ip_int(af, src) if src else 0,
-            mtu,
-        )
-
-    def source_for(self, af: int, ifindex: int) -> int:
-        """A global address of ``ifindex`` (IPv6 routes carry no preferred source)."""
-        for msg in self.ipr.get_addr(family=af, index=ifindex):
-            if msg.get("scope", 0) == 0:
-                return _ip_int(af, msg.get("IFA_ADDRESS"))
-        return 0
-
-    def kernel_resolve(self, af: int, addr: int, ifindex: int, timeout: float = ARP_TIMEOUT) -> bytes | None:
-        """Let the kernel's neighbour subsystem resolve ``addr`` (what
-        ``neigh_output`` does for the kernel's IPVS): an RTM_NEWNEIGH with
-        NTF_USE (``ip neigh replace ADDR dev DEV use``) creates the entry and
-        starts ARP / neighbour discovery with the kernel's own rules
-        (arp_announce, retransmits); then the table is polled for the answer."""
-        try:
-            self.ipr.neigh(
-                "replace", dst=format_ip(af, addr), ifindex=ifindex, family=af, flags=NTF_USE, state=0
-            )
-        except Exception as exc:
-            log.debug("NTF_USE for %s: %s", format_ip(af, addr), exc)
-            return None
-        deadline = time.monotonic() + timeout
-        while True:
-            mac = self.neigh(af, addr, ifindex)
-            if mac is not None or time.monotonic() >= deadline:
-                return mac
-            time.sleep(0.005)
-
-    def neigh(self, af: int, addr: int, ifindex: int) -> bytes | None:
-        try:
-            msgs = self.ipr.neigh("get", dst=format_ip(af, addr), ifindex=ifindex)
-        except Exception:
-            return None
-        for m in msgs:
-            if m.get("state", 0) & NUD_USABLE and m.get("NDA_LLADDR"):
-                return P.mac_bytes(m.get("NDA_LLADDR"))
-        return None
-
-    def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
-
-
-def _ip_int(af: int, text: str) -> int:
-    import socket
-
-    return int.from_bytes(socket.inet_pton(af, text), "big")
-
-
-def solicit(af: int, addr: int, src: int, link: LinkInfo, timeout: float = ARP_TIMEOUT) -> bytes | None:
-    """Resolve ``addr`` on ``link`` with one ARP request (IPv4) or neighbour
-    solicitation (IPv6), built and matched by scapy.  Blocking: worker thread."""
-    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
-    from scapy.layers.l2 import ARP, Ether
-    from scapy.sendrecv import srp1
-    from scapy.utils6 import in6_getnsma, in6_getnsmac
-
-    mac = ":".join(f"{b:02x}" for b in link.mac)
-    dst = format_ip(af, addr)
-    if af == P.AF_INET:
-        req = Ether(dst="ff:ff:ff:ff:ff:ff", src=mac) / ARP(
-            op=1, hwsrc=mac, psrc=format_ip(af, src) if src else "0.0.0.0", pdst=dst
-        )
-        ans = srp1(req, iface=link.name, timeout=timeout, verbose=0)
-        if ans is not None and ARP in ans and ans[ARP].op == 2:
-            return P.mac_bytes(ans[ARP].hwsrc)
-        return None
-    import socket
-
-    nsma = in6_getnsma(socket.inet_pton(socket.AF_INET6, dst))
-    req = (
-        Ether(dst=in6_getnsmac(nsma), src=mac)
-        / IPv6(src=format_ip(af, src) if src else "::", dst=socket.inet_ntop(socket.AF_INET6, nsma), hlim=255)
-        / ICMPv6ND_NS(tgt=dst)
-        / ICMPv6NDOptSrcLLAddr(lladdr=mac)
-    )
-    ans = srp1(req, iface=link.name, timeout=timeout, verbose=0)
-    if ans is not None and ICMPv6ND_NA in ans:
-        return P.mac_bytes(ans.src)
-    return None
-
-
-class Resolver:
-    """Next hops of real servers, cached; misses and refreshes run in one
-    worker thread and never block the packet loop.
-
-    ``lookup`` returns a usable :class:`NextHop` (possibly stale: it is then
-    refreshed in the background) or ``None`` when the packet must wait:
-    ``wait(key, fn)`` queues a callable run once the next hop is known.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, netinfo: NetInfo | None = None) -> None:
-        self.loop = loop
-        self.net = netinfo or NetInfo()
-        self.cache: dict[tuple[int, int], NextHop] = {}
-        self.links: dict[int, LinkInfo] = {}
-        self.pending: dict[tuple[int, int], collections.deque[Callable[[], None]]] = {}
-        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lvsd-neigh")
-        self._inflight: set[tuple[int, int]] = set()
-        self.arp_requests = 0
-        self.kernel_requests = 0
-        self.dropped = 0
-        #: called (no arguments) whenever a cached next hop changes or goes
-        self.on_change: list[Callable[[], None]] = []
-
-    def lookup(self, af: int, addr: int, now: float) -> NextHop | None:
-        nh = self.cache.get((af, addr))
-        if nh is None:
-            self._start((af, addr))
-            return None
-        if nh.expires < now and not nh.refreshing:
-            nh.refreshing = True
-            self._start((af, addr))
-        return nh
-
-    def link(self, ifindex: int) -> LinkInfo | None:
-        li = self.links.get(ifindex)
-        if li is None:
-            try:
-                li = self.pool.submit(self.net.link, ifindex).result(timeout=5)
-            except Exception:
-                return None
-            self.links[ifindex] = li
-        return li
-
-    def wait(self, key: tuple[int, int], fn: Callable[[], None]) -> None:
-        q = self.pending.get(key)
-        if q is None:
-            q = self.pending[key] = collections.deque()
-            self._start(key)
-        if len(q) >= UNRES_QLEN:
-            q.popleft()
-            self.dropped += 1
-        q.append(fn)
-
-    def _start(self, key: tuple[int, int]) -> None:
-        if key in self._inflight:
-            return
-        self._inflight.add(key)
-        fut = self.pool.submit(self._resolve, key)
-        fut.add_done_callback(lambda f, key=key: self._done(key, f))
-
-    def _resolve(self, key: tuple[int, int]) -> NextHop:
-        af, addr = key
-        nh = NextHop()
-        try:
-            rtype, oif, gw, src, rmtu = self.net.route(af, addr)
-            if rtype == RTN_LOCAL:
-                nh.local = True
-                nh.error = "real server address is local"
-                return nh
-            if not oif:
-                nh.error = "no route"
-                return nh
-            link = self.net.link(oif)
-            self.links[oif] = link
-            if not src:
-                src = self.net.source_for(af, oif)
-            hop = gw or addr
-            mac = self.net.neigh(af, hop, oif)
-            if mac is None:
-                self.kernel_requests += 1
-                mac = self.net.kernel_resolve(af, hop, oif)
-            if mac is None:
-                # the kernel got no answer either; one more try with scapy
-                self.arp_requests += 1
-                mac = solicit(af, hop, src, link)
-            if mac is None:
-                nh.error = f"no neighbour answer for {format_ip(af, hop)}"
-                return nh
-            etype = P.ETH_P_IPV6 if af == P.AF_INET6 else P.ETH_P_IP
-            nh.ifindex = oif
-            nh.l2 = P.ethernet_header(mac, link.mac, etype)
-            nh.src = src
-            nh.mtu = rmtu or link.mtu
-            nh.ok = True
-        except Exception as exc:
-            nh.error = f"route lookup failed: {exc}"
-        return nh
-
-    def _done(self, key: tuple[int, int], fut: concurrent.futures.Future[NextHop]) -> None:
-        def apply() -> None:
-            self._inflight.discard(key)
-            nh = fut.result()
-            now = time.monotonic()
-            old = self.cache.get(key)
-            if not nh.ok and old is not None and old.ok and not nh.local:
-                # a failed refresh: keep the old entry a little longer (STALE)
-                old.refreshing = False
-                old.expires = now + NEG_TTL
-                nh = old
-            else:
-                nh.expires = now + (NEIGH_TTL if nh.ok else NEG_TTL)
-                self.cache[key] = nh
-            for cb in self.on_change:
-                cb()
-            q = self.pending.pop(key, None)
-            if q:
-                if nh.ok:
-                    for fn in q:
-                        fn()
-                else:
-                    self.dropped += len(q)
-
-        if self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(apply)
-        else:
-            apply()
-
-    def invalidate(self) -> None:
-        self.cache.clear()
-        self.links.clear()
-        for cb in self.on_change:
-            cb()
-
-    def prewarm(self) -> None:
-        """Import scapy (ARP/ND fallback, ICMP errors) in a background thread,
-        so that neither the first ICMP error nor a neighbour that the kernel
-        cannot resolve stalls the packet loop or the resolver for the second
-        or more that importing scapy takes."""
-
-        def load() -> None:
-            with contextlib.suppress(Exception):
-                for name in ("scapy.layers.inet", "scapy.layers.inet6", "scapy.layers.l2", "scapy.sendrecv"):
-                    importlib.import_module(name)
-
-        threading.Thread(target=load, name="lvsd-scapy-import", daemon=True).start()
-
-    def prefetch_links(self) -> None:
-        """Learn every interface once (ingress MTU and MAC for the slow paths)."""
-        try:
-            for li in self.pool.submit(self.net.all_links).result(timeout=10):
-                self.links[li.ifindex] = li
-        except Exception as exc:
-            log.warning("listing interfaces: %s", exc)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.pool.submit(self.net.close).result(timeout=5)
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 # -----------------------------------------------------------------------------
@@ -509,35 +198,6 @@ class PlaneStats:
     extra: dict[str, int] = field(default_factory=dict)
 
 
-class _Fast:
-    """A fast-path entry: one established flow (IPv4, no IP options, TCP or
-    UDP), the connection entry it belongs to and its prepared output (see
-    :meth:`DirectPlane.process_block`).  ``n``/``b`` are the packets and
-    bytes forwarded since the last flush into the core's counters."""
-
-    __slots__ = ("addrs", "addrsum", "b", "cp", "dest", "l2", "maxlen", "minsnap", "n", "proto", "send",
-                 "tun", "unpack")  # fmt: skip
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.b = 0
-
-
-#: the fast path's view of a frame, from the ethertype (offset 12) to the IPv4
-#: header checksum (the identification skipped), then the UDP length (offset
-#: 38) or the TCP data offset and flags (offset 46)
-_FAST_UDP = struct.Struct("!HBBH2xHBBH12xH")
-_FAST_TCP = struct.Struct("!HBBH2xHBBH20xH")
-#: sockaddr_ll's ifindex (at SLL_IFINDEX_OFF in a ring frame)
-_IFINDEX = struct.Struct("<i")
-#: TTL, protocol, header checksum (IPv4 offsets 8..12)
-_TTL_CSUM = struct.Struct("!BBH")
-#: an outer IPv4 header (IPIP) with its 8 address bytes
-_OUTER4 = struct.Struct("!BBHHHBBH8s")
-#: the fast-path key: the frame's bytes 26..38 (addresses and ports)
-_FAST_KEY = struct.Struct("!IIHH")
-_TCP_ES_ACK_MASK = P.TCP_SYN | P.TCP_FIN | P.TCP_RST | P.TCP_ACK
-FAST_MAX = 1 << 16
 #: blocks handled per wake-up before the event loop gets a turn
 BLOCKS_PER_WAKEUP = 32
 
@@ -1367,18 +1027,8 @@ class DirectPlane:
 
     # -- ICMP errors (scapy: slow path) --------------------------------------------------
     def _icmp_allowed(self, client: int) -> bool:
-        """``icmpv4_xrlim_allow``-like token bucket per client: a burst of 6,
-        then one per second."""
-        now = self._t
-        tokens, last = self._icmp_tokens.get(client, (ICMP_BURST, now))
-        tokens = min(ICMP_BURST, tokens + (now - last) / ICMP_INTERVAL)
-        if tokens < 1:
-            self._icmp_tokens[client] = (tokens, now)
-            return False
-        self._icmp_tokens[client] = (tokens - 1, now)
-        if len(self._icmp_tokens) > 4096:
-            self._icmp_tokens.clear()
-        return True
+        """The per-client rate limit (:func:`forwarding.dr_icmp.icmp_allowed`)."""
+        return icmp_allowed(self._icmp_tokens, client, self._t)
 
     def _icmp_error(self, buf: Any, start: int, p: P.Parsed, ifindex: int, kind: str, mtu: int = 0) -> None:
         """Answer the client as ``icmp_send``/``icmpv6_send`` would: from the
@@ -1410,42 +1060,29 @@ class _FragState:
     held: list[tuple[bytes, int, int]] = field(default_factory=list)
 
 
-def build_icmp_error(frame: bytes, p: P.Parsed, our_mac: bytes, kind: str, mtu: int = 0) -> bytes:
-    """An Ethernet frame with the ICMP error for the packet in ``frame``:
-    port unreachable (``unreach``), TTL exceeded (``ttl``), fragmentation
-    needed / packet too big (``toobig``, with ``mtu``).  The quote is as much
-    of the original as fits in 576 bytes (IPv4) or 1280 (IPv6)."""
-    from scapy.layers.inet import ICMP, IP
-    from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6PacketTooBig, ICMPv6TimeExceeded, IPv6
-    from scapy.layers.l2 import Ether
-
-    l3 = p[7]
-    orig = frame[l3 : l3 + p[9]]
-    client_mac = frame[6:12]
-    src = format_ip(p[0], p[4])
-    dst = format_ip(p[0], p[2])
-    mac = ":".join(f"{b:02x}" for b in our_mac)
-    cmac = ":".join(f"{b:02x}" for b in client_mac)
-    if p[0] == P.AF_INET:
-        quote = orig[: 576 - 28]
-        tos = (orig[1] & 0x1E) | 0xC0
-        if kind == "unreach":
-            icmp = ICMP(type=3, code=3)
-        elif kind == "ttl":
-            icmp = ICMP(type=11, code=0)
-        else:
-            icmp = ICMP(type=3, code=4, nexthopmtu=mtu)
-        pkt = Ether(dst=cmac, src=mac) / IP(src=src, dst=dst, tos=tos, ttl=64) / icmp / quote
-    else:
-        quote = orig[: 1280 - 48]
-        if kind == "unreach":
-            icmp6: Any = ICMPv6DestUnreach(code=4)
-        elif kind == "ttl":
-            icmp6 = ICMPv6TimeExceeded(code=0)
-        else:
-            icmp6 = ICMPv6PacketTooBig(mtu=mtu)
-        pkt = Ether(dst=cmac, src=mac) / IPv6(src=src, dst=dst, hlim=64) / icmp6 / quote
-    return bytes(pkt)
-
-
-__all__ = ["QUEUE_BASE", "DirectPlane", "NextHop", "PlaneStats", "Resolver", "build_icmp_error", "solicit"]
+# DirectPlane's own public names, and those of forwarding.neighbours,
+# forwarding.dr_fast and forwarding.dr_icmp that lived here before the split
+__all__ = [
+    "ARP_TIMEOUT",
+    "FAST_MAX",
+    "ICMP_BURST",
+    "ICMP_INTERVAL",
+    "NEG_TTL",
+    "NEIGH_TTL",
+    "NTF_USE",
+    "NUD_FAILED",
+    "NUD_INCOMPLETE",
+    "NUD_USABLE",
+    "QUEUE_BASE",
+    "RTN_LOCAL",
+    "RTN_UNICAST",
+    "UNRES_QLEN",
+    "DirectPlane",
+    "LinkInfo",
+    "NetInfo",
+    "NextHop",
+    "PlaneStats",
+    "Resolver",
+    "build_icmp_error",
+    "solicit",
+]
