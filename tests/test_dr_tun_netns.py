@@ -178,17 +178,27 @@ def test_rr_weights_and_bypass(lab_factory, method: tuple[str, ...]) -> None:
 # -----------------------------------------------------------------------------
 # 3. persistence, weight 0 and deletion under traffic
 # -----------------------------------------------------------------------------
-@pytest.mark.parametrize("flag", ["-g", "-i"])
-def test_persistence_quiesce_delete(lab_factory, flag: str) -> None:
-    lab = lab_factory(2, "tun" if flag == "-i" else "dr", udp=True)
+@pytest.mark.parametrize(
+    "method",
+    [
+        ("-g",),
+        ("-i",),
+        ("-i", "--tun-type", "gue", "--tun-port", "6080"),
+        ("-i", "--tun-type", "gre"),
+    ],
+    ids=["dr", "ipip", "gue", "gre"],
+)
+def test_persistence_quiesce_delete(lab_factory, method: tuple[str, ...]) -> None:
+    flag = method
+    lab = lab_factory(2, "tun" if method[0] == "-i" else "dr", udp=True)
     t = lab.t
     t.ns(t.director, "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
     # persistent UDP: one client address sticks to one real server
     lab.adm("-A", "-u", f"{VIP}:8080", "-s", "rr", "-p", "60")
     lab.adm("-A", "-t", f"{VIP}:8080", "-s", "rr")
     for k in (1, 2):
-        lab.adm("-a", "-u", f"{VIP}:8080", "-r", f"{rip(k)}:8080", flag)
-        lab.adm("-a", "-t", f"{VIP}:8080", "-r", f"{rip(k)}:8080", flag)
+        lab.adm("-a", "-u", f"{VIP}:8080", "-r", f"{rip(k)}:8080", *flag)
+        lab.adm("-a", "-t", f"{VIP}:8080", "-r", f"{rip(k)}:8080", *flag)
     sticky = servers(lab.udp(10))
     assert len(set(sticky)) == 1, sticky
 
@@ -199,7 +209,7 @@ def test_persistence_quiesce_delete(lab_factory, flag: str) -> None:
     )  # fmt: skip
     t.procs.append(proc)
     time.sleep(1.0)
-    lab.adm("-e", "-t", f"{VIP}:8080", "-r", f"{rip(2)}:8080", flag, "-w", "0")
+    lab.adm("-e", "-t", f"{VIP}:8080", "-r", f"{rip(2)}:8080", *flag, "-w", "0")
     time.sleep(1.0)
     lab.adm("-d", "-t", f"{VIP}:8080", "-r", f"{rip(2)}:8080")
     out, _err = proc.communicate(timeout=120)
@@ -217,22 +227,41 @@ def test_persistence_quiesce_delete(lab_factory, flag: str) -> None:
 # -----------------------------------------------------------------------------
 # 4. teardown: lvsd leaves no table, no process
 # -----------------------------------------------------------------------------
-def test_clean_teardown() -> None:
+def _director_state(t: Topology) -> tuple[str, str, str]:
+    """What lvsd may change in the director's namespace: its addresses, its
+    nftables tables and the processes running in it."""
+    # (interface, address) pairs; flags such as IPv6 DAD's "tentative" change on their own
+    lines = t.ns(t.director, "ip", "-o", "addr", "show").stdout.splitlines()
+    addrs = "\n".join(sorted(" ".join(line.split()[1:4:2]) for line in lines))
+    tables = t.ns(t.director, "nft", "list", "tables").stdout
+    pids = sh("ip", "netns", "pids", t.director).stdout
+    return addrs, tables, pids
+
+
+@pytest.mark.parametrize("flag", ["-g", "-i"], ids=["dr", "ipip"])
+def test_clean_teardown(flag: str) -> None:
     crash = f"crashy{os.getpid()}"
     with Topology(1) as t:
-        t.realserver_vip(1)
+        start_realservers(t, "tun" if flag == "-i" else "dr", 1)
         t.server(1)
         t.ns(t.director, "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
         pre = t.prefix(t.director)
+        before = _director_state(t)
+        assert before[2].split() == [], before  # nothing runs in the director yet
         with running_lvsd("--no-vip", prefix=pre) as sock:
             assert lvsadm(sock, "-A", "-t", f"{VIP}:8080", prefix=pre).returncode == 0
-            assert lvsadm(sock, "-a", "-t", f"{VIP}:8080", "-r", f"{rip(1)}:8080", prefix=pre).returncode == 0
+            assert (
+                lvsadm(sock, "-a", "-t", f"{VIP}:8080", "-r", f"{rip(1)}:8080", flag, prefix=pre).returncode
+                == 0
+            )
             assert servers(t.clients("tcp", VIP, 8080, 2)) == ["rs1", "rs1"]
-            assert "pylvs" in t.ns(t.director, "nft", "list", "tables").stdout
-        # lvsd gone: its table is gone, the VIP answers from the local stack again
-        assert "pylvs" not in t.ns(t.director, "nft", "list", "tables").stdout
-        pids = t.ns(t.director, "sh", "-c", "ls /proc | grep -c '^[0-9]'").stdout
-        assert pids is not None
+            during = _director_state(t)
+            assert "pylvs" in during[1]
+            assert during[2].split(), "lvsd runs in the director's namespace"
+        # lvsd gone: no table, no process, the same addresses as before it started
+        after = _director_state(t)
+        assert "pylvs" not in after[1]
+        assert after == before, (before, after)
         # a crash leaves the table; the next start removes it
         proc = subprocess.Popen(
             [*pre, PY, "-m", "lvs.daemon.main", "--foreground", "--socket", crash, "--no-vip"],
@@ -244,7 +273,8 @@ def test_clean_teardown() -> None:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
             assert (
-                lvsadm(crash, "-a", "-t", f"{VIP}:8080", "-r", f"{rip(1)}:8080", prefix=pre).returncode == 0
+                lvsadm(crash, "-a", "-t", f"{VIP}:8080", "-r", f"{rip(1)}:8080", flag, prefix=pre).returncode
+                == 0
             )
             deadline = time.monotonic() + 10
             while f"pylvs_{crash}" not in t.ns(t.director, "nft", "list", "tables").stdout:
@@ -256,7 +286,10 @@ def test_clean_teardown() -> None:
         assert f"pylvs_{crash}" in t.ns(t.director, "nft", "list", "tables").stdout
         with running_lvsd("--no-vip", prefix=pre, socket_name=crash) as sock:
             assert lvsadm(sock, "-A", "-t", f"{VIP}:8080", prefix=pre).returncode == 0
-            assert lvsadm(sock, "-a", "-t", f"{VIP}:8080", "-r", f"{rip(1)}:8080", prefix=pre).returncode == 0
+            assert (
+                lvsadm(sock, "-a", "-t", f"{VIP}:8080", "-r", f"{rip(1)}:8080", flag, prefix=pre).returncode
+                == 0
+            )
             time.sleep(0.5)
             assert servers(t.clients("tcp", VIP, 8080, 1)) == ["rs1"]
-        assert "pylvs" not in t.ns(t.director, "nft", "list", "tables").stdout
+        assert _director_state(t) == before
