@@ -93,6 +93,7 @@ import collections
 import contextlib
 import functools
 import logging
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +155,7 @@ from .neighbours import (
     Resolver,
     solicit,
 )
-from .netfilter import NftGuard
+from .netfilter import NftError, NftGuard, delete_table, nft_available
 from .nfqueue import NF_ACCEPT, NF_DROP, NfQueue, Queued, bind_free_queue
 
 log = logging.getLogger("lvsd.dr")
@@ -285,7 +286,22 @@ class DirectPlane:
         self.resolver.on_change.append(self.fast_clear)
         self.ipvs.listeners.append(self._on_change)
         self._started = True
+        self._remove_leftover_table()
         self.refresh()
+
+    def _remove_leftover_table(self) -> None:
+        """A crashed lvsd of the same name leaves its table behind, and with
+        it rules that drop (or queue to nobody) the traffic of services that
+        no longer exist: remove it at start, not only when this lvsd first
+        serves a DR/TUN service.  (The control socket is bound before the
+        planes start, so a second lvsd of the same name never gets here.)"""
+        if not self.use_guard or not nft_available():
+            return
+        try:
+            if delete_table(self.table):
+                log.warning("removed a leftover nftables table %s (earlier lvsd crash?)", self.table)
+        except (OSError, NftError, subprocess.SubprocessError) as exc:
+            log.warning("could not check for a leftover nftables table %s: %s", self.table, exc)
 
     def _open_guard(self) -> None:
         """The nftables table, once (installing it removes a crashed lvsd's)."""

@@ -285,6 +285,8 @@ def test_clean_teardown(flag: str) -> None:
             proc.wait(timeout=10)
         assert f"pylvs_{crash}" in t.ns(t.director, "nft", "list", "tables").stdout
         with running_lvsd("--no-vip", prefix=pre, socket_name=crash) as sock:
+            # the leftover table goes at start, before any DR/TUN service exists
+            assert f"pylvs_{crash}" not in t.ns(t.director, "nft", "list", "tables").stdout
             assert lvsadm(sock, "-A", "-t", f"{VIP}:8080", prefix=pre).returncode == 0
             assert (
                 lvsadm(sock, "-a", "-t", f"{VIP}:8080", "-r", f"{rip(1)}:8080", flag, prefix=pre).returncode
