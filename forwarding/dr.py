@@ -266,6 +266,9 @@ class DirectPlane:
         self.fast_path = fast_path
         self._fast: dict[bytes, _Fast] = {}
         self._touched: list[_Fast] = []
+        #: some service has a persistence engine (--pe sip): the slow path
+        #: hands the core UDP payloads (set by refresh; True until then)
+        self._pe_payload = True
         # a transmitter with sender() (TxSockets) hands the fast path its
         # sockets' own send and is told the counts afterwards; others get
         # send(ifindex, frame) calls, which count themselves
@@ -450,6 +453,7 @@ class DirectPlane:
             else:
                 match_any.add((key.af, key.protocol, key.addr))
         self._warnings = warn
+        self._pe_payload = any(svc.pe_name for svc in self.ipvs)
         self._match = match
         self._match_any = match_any
         self._refresh_marks(frozenset(marks))
@@ -851,7 +855,15 @@ class DirectPlane:
             # this decision replaces whatever the fast path knew of the flow
             self._fast.pop(_FAST_KEY.pack(p[2], p[4], p[3], p[5]), None)
         flow = Flow(p[0], p[1], p[2], p[3], p[4], p[5], fwmark)
-        v = self.director.process_in(flow, self._t, p[6], p[9])
+        if p[1] == IPPROTO_UDP and self._pe_payload:
+            # the UDP payload, for --pe sip (lvs.pe_sip: the Call-ID decides a
+            # new flow's template); for the first fragment of a datagram, the
+            # part it carries (the kernel reassembles first).  Only while
+            # some service has a PE: others never read it.
+            l4 = p[8]
+            v = self.director.process_in(flow, self._t, p[6], p[9], buf[l4 + 8 : p[7] + p[9]], l4 - p[7])
+        else:
+            v = self.director.process_in(flow, self._t, p[6], p[9])
         action = v.action
         if action == FORWARD:
             self._forward(v.conn, buf, start, p, ifindex, status)

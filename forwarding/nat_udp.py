@@ -19,6 +19,12 @@ UDP
     VIP but not counted: the kernel never hashes a one-packet entry, so its
     ip_vs_out finds none for them and lets them pass uncounted (OutPkts and
     OutBytes of a -o service stay 0; its NAT does not even rewrite them).
+    A new flow's datagram is handed to the core with its payload: for a
+    persistent service with ``--pe sip`` the core picks the template of the
+    datagram's Call-ID and drops a datagram without one (:mod:`lvs.pe_sip`);
+    later datagrams of a known flow keep its real server, as ``ip_vs_in``
+    finds the entry before any scheduling (with ``-o`` every datagram is
+    scheduled, so each one follows its own Call-ID).
 """
 
 from __future__ import annotations
@@ -175,7 +181,10 @@ class _UdpFront(asyncio.DatagramProtocol):
         sf = self.sf
         plane = sf.plane
         flow = Flow(sf.af, IPPROTO_UDP, _ipint(sf.af, addr[0]), addr[1], sf.vaddr, sf.vport)
-        v = plane.director.process_in(flow, plane.now(), 0, len(data))
+        # the datagram goes to the core: a persistent --pe sip service keys
+        # its templates by the Call-ID in it (lvs.pe_sip; the kernel's
+        # dataoff is taken for an IP header without options)
+        v = plane.director.process_in(flow, plane.now(), 0, len(data), data)
         if v.action != FORWARD or v.conn is None:
             plane.udp_dropped += 1
             if v.action == REJECT:

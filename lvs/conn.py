@@ -21,6 +21,7 @@ from .constants import (
     IPPROTO_TCP,
     IPPROTO_UDP,
 )
+from .pe_sip import pe_key
 
 if TYPE_CHECKING:
     from .model import Dest, Service
@@ -175,7 +176,8 @@ class Conn:
 
     @property
     def pe_name(self) -> str:
-        """Persistence-engine name of the entry (pylvs keeps no SIP Call-IDs)."""
+        """Persistence-engine name of the entry: "" here; :class:`PeConn`
+        (a ``--pe sip`` template) has one."""
         return ""
 
     @property
@@ -218,17 +220,27 @@ class Conn:
 
 
 class PeConn(Conn):
-    """An entry keyed by a persistence engine (``--pe sip``): it carries the
-    engine's name and data (the SIP Call-ID), which ``-L -c
-    --persistent-conn`` and /proc/net/ip_vs_conn show.  Plain entries do not
-    pay for the two fields."""
+    """An entry keyed by a persistence engine (``--pe sip``, see
+    :mod:`lvs.pe_sip`): it carries the engine's name and data (the SIP
+    Call-ID), which ``-L -c --persistent-conn`` and /proc/net/ip_vs_conn
+    show.  Plain entries do not pay for the extra fields.
 
-    __slots__ = ("_pe_data", "_pe_name")
+    With PE data, the entry is hashed as the kernel's ``ip_vs_conn_hash``
+    hashes it (``pe->hashkey_raw``: by the data alone): ``key`` is then
+    :func:`lvs.pe_sip.pe_key` of the data, and the client endpoint is kept
+    packed in ``ckey`` for the properties below.  Without data it is keyed
+    like any entry."""
+
+    __slots__ = ("_pe_data", "_pe_name", "ckey")
 
     def __init__(self, *args: Any, pe_name: str = "", pe_data: bytes = b"", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pe_name = pe_name
         self._pe_data = pe_data
+        #: the client endpoint packed as :func:`client_key` does
+        self.ckey = self.key
+        if pe_data:
+            self.key = pe_key(pe_data)
 
     @property
     def pe_name(self) -> str:
@@ -237,6 +249,22 @@ class PeConn(Conn):
     @property
     def pe_data(self) -> bytes:
         return self._pe_data
+
+    @property
+    def af(self) -> int:
+        return AF_INET6 if self.ckey & 1 else AF_INET
+
+    @property
+    def protocol(self) -> int:
+        return (self.ckey >> 1) & 0xFF
+
+    @property
+    def cport(self) -> int:
+        return (self.ckey >> 9) & 0xFFFF
+
+    @property
+    def caddr(self) -> int:
+        return self.ckey >> 25
 
 
 class ConnView:

@@ -19,6 +19,8 @@ from .conn import (
     TCP_S_NONE,
     TCP_S_TIME_WAIT,
     Conn,
+    PeConn,
+    client_key,
 )
 from .conntab import INVALID_PORT, ConnTable
 from .constants import (
@@ -38,6 +40,8 @@ from .constants import (
 )
 from .ctl import IPVS
 from .model import Dest, Flow, Service
+from .pe_sip import fill_param as pe_sip_fill_param
+from .pe_sip import pe_key
 from .proto_tcp import ACK, DIR_INPUT, DIR_INPUT_ONLY, DIR_OUTPUT, RST, SYN, is_active, next_state
 from .stats import ESTIMATOR_PERIOD
 
@@ -189,14 +193,23 @@ class Director:
     # ------------------------------------------------------------------------
     # scheduling (ip_vs_schedule, ip_vs_sched_persist)
     # ------------------------------------------------------------------------
-    def schedule(self, svc: Service, flow: Flow, now: float) -> tuple[Conn | None, int]:
+    def schedule(
+        self,
+        svc: Service,
+        flow: Flow,
+        now: float,
+        payload: bytes | bytearray | memoryview | None = None,
+        l4_offset: int = 0,
+    ) -> tuple[Conn | None, int]:
         """Pick a real server for a new flow and create its entry.
 
         Returns ``(conn, ignored)`` like the kernel: ``ignored`` 0 means no
-        server (reject), -1 drop, 1 let it pass.
+        server (reject), -1 drop, 1 let it pass.  ``payload`` and
+        ``l4_offset``: see :meth:`process_in` (only a persistent service
+        with a persistence engine reads them).
         """
         if svc.flags & SVC_F_PERSISTENT:
-            return self._sched_persist(svc, flow, now)
+            return self._sched_persist(svc, flow, now, payload, l4_offset)
         if not svc.key.fwmark and flow.vport != svc.key.port:
             return None, 0
         sched = svc.scheduler
@@ -255,18 +268,50 @@ class Director:
             return False
         return True
 
-    def _sched_persist(self, svc: Service, flow: Flow, now: float) -> tuple[Conn | None, int]:
+    def _sched_persist(
+        self,
+        svc: Service,
+        flow: Flow,
+        now: float,
+        payload: bytes | bytearray | memoryview | None = None,
+        l4_offset: int = 0,
+    ) -> tuple[Conn | None, int]:
         protocol, snet, tvaddr, tvport = self.template_key(svc, flow)
-        ct = self.conns.lookup_template(protocol, flow.af, snet, tvaddr, tvport)
+        pe_data = None
+        if svc.pe_name:
+            # ip_vs_conn_fill_param_persist: the PE's fill_param (the SIP
+            # Call-ID); its failure makes ip_vs_sched_persist return with
+            # *ignored = -1, and the packet is dropped
+            pe_data = pe_sip_fill_param(svc.key.af, flow.protocol, payload, l4_offset)
+            if pe_data is None:
+                return None, -1
+            ct = self.lookup_pe_template(protocol, flow.af, snet, tvaddr, tvport, svc.pe_name, pe_data)
+        else:
+            ct = self.conns.lookup_template(protocol, flow.af, snet, tvaddr, tvport)
         if ct is None or not self.check_template(ct):
             sched = svc.scheduler
             dest = sched.schedule(flow, now) if sched is not None else None
             if dest is None:
                 return None, 0
             dport = dest.port if (flow.vport == svc.key.port and svc.key.port != FTPPORT) else 0
-            ct = self.conn_new(
-                flow.af, protocol, snet, 0, tvaddr, tvport, dest, dport, CONN_F_TEMPLATE, flow.fwmark, now
-            )
+            if pe_data is None:
+                ct = self.conn_new(
+                    flow.af, protocol, snet, 0, tvaddr, tvport, dest, dport, CONN_F_TEMPLATE, flow.fwmark, now
+                )
+            else:
+                ct = self._pe_template_new(
+                    flow.af,
+                    protocol,
+                    snet,
+                    tvaddr,
+                    tvport,
+                    dest,
+                    dport,
+                    flow.fwmark,
+                    now,
+                    svc.pe_name,
+                    pe_data,
+                )
             ct.timeout = float(svc.timeout)
         else:
             dest = ct.dest
@@ -294,6 +339,78 @@ class Director:
         self._conn_stats(cp, svc)
         return cp, 0
 
+    def lookup_pe_template(
+        self, protocol: int, af: int, snet: int, vaddr: int, vport: int, pe_name: str, pe_data: bytes
+    ) -> Conn | None:
+        """``ip_vs_ct_in_get`` with PE data: the chain of the data's hash
+        (``pe->hashkey_raw``), an entry of the same engine that
+        ``pe->ct_match`` accepts (for sip: family, masked client address,
+        virtual address or fwmark, virtual port, protocol, template, and the
+        same Call-ID; the client port is 0 in every template).  An
+        invalidated template (``ip_vs_check_template`` set its ports to
+        0xffff, which pylvs marks in ``dport``) no longer matches."""
+        ckey = client_key(protocol, af, snet, 0)
+        # the table's chains by key (lvs.conntab has no look-up by raw key)
+        c = self.conns._tab.get(pe_key(pe_data))
+        while c is not None:
+            if (
+                c.flags & CONN_F_TEMPLATE
+                and c.vport == vport
+                and c.vaddr == vaddr
+                and c.dport != INVALID_PORT
+                and c.ckey == ckey  # type: ignore[attr-defined]
+                and c.pe_name == pe_name
+                and c.pe_data == pe_data
+            ):
+                return c
+            c = c.hnext
+        return None
+
+    def _pe_template_new(
+        self,
+        flow_af: int,
+        protocol: int,
+        snet: int,
+        vaddr: int,
+        vport: int,
+        dest: Dest,
+        dport: int,
+        fwmark: int,
+        now: float,
+        pe_name: str,
+        pe_data: bytes,
+    ) -> Conn:
+        """:meth:`conn_new` for a template that carries PE data
+        (``ip_vs_conn_new`` with ``p->pe_data``: the template takes the
+        engine and its data, and is hashed by the data)."""
+        conn_flags = dest.conn_flags
+        if protocol != IPPROTO_UDP:
+            conn_flags &= ~CONN_F_ONE_PACKET
+        ct = PeConn(
+            flow_af,
+            protocol,
+            snet,
+            0,
+            vaddr,
+            vport,
+            dest.af,
+            dest.addr,
+            dport,
+            CONN_F_TEMPLATE | conn_flags,
+            fwmark,
+            pe_name=pe_name,
+            pe_data=pe_data,
+        )
+        ct.dest = dest
+        ct.svc = dest.svc
+        ct.timeout = INITIAL_TIMEOUT
+        ct.expires = now + INITIAL_TIMEOUT
+        dest.refcnt += 1
+        dest.persistconns += 1
+        if not ct.flags & CONN_F_ONE_PACKET:
+            self.conns.hash(ct)
+        return ct
+
     def _conn_stats(self, cp: Conn, svc: Service) -> None:
         """``ip_vs_conn_stats``: one more connection for dest, service, total."""
         dest = cp.dest
@@ -305,11 +422,30 @@ class Director:
     # ------------------------------------------------------------------------
     # the packet path (ip_vs_in_hook / handle_response)
     # ------------------------------------------------------------------------
-    def process_in(self, flow: Flow, now: float, tcp_flags: int = 0, length: int = 0) -> Verdict:
+    def process_in(
+        self,
+        flow: Flow,
+        now: float,
+        tcp_flags: int = 0,
+        length: int = 0,
+        payload: bytes | bytearray | memoryview | None = None,
+        l4_offset: int = 0,
+    ) -> Verdict:
         """A packet from a client to a virtual address: ``ip_vs_in_hook``.
 
         ``tcp_flags`` are the segment's flags for TCP (ignored otherwise) and
         ``length`` the IP packet length for the byte counters.
+
+        ``payload`` is the transport payload (the data after the UDP header)
+        and ``l4_offset`` the offset of the transport header in the IP packet
+        (0: the family's header without options, 20 or 40).  Only a packet
+        that has no entry yet and goes to a persistent service with a
+        persistence engine is looked into (``ip_vs_sched_persist`` ->
+        ``pe->fill_param``): for ``--pe sip`` the template is the one of the
+        datagram's Call-ID (:mod:`lvs.pe_sip`), and a packet without one
+        (not UDP, no data, no usable Call-ID, or ``payload`` None) is
+        dropped, as the kernel drops it.  Packets of an existing entry keep
+        its real server whatever they carry.
         """
         ipvs = self.ipvs
         protocol = flow.protocol
@@ -330,7 +466,7 @@ class Director:
                 return Verdict(ACCEPT)
             if protocol == IPPROTO_TCP and not self._tcp_may_schedule(tcp_flags):
                 return Verdict(ACCEPT)
-            cp, ignored = self.schedule(svc, flow, now)
+            cp, ignored = self.schedule(svc, flow, now, payload, l4_offset)
             if cp is None:
                 return Verdict(REJECT if ignored == 0 else (DROP if ignored < 0 else ACCEPT))
             new = True
