@@ -122,6 +122,12 @@ class ConnTable:
             c = c.hnext
         return None
 
+    def chain(self, key: int) -> Conn | None:
+        """The newest entry hashed under ``key`` (the rest follow through
+        ``hnext``): for look-ups that compare more than the key, such as a
+        persistence engine's templates, hashed by the engine's own key."""
+        return self._tab.get(key)
+
     # -- timers ---------------------------------------------------------------
     def arm(self, cp: Conn) -> None:
         self.wheel.arm(cp)

@@ -350,8 +350,7 @@ class Director:
         invalidated template (``ip_vs_check_template`` set its ports to
         0xffff, which pylvs marks in ``dport``) no longer matches."""
         ckey = client_key(protocol, af, snet, 0)
-        # the table's chains by key (lvs.conntab has no look-up by raw key)
-        c = self.conns._tab.get(pe_key(pe_data))
+        c = self.conns.chain(pe_key(pe_data))
         while c is not None:
             if (
                 c.flags & CONN_F_TEMPLATE
