@@ -34,7 +34,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from lvs.constants import AF_INET6, DEST_F_AVAILABLE
+from lvs.constants import AF_INET6
 from lvs.model import Flow
 from lvs.proto_tcp import ACK, DIR_INPUT, DIR_OUTPUT, FIN, RST, SYN
 
@@ -291,33 +291,15 @@ class TcpSession(asyncio.Protocol):
 
     # -- relay state -------------------------------------------------------------
     def seg_in(self, flags: int, now: float) -> None:
-        """A synthetic client segment for the entry we already hold: what
-        ``process_in`` does for a known entry (the look-up is skipped): a
-        packet of an entry whose real server is unavailable or which has
-        expired is dropped; otherwise the state moves, the timer is re-armed
-        and the packet counted (with the batch)."""
-        cp = self.conn
-        dest = cp.dest
-        if dest is None or not dest.flags & DEST_F_AVAILABLE or not cp.hashed:
-            return
-        director = self.sf.plane.director
-        director.set_state(cp, DIR_INPUT, flags, now)
-        cp.in_pkts += 1
-        cp.expires = now + cp.timeout
-        director.conns.arm(cp)
-        self.pin += 1
+        """A synthetic client segment for the entry we already hold
+        (:meth:`Director.held_segment`), counted with the batch."""
+        if self.sf.plane.director.held_segment(self.conn, DIR_INPUT, flags, now):
+            self.pin += 1
 
     def seg_out(self, flags: int, now: float) -> None:
         """A synthetic real-server segment: ``process_out`` for our entry."""
-        cp = self.conn
-        dest = cp.dest
-        if dest is None or not dest.flags & DEST_F_AVAILABLE or not cp.hashed:
-            return
-        director = self.sf.plane.director
-        director.set_state(cp, DIR_OUTPUT, flags, now)
-        cp.expires = now + cp.timeout
-        director.conns.arm(cp)
-        self.up.pout += 1  # type: ignore[union-attr]
+        if self.sf.plane.director.held_segment(self.conn, DIR_OUTPUT, flags, now):
+            self.up.pout += 1  # type: ignore[union-attr]
 
     def connected(self, result: Any, exc: BaseException | None) -> None:
         """The connection to the real server is up, or failed (the

@@ -485,6 +485,25 @@ class Director:
             self._put(cp, now)
         return Verdict(FORWARD, cp, new)
 
+    def held_segment(self, cp: Conn, direction: int, tcp_flags: int, now: float) -> bool:
+        """One TCP segment of an entry the forwarder already holds, so the
+        look-up of :meth:`process_in` / :meth:`process_out` is skipped (the
+        NAT proxy shows the core only segments that change state: SYN+ACK,
+        ACK, FIN, RST).  As for a packet found in the table: an entry whose
+        real server is unavailable, or that is no longer hashed, drops the
+        packet (False); otherwise the state moves through the table of
+        ``direction``, the timer is re-armed with the new timeout and, for a
+        client segment, ``in_pkts`` counts it.  Byte and packet counters stay
+        with the caller, which batches them (:meth:`add_bytes`)."""
+        dest = cp.dest
+        if dest is None or not dest.flags & DEST_F_AVAILABLE or not cp.hashed:
+            return False
+        self._set_tcp_state(cp, direction, tcp_flags)
+        if direction != DIR_OUTPUT:
+            cp.in_pkts += 1
+        self._put(cp, now)
+        return True
+
     def account_in(self, cp: Conn, now: float, packets: int, nbytes: int) -> None:
         """``packets`` client packets of ``cp`` (``nbytes`` IP bytes in all),
         all seen at ``now``, counted at once: the same counters, timeout, timer

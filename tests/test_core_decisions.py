@@ -828,3 +828,42 @@ def test_trash_kernel_idle_start_timing() -> None:
     lab.delete(a)
     lab.sleep_until(420)
     assert lab.add(1) is a
+
+
+def test_held_segment_matches_a_table_hit_and_drops_for_a_deleted_server() -> None:
+    """``held_segment`` (the NAT proxy's path for entries it holds) moves an
+    entry exactly as the same segment found through ``process_in`` /
+    ``process_out`` would, minus the byte counters; once the real server is
+    deleted the segment is dropped and the entry is left as it was."""
+    from lvs.proto_tcp import DIR_INPUT, DIR_OUTPUT
+
+    held, seen = Lab("rr"), Lab("rr")
+    cp = held.send(held.flow(), SYN).conn
+    ref = seen.send(seen.flow(), SYN).conn
+    assert cp is not None and ref is not None
+    for now, direction, flags in (
+        (1.0, DIR_INPUT, ACK),
+        (2.0, DIR_OUTPUT, FIN | ACK),
+        (3.0, DIR_INPUT, FIN | ACK),
+    ):
+        held.now = seen.now = now
+        assert held.d.held_segment(cp, direction, flags, now)
+        if direction == DIR_INPUT:
+            seen.send(seen.flow(), flags)
+        else:
+            seen.d.process_out(ref, now, flags)
+        assert (cp.state, cp.timeout, cp.expires, cp.in_pkts) == (
+            ref.state,
+            ref.timeout,
+            ref.expires,
+            ref.in_pkts,
+        )
+        assert counts(cp.dest) == counts(ref.dest)
+    assert cp.state == TCP_S_TIME_WAIT  # SYN_RECV, ESTABLISHED, FIN_WAIT, TIME_WAIT
+    # the byte and packet counters are the caller's
+    assert cp.dest.stats.inpkts == 1 and ref.dest.stats.inpkts == 3
+    dest = cp.dest
+    state, expires = cp.state, cp.expires
+    held.delete(dest)
+    assert not held.d.held_segment(cp, DIR_INPUT, RST, 4.0)
+    assert (cp.state, cp.expires) == (state, expires)
