@@ -234,7 +234,6 @@ class _ServedService:
         s.flow = flow
         s.conn = cp
         s.t0 = now
-        cp.user_data = s
         transport.set_write_buffer_limits(HIGH_WATER)
         up = s.up = _Upstream(s)
         host, port = plane.target(cp)
@@ -565,8 +564,6 @@ class NatPlane:
             if not cp.hashed:
                 f.close()
                 del front.flows[addr]
-                if cp.user_data is f:
-                    cp.user_data = None
                 continue
             dest = cp.dest
             f.ok = f.t is not None or f.task is not None

@@ -458,8 +458,6 @@ class TcpSession(asyncio.Protocol):
         plane = self.sf.plane
         if self.conn is not None:
             self.flush()
-            if self.conn.user_data is self:
-                self.conn.user_data = None
         plane.sessions.discard(self)
 
 

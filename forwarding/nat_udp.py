@@ -213,8 +213,6 @@ class _UdpFront(asyncio.DatagramProtocol):
         f = _UdpFlow(self, addr, cp)
         if cp.dest is None and cp.svc is not None:  # one-packet: already unbound
             f.dest = cp.svc.find_dest(cp.daf, cp.daddr, cp.dport)
-        else:
-            cp.user_data = f
         host, port = self.sf.plane.target(cp)
         loop = asyncio.get_running_loop()
         f.task = asyncio.ensure_future(
@@ -252,8 +250,6 @@ class _UdpFront(asyncio.DatagramProtocol):
     def close(self) -> None:
         for f in list(self.flows.values()) + list(self.ops.values()):
             f.close()
-            if f.conn is not None and f.conn.user_data is f:
-                f.conn.user_data = None
         self.flows.clear()
         self.ops.clear()
         if self.t is not None:

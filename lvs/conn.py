@@ -9,6 +9,8 @@ client address masked.  ``expires`` is the virtual time the entry runs out;
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .addr import format_endpoint
@@ -87,6 +89,36 @@ def client_key(protocol: int, af: int, caddr: int, cport: int) -> int:
     return (((caddr << 16) | cport) << 9) | (protocol << 1) | (af == AF_INET6)
 
 
+def _untracker() -> Callable[[object], None]:
+    """``PyObject_GC_UnTrack`` (public C API) on CPython, else a no-op.
+
+    An entry refers only to other entries (``control``, ``hnext``), its real
+    server and service, and immutable values; nothing an entry refers to
+    refers back to it, so entries never take part in a reference cycle and
+    reference counting alone frees them when the table and the timer wheel
+    let go.  The cyclic collector therefore has nothing to find among them,
+    yet a full collection used to walk every one: 240-475 ms with 10^6 live
+    entries, a stall of the whole daemon (benchmarks/RESULTS.md, Core).
+    Untracked, they are skipped (29 ms).  Keep it so: a forwarder that needs
+    to find its own state from an entry must keep that mapping itself, never
+    in an attribute of the entry (a cycle through an untracked entry would
+    never be collected)."""
+    if sys.implementation.name != "cpython":
+        return lambda obj: None
+    try:
+        import ctypes
+
+        fn = ctypes.pythonapi.PyObject_GC_UnTrack
+    except (ImportError, AttributeError, OSError):  # pragma: no cover - no ctypes
+        return lambda obj: None
+    fn.argtypes = [ctypes.py_object]
+    fn.restype = None
+    return fn  # type: ignore[no-any-return]
+
+
+_gc_untrack = _untracker()
+
+
 class Conn:
     """One entry of the connection table.
 
@@ -112,7 +144,6 @@ class Conn:
         "svc",
         "timeout",
         "timer_slot",
-        "user_data",
         "vaddr",
         "vport",
     )
@@ -154,8 +185,7 @@ class Conn:
         self.hashed = False
         #: next entry in the same hash chain (entries sharing a client endpoint)
         self.hnext: Conn | None = None
-        #: free for a forwarder (the NAT proxy keeps its transports here)
-        self.user_data: object = None
+        _gc_untrack(self)
 
     # -- the client endpoint, unpacked from the key --------------------------
     @property
