@@ -93,28 +93,27 @@ class Director:
         flags: int,
         fwmark: int,
         now: float,
+        pe_name: str = "",
+        pe_data: bytes | None = None,
     ) -> Conn:
         """``ip_vs_conn_new`` + ``ip_vs_bind_dest``: a new entry bound to ``dest``.
 
         It inherits the dest's forwarding flags, which always include INACTIVE,
-        so it counts as inactive until its protocol state says otherwise.
+        so it counts as inactive until its protocol state says otherwise.  With
+        ``pe_data`` (a persistence engine's template, ``p->pe_data``) the entry
+        carries the engine and its data and is hashed by the data.
         """
         conn_flags = dest.conn_flags
         if protocol != IPPROTO_UDP:
             conn_flags &= ~CONN_F_ONE_PACKET
-        cp = Conn(
-            flow_af,
-            protocol,
-            caddr,
-            cport,
-            vaddr,
-            vport,
-            dest.af,
-            dest.addr,
-            dport,
-            flags | conn_flags,
-            fwmark,
-        )
+        flags |= conn_flags
+        if pe_data is None:
+            cp = Conn(flow_af, protocol, caddr, cport, vaddr, vport, dest.af, dest.addr, dport, flags, fwmark)
+        else:
+            cp = PeConn(
+                flow_af, protocol, caddr, cport, vaddr, vport, dest.af, dest.addr, dport, flags, fwmark,
+                pe_name=pe_name, pe_data=pe_data,
+            )  # fmt: skip
         cp.dest = dest
         cp.svc = dest.svc
         cp.timeout = INITIAL_TIMEOUT
@@ -294,24 +293,21 @@ class Director:
             if dest is None:
                 return None, 0
             dport = dest.port if (flow.vport == svc.key.port and svc.key.port != FTPPORT) else 0
-            if pe_data is None:
-                ct = self.conn_new(
-                    flow.af, protocol, snet, 0, tvaddr, tvport, dest, dport, CONN_F_TEMPLATE, flow.fwmark, now
-                )
-            else:
-                ct = self._pe_template_new(
-                    flow.af,
-                    protocol,
-                    snet,
-                    tvaddr,
-                    tvport,
-                    dest,
-                    dport,
-                    flow.fwmark,
-                    now,
-                    svc.pe_name,
-                    pe_data,
-                )
+            ct = self.conn_new(
+                flow.af,
+                protocol,
+                snet,
+                0,
+                tvaddr,
+                tvport,
+                dest,
+                dport,
+                CONN_F_TEMPLATE,
+                flow.fwmark,
+                now,
+                svc.pe_name,
+                pe_data,
+            )
             ct.timeout = float(svc.timeout)
         else:
             dest = ct.dest
@@ -364,51 +360,6 @@ class Director:
                 return c
             c = c.hnext
         return None
-
-    def _pe_template_new(
-        self,
-        flow_af: int,
-        protocol: int,
-        snet: int,
-        vaddr: int,
-        vport: int,
-        dest: Dest,
-        dport: int,
-        fwmark: int,
-        now: float,
-        pe_name: str,
-        pe_data: bytes,
-    ) -> Conn:
-        """:meth:`conn_new` for a template that carries PE data
-        (``ip_vs_conn_new`` with ``p->pe_data``: the template takes the
-        engine and its data, and is hashed by the data)."""
-        conn_flags = dest.conn_flags
-        if protocol != IPPROTO_UDP:
-            conn_flags &= ~CONN_F_ONE_PACKET
-        ct = PeConn(
-            flow_af,
-            protocol,
-            snet,
-            0,
-            vaddr,
-            vport,
-            dest.af,
-            dest.addr,
-            dport,
-            CONN_F_TEMPLATE | conn_flags,
-            fwmark,
-            pe_name=pe_name,
-            pe_data=pe_data,
-        )
-        ct.dest = dest
-        ct.svc = dest.svc
-        ct.timeout = INITIAL_TIMEOUT
-        ct.expires = now + INITIAL_TIMEOUT
-        dest.refcnt += 1
-        dest.persistconns += 1
-        if not ct.flags & CONN_F_ONE_PACKET:
-            self.conns.hash(ct)
-        return ct
 
     def _conn_stats(self, cp: Conn, svc: Service) -> None:
         """``ip_vs_conn_stats``: one more connection for dest, service, total."""
