@@ -21,7 +21,7 @@ import pytest
 
 from .helpers import can_netns, lvsadm, running_lvsd
 from .nsnet import PY, ROOT, VIP, VIP6, Topology, rip, rip6, sh
-from .test_dr_tun_netns import Lab, servers, start_realservers
+from .test_dr_tun_netns import Lab, Labs, servers, start_realservers
 
 _why = can_netns()
 pytestmark = [
@@ -102,28 +102,20 @@ def queues(t: Topology) -> str:
 
 @pytest.fixture
 def lab_factory() -> Iterator:
-    made: list = []
+    labs = Labs()
 
     def make(n_rs: int, kind: str = "dr") -> Lab:
-        topo = Topology(n_rs)
-        made.append(topo)
+        topo = labs.topology(n_rs)
         start_realservers(topo, kind, n_rs)
         for k in range(1, n_rs + 1):
             topo.server(k, "tcp")
             topo.server(k, "udp")
         topo.ns(topo.director, "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
         mark_rule(topo)
-        cm = running_lvsd("--no-vip", prefix=topo.prefix(topo.director))
-        sock = cm.__enter__()
-        made.append(cm)
-        return Lab(topo, sock)
+        return Lab(topo, labs.lvsd(topo))
 
     yield make
-    for obj in reversed(made):
-        if isinstance(obj, Topology):
-            obj.close()
-        else:
-            obj.__exit__(None, None, None)
+    labs.close()
 
 
 # -----------------------------------------------------------------------------

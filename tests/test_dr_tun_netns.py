@@ -17,6 +17,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -45,10 +46,15 @@ except ImportError:  # pragma: no cover
 
 
 class Lab:
-    def __init__(self, topo: Topology, sock: str) -> None:
+    """A topology with a running lvsd in the director namespace, serving ``vip``."""
+
+    def __init__(self, topo: Topology, sock: str, vip: str = VIP) -> None:
         self.t = topo
         self.sock = sock
+        self.vip = vip
         self.pre = topo.prefix(topo.director)
+        #: the lvs-realserver processes (TUN)
+        self.decaps: list[subprocess.Popen[str]] = []
 
     def adm(self, *args: str, ok: bool = True) -> str:
         r = lvsadm(self.sock, *args, prefix=self.pre)
@@ -57,7 +63,7 @@ class Lab:
         return r.stdout + r.stderr
 
     def tcp(self, n: int, *extra: str) -> list[dict]:
-        return self.t.clients("tcp", VIP, 8080, n, *extra)
+        return self.t.clients("tcp", self.vip, 8080, n, *extra)
 
     def diag(self) -> str:
         """What a failed distribution check prints: the tables and lvsd's
@@ -67,46 +73,71 @@ class Lab:
         return "\n".join(parts)
 
     def udp(self, n: int, *extra: str) -> list[dict]:
-        return self.t.clients("udp", VIP, 8080, n, *extra)
+        return self.t.clients("udp", self.vip, 8080, n, *extra)
 
 
-def start_realservers(t: Topology, kind: str, n: int, gue_port: int = 6080) -> None:
+def start_realservers(
+    t: Topology, kind: str, n: int, gue_port: int = 6080, vip: str = VIP
+) -> list[subprocess.Popen[str]]:
+    """The VIP on each real server's lo and, for TUN, its lvs-realserver
+    (returned, ready)."""
+    decaps = []
     for k in range(1, n + 1):
-        t.realserver_vip(k)
+        t.realserver_vip(k, vip)
         if kind == "tun":
             p = t.spawn(
-                t.rs[k - 1], PY, "-m", "forwarding.realserver", "--vip", VIP, "--gue-port", str(gue_port),
+                t.rs[k - 1], PY, "-m", "forwarding.realserver", "--vip", vip, "--gue-port", str(gue_port),
                 "--lifetime", "200",
             )  # fmt: skip
             assert p.stdout is not None
             line = p.stdout.readline()
             assert line.startswith("ready"), line
+            decaps.append(p)
+    return decaps
+
+
+class Labs:
+    """What a lab fixture built: topologies and the lvsd serving each, torn
+    down in reverse (lvsd first: it removes its nftables table; then the
+    namespaces)."""
+
+    def __init__(self) -> None:
+        self._made: list[Any] = []
+
+    def topology(self, n_rs: int, v6: bool = False) -> Topology:
+        topo = Topology(n_rs, v6=v6)
+        self._made.append(topo)
+        return topo
+
+    def lvsd(self, topo: Topology) -> str:
+        cm = running_lvsd("--no-vip", prefix=topo.prefix(topo.director))
+        sock = cm.__enter__()
+        self._made.append(cm)
+        return sock
+
+    def close(self) -> None:
+        for obj in reversed(self._made):
+            if isinstance(obj, Topology):
+                obj.close()
+            else:
+                obj.__exit__(None, None, None)
 
 
 @pytest.fixture
 def lab_factory() -> Iterator:
-    made: list = []
+    labs = Labs()
 
     def make(n_rs: int, kind: str = "dr", udp: bool = False) -> Lab:
-        topo = Topology(n_rs)
-        made.append(topo)
+        topo = labs.topology(n_rs)
         start_realservers(topo, kind, n_rs)
         for k in range(1, n_rs + 1):
             topo.server(k, "tcp")
             if udp:
                 topo.server(k, "udp")
-        cm = running_lvsd("--no-vip", prefix=topo.prefix(topo.director))
-        sock = cm.__enter__()
-        made.append(cm)
-        return Lab(topo, sock)
+        return Lab(topo, labs.lvsd(topo))
 
     yield make
-    # lvsd first (it removes its nftables table), then the namespaces
-    for obj in reversed(made):
-        if isinstance(obj, Topology):
-            obj.close()
-        else:
-            obj.__exit__(None, None, None)
+    labs.close()
 
 
 def servers(results: list[dict]) -> list[str]:

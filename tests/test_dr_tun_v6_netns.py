@@ -24,8 +24,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from .helpers import can_netns, lvsadm, running_lvsd
-from .nsnet import PY, VIP6, Topology, rip6, sh
+from .helpers import can_netns
+from .nsnet import VIP6, rip6, sh
+from .test_dr_tun_netns import Lab, Labs, servers, start_realservers
 
 _why = can_netns()
 pytestmark = [
@@ -40,68 +41,23 @@ if _why is None and sh("sh", "-c", "command -v nft", check=False).returncode != 
 GUE_PORT = 6080
 
 
-class Lab6:
-    """One IPv6 topology with a running lvsd in the director namespace."""
-
-    def __init__(self, topo: Topology, sock: str) -> None:
-        self.t = topo
-        self.sock = sock
-        self.pre = topo.prefix(topo.director)
-        #: the lvs-realserver processes (TUN)
-        self.decaps: list = []
-
-    def adm(self, *args: str) -> str:
-        r = lvsadm(self.sock, *args, prefix=self.pre)
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-        return r.stdout + r.stderr
-
-    def tcp(self, n: int, *extra: str) -> list[dict]:
-        return self.t.clients("tcp", VIP6, 8080, n, *extra)
-
-    def udp(self, n: int, *extra: str) -> list[dict]:
-        return self.t.clients("udp", VIP6, 8080, n, *extra)
-
-
 @pytest.fixture
 def lab6() -> Iterator:
-    made: list = []
+    labs = Labs()
 
-    def make(n_rs: int, kind: str) -> Lab6:
-        topo = Topology(n_rs, v6=True)
-        made.append(topo)
-        decaps = []
+    def make(n_rs: int, kind: str) -> Lab:
+        topo = labs.topology(n_rs, v6=True)
+        decaps = start_realservers(topo, kind, n_rs, GUE_PORT, VIP6)
         for k in range(1, n_rs + 1):
-            topo.realserver_vip(k, VIP6)
-            if kind == "tun":
-                p = topo.spawn(
-                    topo.rs[k - 1], PY, "-m", "forwarding.realserver", "--vip", VIP6,
-                    "--gue-port", str(GUE_PORT), "--lifetime", "200",
-                )  # fmt: skip
-                assert p.stdout is not None
-                line = p.stdout.readline()
-                assert line.startswith("ready"), line
-                decaps.append(p)
             topo.server(k, "tcp")
             topo.server(k, "udp")
-        cm = running_lvsd("--no-vip", prefix=topo.prefix(topo.director))
-        sock = cm.__enter__()
-        made.append(cm)
+        lab = Lab(topo, labs.lvsd(topo), VIP6)
         topo.ns(topo.director, "ip", "addr", "add", f"{VIP6}/128", "dev", "lo")
-        lab = Lab6(topo, sock)
         lab.decaps = decaps
         return lab
 
     yield make
-    for obj in reversed(made):
-        if isinstance(obj, Topology):
-            obj.close()
-        else:
-            obj.__exit__(None, None, None)
-
-
-def servers(results: list[dict]) -> list[str]:
-    assert all(r["ok"] and r["intact"] for r in results), results
-    return [r["server"] for r in results]
+    labs.close()
 
 
 METHODS = [
