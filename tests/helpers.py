@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +13,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
+
+from lvs.daemon.names import socket_address
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -38,8 +43,13 @@ def unique_socket() -> str:
     return f"pylvs-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def lvsadm(socket_name: str, *args: str, stdin: str | None = None, prefix: list[str] | None = None,
-           timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def lvsadm(
+    socket_name: str,
+    *args: str,
+    stdin: str | None = None,
+    prefix: list[str] | None = None,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LVSD_SOCKET": socket_name, "LVSADM_NO_AUTOSTART": "1"}
     return subprocess.run(
         [*(prefix or []), PY, "-m", "lvs.cli", *args],
@@ -57,12 +67,19 @@ def wait_ready(socket_name: str, prefix: list[str] | None = None, timeout: float
 
 
 @contextmanager
-def running_lvsd(*extra: str, prefix: list[str] | None = None, socket_name: str | None = None) -> Iterator[str]:
-    """Start ``lvsd --foreground`` on a fresh control socket; yield the socket name."""
+def running_lvsd(
+    *extra: str,
+    prefix: list[str] | None = None,
+    socket_name: str | None = None,
+    stderr: int | IO[Any] = subprocess.PIPE,
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Start ``lvsd --foreground`` on a fresh control socket (``stderr`` where
+    its log goes, ``env`` extra environment); yield the socket name."""
     name = socket_name or unique_socket()
     proc = subprocess.Popen(
         [*(prefix or []), PY, "-m", "lvs.daemon.main", "--foreground", "--socket", name, *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=stderr, text=True, cwd=ROOT, env={**os.environ, **(env or {})},
     )  # fmt: skip
     try:
         wait_ready(name, prefix)
@@ -74,3 +91,27 @@ def running_lvsd(*extra: str, prefix: list[str] | None = None, socket_name: str 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def control_exchange(name: str, payload: bytes, timeout: float) -> list[dict[str, Any]]:
+    """Send raw bytes on lvsd's control socket, half-close, and return every
+    JSON reply line until lvsd hangs up."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(socket_address(name))
+    try:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # lvsd may answer and hang up before reading everything
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(1 << 16)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    return [json.loads(line) for line in data.splitlines() if line.strip()]

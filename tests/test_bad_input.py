@@ -43,7 +43,7 @@ from lvs.daemon.client import Client
 from lvs.daemon.names import socket_address
 from lvs.daemon.protocol import MAX_MESSAGE
 
-from .helpers import PY, ROOT, unique_socket, wait_ready
+from .helpers import PY, ROOT, control_exchange, running_lvsd, unique_socket
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 TRY = "Try `ipvsadm -h' or 'ipvsadm --help' for more information.\n"
@@ -132,27 +132,15 @@ def lvsd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lvsd]:
     tmp = tmp_path_factory.mktemp("bad-input")
     config, log = tmp / "lvsd.yaml", tmp / "lvsd.log"
     config.write_text(CONFIG)
-    name = unique_socket()
-    with log.open("wb") as log_fh:
-        proc = subprocess.Popen(
-            [PY, "-m", "lvs.daemon.main", "--foreground", "--socket", name, "--no-nat", "--no-dr",
-             "--config", str(config)],
-            stdout=subprocess.DEVNULL, stderr=log_fh, cwd=ROOT,
-        )  # fmt: skip
-    try:
-        wait_ready(name)
+    with (
+        log.open("wb") as log_fh,
+        running_lvsd("--no-nat", "--no-dr", "--config", str(config), stderr=log_fh) as name,
+    ):
         d = Lvsd(name, config, log, {})
         assert d.call("ipvsadm", argv=["--start-daemon", "master"], stdin="")["rc"] == 0
         d.baseline = d.snapshot()
         assert d.baseline["-S -n"] == (0, (GOLDEN / "ipvsadm_-S_-n.txt").read_text(), "")
         yield d
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @contextmanager
@@ -467,25 +455,7 @@ def test_reload_of_a_vanished_config_keeps_the_table(lvsd: Lvsd) -> None:
 
 def exchange(name: str, payload: bytes, timeout: float = 30) -> list[dict[str, Any]]:
     """Send raw bytes, half-close, read every reply line until lvsd hangs up."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(socket_address(name))
-    try:
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # lvsd may answer and hang up before reading everything
-    data = b""
-    while True:
-        try:
-            chunk = s.recv(1 << 16)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    return [json.loads(line) for line in data.splitlines() if line.strip()]
+    return control_exchange(name, payload, timeout)
 
 
 def err(message: str, rid: int = 0) -> dict[str, Any]:

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,10 +19,9 @@ import pytest
 
 from lvs.ctl import IPVS
 from lvs.daemon.client import Client
-from lvs.daemon.names import socket_address
 from lvs.ipvsadm.commands import run
 
-from .helpers import PY, ROOT, can_netns, is_root, lvsadm, running_lvsd, unique_socket
+from .helpers import PY, ROOT, can_netns, control_exchange, is_root, lvsadm, running_lvsd, unique_socket
 
 NO_NETNS = can_netns()
 
@@ -36,25 +34,7 @@ def daemon() -> str:
 
 def raw_exchange(name: str, payload: bytes, timeout: float = 10) -> list[dict]:
     """Send raw bytes on the control socket; return the JSON replies."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(socket_address(name))
-    try:
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the daemon may answer and hang up before it read everything
-    data = b""
-    while True:
-        try:
-            chunk = s.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    return [json.loads(line) for line in data.splitlines() if line.strip()]
+    return control_exchange(name, payload, timeout)
 
 
 def test_lvsadm_talks_to_its_daemon(daemon: str) -> None:

@@ -67,7 +67,7 @@ from lvs.ipvsadm.commands import run
 from lvs.ipvsadm.names import FilesResolver, NullResolver
 from schedulers import SCHEDULER_NAMES
 
-from .helpers import PY, ROOT, lvsadm, unique_socket, wait_ready
+from .helpers import ROOT, lvsadm, running_lvsd
 
 # ---------------------------------------------------------------------------
 # running ipvsadm in-process
@@ -628,21 +628,8 @@ def test_ipv6_names_do_not_come_back(names_resolver: FilesResolver) -> None:
 def lvsd(env: dict[str, str] | None = None) -> Iterator[str]:
     """``lvsd --foreground --no-nat --no-dr`` (control plane only) on a fresh
     socket, with extra environment; yields the socket name."""
-    name = unique_socket()
-    proc = subprocess.Popen(
-        [PY, "-m", "lvs.daemon.main", "--foreground", "--socket", name, "--no-nat", "--no-dr"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    try:
-        wait_ready(name)
+    with running_lvsd("--no-nat", "--no-dr", stderr=subprocess.DEVNULL, env=env) as name:
         yield name
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
