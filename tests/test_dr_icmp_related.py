@@ -25,6 +25,8 @@ from lvs.core import Director
 from lvs.ctl import IPVS, DestSpec, ServiceSpec
 from lvs.model import ServiceKey
 
+from .test_dr_fastpath import PlainTx as Tx
+
 scapy_all = pytest.importorskip("scapy.all")
 Ether = scapy_all.Ether
 IP = scapy_all.IP
@@ -56,23 +58,6 @@ OUR_MAC = b"\x02\x00\x00\x00\x00\x03"
 
 def ip_int(text: str) -> int:
     return parse_ip(text)[1]
-
-
-class Tx:
-    def __init__(self) -> None:
-        self.frames: list[tuple[int, bytes]] = []
-        self.sent = 0
-        self.errors = 0
-
-    def send(self, ifindex: int, frame: bytes | bytearray) -> bool:
-        self.frames.append((ifindex, bytes(frame)))
-        self.sent += 1
-        return True
-
-    sender = None
-
-    def close(self) -> None:
-        pass
 
 
 def rs_mac(addr: int) -> bytes:
