@@ -45,6 +45,8 @@ from collections import OrderedDict
 
 from lvs.constants import AF_INET6
 
+from .packet import checksum
+
 log = logging.getLogger("lvsd.icmp")
 
 #: ``net.ipv4.icmp_ratelimit`` (and ``net.ipv6.icmp.ratelimit``): seconds per message and peer
@@ -73,16 +75,6 @@ _ICMP6_FILTER = 1  # IPPROTO_ICMPV6 option
 _TTL = 64
 
 
-def _csum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of ``data``."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _udp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes, v6: bool) -> bytes:
     """A UDP header and payload with the checksum over the pseudo-header."""
     length = 8 + len(payload)
@@ -91,7 +83,7 @@ def _udp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes, v6: boo
     else:
         pseudo = src + dst + struct.pack("!xBH", socket.IPPROTO_UDP, length & 0xFFFF)
     head = struct.pack("!HHHH", sport, dport, length & 0xFFFF, 0)
-    csum = _csum(pseudo + head + payload) or 0xFFFF
+    csum = checksum(pseudo + head + payload) or 0xFFFF
     return struct.pack("!HHHH", sport, dport, length & 0xFFFF, csum) + payload
 
 
@@ -102,10 +94,10 @@ def port_unreachable_v4(client: str, cport: int, vip: str, vport: int, payload: 
     udp = _udp(src, dst, cport, vport, payload, False)
     total = 20 + len(udp)
     iph = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total & 0xFFFF, 0, 0, _TTL, socket.IPPROTO_UDP, 0, src, dst)
-    iph = iph[:10] + struct.pack("!H", _csum(iph)) + iph[12:]
+    iph = iph[:10] + struct.pack("!H", checksum(iph)) + iph[12:]
     quote = (iph + udp)[:QUOTE4]
     head = struct.pack("!BBHI", ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0, 0)
-    csum = _csum(head + quote)
+    csum = checksum(head + quote)
     return head[:2] + struct.pack("!H", csum) + head[4:] + quote
 
 

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from forwarding.icmp import QUOTE4, QUOTE6, RateLimit, _csum, port_unreachable_v4, port_unreachable_v6
+from forwarding.icmp import QUOTE4, QUOTE6, RateLimit, port_unreachable_v4, port_unreachable_v6
+from forwarding.packet import checksum
 
 from .helpers import can_netns, is_root, lvsadm, running_lvsd
 from .test_nat_e2e import Adm, Backends, free_port, udp_ask, wait_until
@@ -53,9 +54,9 @@ def ipv6_loopback() -> bool:
 # ----------------------------------------------------------------------------
 def test_port_unreachable_v4_quotes_the_datagram() -> None:
     msg = port_unreachable_v4("192.0.2.7", 40000, "198.51.100.1", 53, b"query")
-    assert msg[:2] == bytes([3, 3]) and _csum(msg) == 0  # type, code, valid checksum
+    assert msg[:2] == bytes([3, 3]) and checksum(msg) == 0  # type, code, valid checksum
     inner = msg[8:]
-    assert inner[0] == 0x45 and inner[9] == socket.IPPROTO_UDP and _csum(inner[:20]) == 0
+    assert inner[0] == 0x45 and inner[9] == socket.IPPROTO_UDP and checksum(inner[:20]) == 0
     assert socket.inet_ntoa(inner[12:16]) == "192.0.2.7" and socket.inet_ntoa(inner[16:20]) == "198.51.100.1"
     sport, dport, length, _ = struct.unpack("!HHHH", inner[20:28])
     assert (sport, dport, length) == (40000, 53, 8 + 5) and inner[28:] == b"query"
@@ -169,7 +170,7 @@ def test_udp_without_real_server_gets_icmp_port_unreachable_from_the_vip(workers
     assert len(found) == 4, found
     for src, dst, icmp, inner in found:
         assert (src, dst) == (vip, "127.0.0.1")
-        assert _csum(icmp) == 0
+        assert checksum(icmp) == 0
         assert socket.inet_ntoa(inner[12:16]) == "127.0.0.1" and socket.inet_ntoa(inner[16:20]) == vip
     assert [f[3][28:] for f in found] == [
         b"anyone there 0?",
