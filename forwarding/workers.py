@@ -544,7 +544,7 @@ class _Worker:
         self.n = n
         self.t0 = time.monotonic()
         self.ipvs = IPVS()
-        self.director = Director(self.ipvs)
+        self.director = Director(self.ipvs, table_seed=int.from_bytes(os.urandom(8), "little"))
         self.director.reset_clock(self.now())
         self.plane: Any = None
         self.writer: asyncio.StreamWriter | None = None

@@ -70,9 +70,10 @@ class Verdict:
 class Director:
     """The packet path of one IPVS table."""
 
-    def __init__(self, ipvs: IPVS | None = None) -> None:
+    def __init__(self, ipvs: IPVS | None = None, table_seed: int = 0) -> None:
+        """``table_seed``: the connection table's hash secret (ConnTable)."""
         self.ipvs = ipvs or IPVS()
-        self.conns = ConnTable()
+        self.conns = ConnTable(table_seed)
         self.ipvs.conns = self.conns  # type: ignore[attr-defined]
         self._next_estimate = 0.0
         self._next_sched_tick = 0.0

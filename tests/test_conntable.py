@@ -194,15 +194,19 @@ class TableMachine(RuleBasedStateMachine):
         reuse=st.integers(0, 3),
         nodest=st.integers(0, 1),
         quiescent=st.integers(0, 1),
+        seed=st.integers(0, 2**64 - 1),
+        plain_dict=st.booleans(),
     )
-    def setup(self, classic: bool, reuse: int, nodest: int, quiescent: int) -> None:
+    def setup(self, classic: bool, reuse: int, nodest: int, quiescent: int, seed: int, plain_dict: bool) -> None:
         self.classic = classic
         self.ipvs = IPVS(classic=classic)
         self.ipvs.sysctl.conn_reuse_mode = reuse
         self.ipvs.sysctl.expire_nodest_conn = nodest
         self.ipvs.sysctl.expire_quiescent_template = quiescent
-        self.d = Director(self.ipvs)
+        self.d = Director(self.ipvs, table_seed=seed)
         self.tab = self.d.conns
+        if plain_dict:  # the fallback where lvs._intmap is not built
+            self.tab._tab = {}
         for sd in ADMIN_SERVICES:
             self.ipvs.add_service(ServiceSpec(sd.key, sd.sched, sd.flags, sd.timeout, sd.netmask))
             for i in range(len(REAL)):

@@ -41,7 +41,7 @@ class Daemon:
     def __init__(self, opts: argparse.Namespace) -> None:
         self.opts = opts
         self.ipvs = IPVS(classic=opts.classic)
-        self.director = Director(self.ipvs)
+        self.director = Director(self.ipvs, table_seed=int.from_bytes(os.urandom(8), "little"))
         self.t0 = time.monotonic()
         self.director.reset_clock(self.now())
         self.planes: list[Any] = []
