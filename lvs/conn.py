@@ -119,7 +119,19 @@ def _untracker() -> Callable[[object], None]:
 _gc_untrack = _untracker()
 
 
-class Conn:
+class _LookupFields:
+    """The fields a look-up compares (``ConnTable.lookup_in``/``lookup_out``).
+
+    A base class's slots come first in the object, and an entry (184 bytes
+    with the GC header) sits in pymalloc's 192-byte blocks, which start 16
+    bytes before a cache line: so the object header and these six slots fill
+    one line.  The look-up touches that line anyway (returning the entry
+    takes a reference) and needs no other.  ~5 % off lookup_in at 10^6."""
+
+    __slots__ = ("daddr", "dport", "flags", "hnext", "vaddr", "vport")
+
+
+class Conn(_LookupFields):
     """One entry of the connection table.
 
     The client endpoint, protocol and family live packed in ``key`` (see
@@ -128,15 +140,11 @@ class Conn:
 
     __slots__ = (
         "control",
-        "daddr",
         "daf",
         "dest",
-        "dport",
         "expires",
-        "flags",
         "fwmark",
         "hashed",
-        "hnext",
         "in_pkts",
         "key",
         "n_control",
@@ -144,8 +152,6 @@ class Conn:
         "svc",
         "timeout",
         "timer_slot",
-        "vaddr",
-        "vport",
     )
 
     def __init__(
