@@ -20,9 +20,13 @@
  *
  * Semantics are those of a dict restricted to int keys: get, [], in, del,
  * len, keys/values/items (lists, in no particular order), clear.
+ *
+ * ChainFinder (below) is the connection table's two per-packet look-ups on
+ * top of an IntMap, one C call each instead of a Python frame.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <limits.h>
 #include <stdint.h>
 
@@ -192,6 +196,229 @@ static int assign(IntMap *m, PyObject *key, PyObject *value)
     }
     return 0;
 }
+
+
+/* -- ChainFinder: ip_vs_conn_in_get / ip_vs_conn_out_get in one C call ------
+ *
+ * The connection table keys entries by client endpoint and chains entries
+ * with the same key through a link slot; a look-up builds the key, takes the
+ * chain head and returns the first entry whose two compared slots equal the
+ * given address and port and whose flags lack the skip bits (templates).
+ * lvs/conntab.py has the same function in Python (the fallback, and the
+ * reference the tests compare this with).  The key is client_key() of
+ * lvs/conn.py: (((caddr << 16) | cport) << 9) | (protocol << 1) | (af == 10);
+ * tests/test_intmap.py checks the two agree.  Entries are read through the
+ * member offsets of the class's slots, checked to be object slots at setup.
+ */
+#define AF_INET6_VALUE 10
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    IntMap *map;
+    PyTypeObject *cls;
+    Py_ssize_t off_addr, off_port, off_flags, off_link;
+    long skip;
+} ChainFinder;
+
+static PyTypeObject ChainFinderType;
+static PyObject *ChainFinder_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+/* The offset of cls's object slot `name`, or -1 with an exception set. */
+static Py_ssize_t slot_offset(PyTypeObject *cls, const char *name)
+{
+    PyObject *descr = PyObject_GetAttrString((PyObject *)cls, name);
+    if (descr == NULL)
+        return -1;
+    Py_ssize_t offset = -1;
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *def = ((PyMemberDescrObject *)descr)->d_member;
+        if (def->type == T_OBJECT_EX || def->type == T_OBJECT)
+            offset = def->offset;
+    }
+    Py_DECREF(descr);
+    if (offset < 0)
+        PyErr_Format(PyExc_TypeError, "%.100s.%.100s is not a __slots__ attribute", cls->tp_name, name);
+    return offset;
+}
+
+static PyObject *IntMap_finder(IntMap *m, PyObject *args)
+{
+    PyTypeObject *cls;
+    const char *addr, *port, *flags, *link;
+    long skip;
+    if (!PyArg_ParseTuple(args, "O!sssls:finder", &PyType_Type, &cls, &addr, &port, &flags, &skip, &link))
+        return NULL;
+    Py_ssize_t oa = slot_offset(cls, addr), op = oa < 0 ? -1 : slot_offset(cls, port);
+    Py_ssize_t of = op < 0 ? -1 : slot_offset(cls, flags), ol = of < 0 ? -1 : slot_offset(cls, link);
+    if (ol < 0)
+        return NULL;
+    ChainFinder *f = PyObject_GC_New(ChainFinder, &ChainFinderType);
+    if (f == NULL)
+        return NULL;
+    f->vectorcall = ChainFinder_vectorcall;
+    f->map = (IntMap *)Py_NewRef(m);
+    f->cls = (PyTypeObject *)Py_NewRef(cls);
+    f->off_addr = oa;
+    f->off_port = op;
+    f->off_flags = of;
+    f->off_link = ol;
+    f->skip = skip;
+    PyObject_GC_Track(f);
+    return (PyObject *)f;
+}
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+/* client_key(protocol, af, caddr, cport) as a new int (the slow path). */
+static PyObject *client_key_object(PyObject *protocol, PyObject *af, PyObject *caddr, PyObject *cport)
+{
+    PyObject *sixteen = PyLong_FromLong(16), *nine = PyLong_FromLong(9), *one = PyLong_FromLong(1);
+    PyObject *ten = PyLong_FromLong(AF_INET6_VALUE);
+    PyObject *a = NULL, *b = NULL, *c = NULL, *d = NULL, *e = NULL, *key = NULL;
+    int v6 = ten == NULL ? -1 : PyObject_RichCompareBool(af, ten, Py_EQ);
+    Py_XDECREF(ten);
+    if (sixteen && nine && one && v6 >= 0 && (a = PyNumber_Lshift(caddr, sixteen)) && (b = PyNumber_Or(a, cport)) &&
+        (c = PyNumber_Lshift(b, nine)) && (d = PyNumber_Lshift(protocol, one)) && (e = PyNumber_Or(c, d)))
+        key = PyNumber_Or(e, v6 ? Py_True : Py_False);
+    Py_XDECREF(sixteen);
+    Py_XDECREF(nine);
+    Py_XDECREF(one);
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_XDECREF(c);
+    Py_XDECREF(d);
+    Py_XDECREF(e);
+    return key;
+}
+
+/* 1: equal, 0: not, -1: error; `slot` (borrowed from the entry) is held
+   during the comparison, as the interpreter holds what it compares. */
+static int slot_equals(PyObject *entry, Py_ssize_t off, const char *name, PyObject *value)
+{
+    PyObject *v = SLOT(entry, off);
+    if (v == NULL) {
+        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%.100s'", Py_TYPE(entry)->tp_name,
+                     name);
+        return -1;
+    }
+    Py_INCREF(v);
+    int r = PyObject_RichCompareBool(v, value, Py_EQ);
+    Py_DECREF(v);
+    return r;
+}
+
+static PyObject *ChainFinder_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    ChainFinder *f = (ChainFinder *)self;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 6 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "expected (protocol, af, caddr, cport, addr, port)");
+        return NULL;
+    }
+    PyObject *protocol = args[0], *af = args[1], *caddr = args[2], *cport = args[3];
+    PyObject *addr = args[4], *port = args[5];
+    PyObject *head;
+    unsigned long p = PyLong_Check(protocol) ? PyLong_AsUnsignedLong(protocol) : ULONG_MAX;
+    unsigned long ca = PyLong_Check(caddr) ? PyLong_AsUnsignedLong(caddr) : ULONG_MAX;
+    unsigned long cp = PyLong_Check(cport) ? PyLong_AsUnsignedLong(cport) : ULONG_MAX;
+    long family = PyLong_Check(af) ? PyLong_AsLong(af) : -1;
+    if (PyErr_Occurred())
+        PyErr_Clear(); /* out of range: the slow path decides */
+    if (p < 256 && ca <= 0xffffffffUL && cp < 65536 && family >= 0) {
+        uint64_t key = ((((uint64_t)ca << 16) | cp) << 9) | (p << 1) | (family == AF_INET6_VALUE);
+        head = find(f->map, key)->value;
+    } else {
+        PyObject *key = client_key_object(protocol, af, caddr, cport);
+        if (key == NULL)
+            return NULL;
+        head = lookup(f->map, key);
+        Py_DECREF(key);
+        if (head == NULL && PyErr_Occurred())
+            return NULL;
+    }
+    /* walk the chain; hold each entry while comparing (an __eq__ may run code) */
+    PyObject *c = head != NULL ? Py_NewRef(head) : NULL;
+    while (c != NULL && c != Py_None) {
+        if (!PyObject_TypeCheck(c, f->cls)) {
+            PyErr_Format(PyExc_TypeError, "a %.100s in the chain", Py_TYPE(c)->tp_name);
+            Py_DECREF(c);
+            return NULL;
+        }
+        int r = slot_equals(c, f->off_port, "port", port);
+        if (r > 0)
+            r = slot_equals(c, f->off_addr, "addr", addr);
+        if (r > 0) {
+            PyObject *flags = SLOT(c, f->off_flags);
+            long fl = flags == NULL ? -1 : PyLong_AsLong(flags);
+            if (fl == -1 && (flags == NULL || PyErr_Occurred())) {
+                if (flags == NULL)
+                    PyErr_SetString(PyExc_AttributeError, "entry without flags");
+                r = -1;
+            } else if (!(fl & f->skip)) {
+                return c; /* the reference we hold */
+            }
+        }
+        if (r < 0) {
+            Py_DECREF(c);
+            return NULL;
+        }
+        PyObject *next = SLOT(c, f->off_link);
+        Py_XINCREF(next);
+        Py_DECREF(c);
+        c = next;
+    }
+    Py_XDECREF(c);
+    Py_RETURN_NONE;
+}
+
+static PyObject *ChainFinder_key(ChainFinder *f, PyObject *args)
+{
+    PyObject *protocol, *af, *caddr, *cport;
+    if (!PyArg_ParseTuple(args, "OOOO:key", &protocol, &af, &caddr, &cport))
+        return NULL;
+    return client_key_object(protocol, af, caddr, cport);
+}
+
+static int ChainFinder_traverse(ChainFinder *f, visitproc visit, void *arg)
+{
+    Py_VISIT(f->map);
+    Py_VISIT(f->cls);
+    return 0;
+}
+
+static int ChainFinder_clear(ChainFinder *f)
+{
+    Py_CLEAR(f->map);
+    Py_CLEAR(f->cls);
+    return 0;
+}
+
+static void ChainFinder_dealloc(ChainFinder *f)
+{
+    PyObject_GC_UnTrack(f);
+    ChainFinder_clear(f);
+    PyObject_GC_Del(f);
+}
+
+static PyMethodDef ChainFinder_methods[] = {
+    {"key", (PyCFunction)ChainFinder_key, METH_VARARGS,
+     "key(protocol, af, caddr, cport): the key the finder builds (client_key, for the tests)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ChainFinderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "lvs._intmap.ChainFinder",
+    .tp_basicsize = sizeof(ChainFinder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "finder(protocol, af, caddr, cport, addr, port): the first chained entry that matches",
+    .tp_dealloc = (destructor)ChainFinder_dealloc,
+    .tp_traverse = (traverseproc)ChainFinder_traverse,
+    .tp_clear = (inquiry)ChainFinder_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(ChainFinder, vectorcall),
+    .tp_methods = ChainFinder_methods,
+};
 
 /* -- the Python type --------------------------------------------------------- */
 
@@ -401,6 +628,8 @@ static PyMethodDef IntMap_methods[] = {
     {"values", (PyCFunction)IntMap_values, METH_NOARGS, "a list of the values"},
     {"items", (PyCFunction)IntMap_items, METH_NOARGS, "a list of (key, value) pairs"},
     {"clear", (PyCFunction)IntMap_clear_method, METH_NOARGS, "remove every entry"},
+    {"finder", (PyCFunction)IntMap_finder, METH_VARARGS,
+     "finder(cls, addr_slot, port_slot, flags_slot, skip_bits, link_slot) -> ChainFinder"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -444,7 +673,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__intmap(void)
 {
-    if (PyType_Ready(&IntMapType) < 0)
+    if (PyType_Ready(&IntMapType) < 0 || PyType_Ready(&ChainFinderType) < 0)
         return NULL;
     PyObject *mod = PyModule_Create(&module);
     if (mod == NULL)

@@ -13,8 +13,12 @@ The hash is :class:`lvs._intmap.IntMap` (C, built at install): keys below
 look-up among 10^6 entries costs one cache miss for the slot and one for the
 entry, where a dict costs four (index, entry slot, key object, entry).  Its
 slot index is seeded, as the kernel seeds its jhash, so clients cannot aim
-their addresses and ports at one probe cluster.  Without a C compiler at
-install time the table is a dict, with the same behaviour.
+their addresses and ports at one probe cluster.  The two per-packet
+look-ups, :meth:`ConnTable.lookup_in` and :meth:`ConnTable.lookup_out`, then
+run as one C call each (IntMap's ChainFinder: key, chain head, compares)
+instead of a Python frame.  Without a C compiler at install time the table
+is a dict and the look-ups are the Python functions below, with the same
+results (tests/test_conntable.py runs both).
 """
 
 from __future__ import annotations
@@ -44,12 +48,24 @@ def new_hash(seed: int = 0) -> Any:
 class ConnTable:
     """Hash of connection entries plus their timers."""
 
-    __slots__ = ("_tab", "count", "templates", "wheel")
+    __slots__ = ("_find_out", "_tab", "count", "lookup_in", "templates", "wheel")
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, native: bool = True) -> None:
         """``seed``: the hash's secret (lvsd draws one at start; replays and
-        tests keep 0, which changes nothing but the order of listings)."""
-        self._tab: Any = new_hash(seed)
+        tests keep 0, which changes nothing but the order of listings).
+        ``native=False``: a dict and the Python look-ups even where the C
+        extension is built (the fallback, for tests and benchmarks)."""
+        native = native and IntMap is not None
+        self._tab: Any = new_hash(seed) if native else {}
+        #: ``lookup_in(protocol, af, caddr, cport, vaddr, vport)``, see :meth:`_lookup_in`
+        self.lookup_in: Callable[[int, int, int, int, int, int], Conn | None] = (
+            self._tab.finder(Conn, "vaddr", "vport", "flags", CONN_F_TEMPLATE, "hnext")
+            if native
+            else self._lookup_in
+        )
+        self._find_out: Callable[[int, int, int, int, int, int], Conn | None] | None = (
+            self._tab.finder(Conn, "daddr", "dport", "flags", CONN_F_TEMPLATE, "hnext") if native else None
+        )
         self.wheel = TimerWheel()
         #: hashed entries (connections and templates)
         self.count = 0
@@ -107,10 +123,12 @@ class ConnTable:
         return True
 
     # -- lookups ---------------------------------------------------------------
-    def lookup_in(
+    def _lookup_in(
         self, protocol: int, af: int, caddr: int, cport: int, vaddr: int, vport: int
     ) -> Conn | None:
-        """``ip_vs_conn_in_get``: the connection a client packet belongs to."""
+        """``ip_vs_conn_in_get``: the connection a client packet belongs to, the
+        newest non-template entry of the client's chain for this virtual
+        address and port.  ``self.lookup_in`` is this, or the same in C."""
         c = self._tab.get((((caddr << 16) | cport) << 9) | (protocol << 1) | (af == AF_INET6))
         while c is not None:
             if c.vport == vport and c.vaddr == vaddr and not c.flags & CONN_F_TEMPLATE:
@@ -123,6 +141,8 @@ class ConnTable:
     ) -> Conn | None:
         """``ip_vs_conn_out_get``: the connection a real server's reply belongs to
         (source = real server ``daddr:dport``, destination = client)."""
+        if self._find_out is not None:
+            return self._find_out(protocol, af, caddr, cport, daddr, dport)
         c = self._tab.get(client_key(protocol, af, caddr, cport))
         while c is not None:
             if c.dport == dport and c.daddr == daddr and not c.flags & CONN_F_TEMPLATE:

@@ -26,7 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from lvs.addr import parse_ip
 from lvs.conn import TCP_S_CLOSE, TCP_S_FIN_WAIT, TCP_S_TIME_WAIT, Conn
-from lvs.conntab import INVALID_PORT
+from lvs.conntab import INVALID_PORT, ConnTable
 from lvs.constants import (
     AF_INET,
     CONN_F_DROUTE,
@@ -204,9 +204,9 @@ class TableMachine(RuleBasedStateMachine):
         self.ipvs.sysctl.expire_nodest_conn = nodest
         self.ipvs.sysctl.expire_quiescent_template = quiescent
         self.d = Director(self.ipvs, table_seed=seed)
-        self.tab = self.d.conns
         if plain_dict:  # the fallback where lvs._intmap is not built
-            self.tab._tab = {}
+            self.d.conns = self.ipvs.conns = ConnTable(native=False)  # type: ignore[attr-defined]
+        self.tab = self.d.conns
         for sd in ADMIN_SERVICES:
             self.ipvs.add_service(ServiceSpec(sd.key, sd.sched, sd.flags, sd.timeout, sd.netmask))
             for i in range(len(REAL)):

@@ -180,3 +180,102 @@ def test_the_seed_changes_placement_not_contents(keys: set[int], seed_a: int) ->
     for k in keys:
         a[k] = b[k] = k
     assert sorted(a.items()) == sorted(b.items()) == sorted((k, k) for k in keys)
+
+
+# ----------------------------------------------------------------------------
+# ChainFinder: ConnTable.lookup_in/lookup_out in C, against the Python ones
+# ----------------------------------------------------------------------------
+ADDRS = st.one_of(
+    st.sampled_from([0, 1, 0x0A000001, 0x0A000002, 0xFFFFFFFF]),  # IPv4, incl. the extremes
+    st.integers(0, 2**128 - 1),  # IPv6-sized
+)
+PORTS = st.one_of(st.sampled_from([0, 53, 80, 65535]), st.integers(0, 65535))
+
+
+@needs_intmap
+@settings(max_examples=300, deadline=None)
+@given(
+    protocol=st.sampled_from([6, 17, 132, 0, 255]),
+    af=st.sampled_from([2, 10]),
+    caddr=ADDRS,
+    cport=PORTS,
+)
+def test_the_finder_builds_client_key(protocol: int, af: int, caddr: int, cport: int) -> None:
+    from lvs.conn import Conn, client_key
+
+    finder = IntMap().finder(Conn, "vaddr", "vport", "flags", 0x1000, "hnext")
+    assert finder.key(protocol, af, caddr, cport) == client_key(protocol, af, caddr, cport)
+
+
+ENTRY = st.tuples(
+    st.sampled_from([6, 17]),  # protocol
+    st.sampled_from([2, 10]),  # af
+    st.sampled_from([0x0A000001, 7, 2**100 + 3]),  # client address
+    st.sampled_from([1000, 0, 65535]),  # client port (0: where templates live)
+    st.sampled_from([0x0A000064, 0x0A000065]),  # vaddr
+    st.sampled_from([80, 443]),  # vport
+    st.sampled_from([0xC0A80001, 0xC0A80002]),  # daddr
+    st.sampled_from([8080, 80]),  # dport
+    st.booleans(),  # template
+)
+
+
+@needs_intmap
+@settings(max_examples=300, deadline=None)
+@given(
+    entries=st.lists(ENTRY, max_size=25),
+    unhash=st.lists(st.integers(0, 24), max_size=10),
+    probes=st.lists(ENTRY, min_size=1, max_size=10),
+)
+def test_c_lookups_equal_the_python_ones(
+    entries: list[tuple[int, ...]], unhash: list[int], probes: list[tuple[int, ...]]
+) -> None:
+    """The same entries hashed (chains of several, templates among them, some
+    unhashed again) into a native table and a dict one: every look-up in
+    either direction returns the same entry (or None)."""
+    from lvs.conn import Conn
+    from lvs.conntab import ConnTable
+
+    tables = [ConnTable(seed=99), ConnTable(native=False)]
+    assert type(tables[0]._tab) is IntMap and type(tables[1]._tab) is dict
+    made: list[list[Conn]] = []  # per table, in creation order
+    for table in tables:
+        conns = []
+        for protocol, af, caddr, cport, vaddr, vport, daddr, dport, template in entries:
+            cp = Conn(af, protocol, caddr, cport, vaddr, vport, af, daddr, dport, 0x1000 if template else 0)
+            table.hash(cp)
+            conns.append(cp)
+        for i in unhash:
+            if i < len(conns):
+                table.unhash(conns[i])
+        made.append(conns)
+    native, plain = tables
+
+    def which(table: int, found: Conn | None) -> int | None:
+        """The position of the found entry among those created, None for none."""
+        return None if found is None else next(i for i, c in enumerate(made[table]) if c is found)
+
+    for protocol, af, caddr, cport, vaddr, vport, daddr, dport, _ in probes + entries:
+        assert which(0, native.lookup_in(protocol, af, caddr, cport, vaddr, vport)) == which(
+            1, plain.lookup_in(protocol, af, caddr, cport, vaddr, vport)
+        )
+        assert which(0, native.lookup_out(protocol, af, daddr, dport, caddr, cport)) == which(
+            1, plain.lookup_out(protocol, af, daddr, dport, caddr, cport)
+        )
+
+
+@needs_intmap
+def test_the_finder_rejects_what_is_not_a_slot() -> None:
+    from lvs.conn import Conn
+
+    with pytest.raises(TypeError, match="is not a __slots__ attribute"):
+        IntMap().finder(Conn, "vaddr", "caddr", "flags", 0x1000, "hnext")  # caddr is a property
+    with pytest.raises(AttributeError):
+        IntMap().finder(Conn, "vaddr", "nope", "flags", 0x1000, "hnext")
+    m = IntMap()
+    find = m.finder(Conn, "vaddr", "vport", "flags", 0x1000, "hnext")
+    with pytest.raises(TypeError, match="expected"):
+        find(6, 2, 1, 2)
+    m[(((1 << 16) | 2) << 9) | (6 << 1)] = "not an entry"
+    with pytest.raises(TypeError, match="a str in the chain"):
+        find(6, 2, 1, 2, 3, 4)
