@@ -14,8 +14,8 @@
  * tombstones, so churn never forces a rehash); the table doubles when more
  * than two thirds full, as a dict does.  Like a dict it never shrinks on
  * deletion (clear() releases the array): a rehash is a stall (~7-9 ms at
- * 10^6 entries), and expiry must never hold the daemon that long.  The slot index is
- * fmix64(key ^ seed): with a secret seed, clients cannot aim their
+ * 10^6 entries), and expiry must never hold the daemon that long.  The slot
+ * index is fmix64(key ^ seed): with a secret seed, clients cannot aim their
  * addresses and ports at one cluster (the kernel seeds jhash the same way).
  *
  * Semantics are those of a dict restricted to int keys: get, [], in, del,
@@ -292,6 +292,22 @@ static PyObject *client_key_object(PyObject *protocol, PyObject *af, PyObject *c
     return key;
 }
 
+/* 1: *out is client_key(...) computed in 64 bits (IPv4-sized arguments);
+   0: the arguments need the slow path.  Never leaves an exception set. */
+static int fast_key(PyObject *protocol, PyObject *af, PyObject *caddr, PyObject *cport, uint64_t *out)
+{
+    unsigned long p = PyLong_Check(protocol) ? PyLong_AsUnsignedLong(protocol) : ULONG_MAX;
+    unsigned long ca = PyLong_Check(caddr) ? PyLong_AsUnsignedLong(caddr) : ULONG_MAX;
+    unsigned long cp = PyLong_Check(cport) ? PyLong_AsUnsignedLong(cport) : ULONG_MAX;
+    long family = PyLong_Check(af) ? PyLong_AsLong(af) : -1;
+    if (PyErr_Occurred())
+        PyErr_Clear(); /* out of range: the slow path decides */
+    if (p >= 256 || ca > 0xffffffffUL || cp >= 65536 || family < 0)
+        return 0;
+    *out = ((((uint64_t)ca << 16) | cp) << 9) | (p << 1) | (family == AF_INET6_VALUE);
+    return 1;
+}
+
 /* 1: equal, 0: not, -1: error; `slot` (borrowed from the entry) is held
    during the comparison, as the interpreter holds what it compares. */
 static int slot_equals(PyObject *entry, Py_ssize_t off, const char *name, PyObject *value)
@@ -319,15 +335,9 @@ static PyObject *ChainFinder_vectorcall(PyObject *self, PyObject *const *args, s
     PyObject *protocol = args[0], *af = args[1], *caddr = args[2], *cport = args[3];
     PyObject *addr = args[4], *port = args[5];
     PyObject *head;
-    unsigned long p = PyLong_Check(protocol) ? PyLong_AsUnsignedLong(protocol) : ULONG_MAX;
-    unsigned long ca = PyLong_Check(caddr) ? PyLong_AsUnsignedLong(caddr) : ULONG_MAX;
-    unsigned long cp = PyLong_Check(cport) ? PyLong_AsUnsignedLong(cport) : ULONG_MAX;
-    long family = PyLong_Check(af) ? PyLong_AsLong(af) : -1;
-    if (PyErr_Occurred())
-        PyErr_Clear(); /* out of range: the slow path decides */
-    if (p < 256 && ca <= 0xffffffffUL && cp < 65536 && family >= 0) {
-        uint64_t key = ((((uint64_t)ca << 16) | cp) << 9) | (p << 1) | (family == AF_INET6_VALUE);
-        head = find(f->map, key)->value;
+    uint64_t k;
+    if (fast_key(protocol, af, caddr, cport, &k)) {
+        head = find(f->map, k)->value;
     } else {
         PyObject *key = client_key_object(protocol, af, caddr, cport);
         if (key == NULL)
@@ -377,6 +387,9 @@ static PyObject *ChainFinder_key(ChainFinder *f, PyObject *args)
     PyObject *protocol, *af, *caddr, *cport;
     if (!PyArg_ParseTuple(args, "OOOO:key", &protocol, &af, &caddr, &cport))
         return NULL;
+    uint64_t k;
+    if (fast_key(protocol, af, caddr, cport, &k))
+        return PyLong_FromUnsignedLong(k);
     return client_key_object(protocol, af, caddr, cport);
 }
 
