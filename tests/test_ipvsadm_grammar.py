@@ -895,6 +895,43 @@ int setsockopt(int fd, int level, int name, const void *val, socklen_t len) {
 """
 
 
+@pytest.fixture(scope="class")
+def real(tmp_path_factory: pytest.TempPathFactory):
+    """The real ipvsadm under an LD_PRELOAD shim that logs its netlink calls
+    (see TestAgainstRealIpvsadm); a module-level fixture, as pytest 9
+    deprecates class-scoped fixtures defined as methods."""
+    root = os.environ.get("PYLVS_REAL_IPVSADM_ROOT")
+    if not root or not (Path(root) / "sbin/ipvsadm").exists() or shutil.which("gcc") is None:
+        pytest.skip("set PYLVS_REAL_IPVSADM_ROOT to the unpacked Debian ipvsadm (see docstring)")
+    work = tmp_path_factory.mktemp("real-ipvsadm")
+    (work / "shim.c").write_text(SHIM_C)
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-o", str(work / "shim.so"), str(work / "shim.c")], check=True
+    )
+    libs = f"{root}/usr/lib/x86_64-linux-gnu:{root}/lib/x86_64-linux-gnu"
+
+    def call(args: list[str], stdin: str = "") -> tuple[object, str, str, list[tuple[int, bytes]]]:
+        log = work / "log"
+        log.write_text("")
+        env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": libs, "LD_PRELOAD": str(work / "shim.so"),
+               "SHIM_LOG": str(log)}  # fmt: skip
+        try:
+            p = subprocess.run(
+                ["ipvsadm", *args], input=stdin.encode(), capture_output=True, env=env,
+                timeout=3, executable=f"{root}/sbin/ipvsadm",
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return "hang", "", "", []
+        calls = [
+            (int(n), bytes.fromhex(h))
+            for n, _, h in (x.partition(" ") for x in log.read_text().split("\n") if x)
+        ]
+        rc = p.returncode if p.returncode >= 0 else 128 - p.returncode
+        return rc, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"), calls
+
+    return call
+
+
 class TestAgainstRealIpvsadm:
     """Run the real ipvsadm next to :func:`grammar.parse`.
 
@@ -903,39 +940,6 @@ class TestAgainstRealIpvsadm:
     libnl-genl-3-200`` then ``dpkg -x`` each into the same directory); gcc
     builds the shim.  Skipped otherwise.
     """
-
-    @pytest.fixture(scope="class")
-    def real(self, tmp_path_factory: pytest.TempPathFactory):
-        root = os.environ.get("PYLVS_REAL_IPVSADM_ROOT")
-        if not root or not (Path(root) / "sbin/ipvsadm").exists() or shutil.which("gcc") is None:
-            pytest.skip("set PYLVS_REAL_IPVSADM_ROOT to the unpacked Debian ipvsadm (see docstring)")
-        work = tmp_path_factory.mktemp("real-ipvsadm")
-        (work / "shim.c").write_text(SHIM_C)
-        subprocess.run(
-            ["gcc", "-shared", "-fPIC", "-o", str(work / "shim.so"), str(work / "shim.c")], check=True
-        )
-        libs = f"{root}/usr/lib/x86_64-linux-gnu:{root}/lib/x86_64-linux-gnu"
-
-        def call(args: list[str], stdin: str = "") -> tuple[object, str, str, list[tuple[int, bytes]]]:
-            log = work / "log"
-            log.write_text("")
-            env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": libs, "LD_PRELOAD": str(work / "shim.so"),
-                   "SHIM_LOG": str(log)}  # fmt: skip
-            try:
-                p = subprocess.run(
-                    ["ipvsadm", *args], input=stdin.encode(), capture_output=True, env=env,
-                    timeout=3, executable=f"{root}/sbin/ipvsadm",
-                )  # fmt: skip
-            except subprocess.TimeoutExpired:
-                return "hang", "", "", []
-            calls = [
-                (int(n), bytes.fromhex(h))
-                for n, _, h in (x.partition(" ") for x in log.read_text().split("\n") if x)
-            ]
-            rc = p.returncode if p.returncode >= 0 else 128 - p.returncode
-            return rc, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"), calls
-
-        return call
 
     @staticmethod
     def _parse_error(rc: object, err: str) -> bool:
