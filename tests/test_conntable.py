@@ -9,7 +9,9 @@ Two hypothesis state machines:
   and sleeps, over services that cover NAT and DR, persistence with a
   netmask, one-packet scheduling and a fwmark service.  After every step it
   recounts the table and checks that the table agrees with itself, with the
-  timer wheel and with every real server's counters.
+  timer wheel and with every real server's counters.  Each run draws the
+  hash's seed and whether the table is the native one (IntMap and its C
+  look-ups) or the fallback (a dict and the Python look-ups).
 * :class:`WheelMachine` checks :class:`lvs.timerwheel.TimerWheel` alone
   against a dictionary model: arm, re-arm earlier/later, discard, advance
   (with and without a budget, with callbacks that re-arm like a deferred
