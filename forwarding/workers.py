@@ -81,6 +81,11 @@ from lvs.model import Service, ServiceKey
 
 log = logging.getLogger("lvsd.workers")
 
+#: where and how verbosely workers log: lvsd sets these from --log-file and
+#: --log-level before it starts them (unset: stderr, warnings)
+LOG_FILE_ENV = "LVSD_LOG_FILE"
+LOG_LEVEL_ENV = "LVSD_LOG_LEVEL"
+
 #: seconds between two counter reports of a worker
 REPORT = 0.5
 #: seconds a listing waits for the workers' answers (``WorkerPool.query``)
@@ -661,7 +666,9 @@ class _Worker:
 def worker_main(argv: list[str]) -> int:
     fd, index, n = int(argv[0]), int(argv[1]), int(argv[2])
     logging.basicConfig(
-        level=logging.WARNING, format=f"%(asctime)s lvsd-worker{index} %(levelname)s: %(message)s"
+        level=getattr(logging, os.environ.get(LOG_LEVEL_ENV, "warning").upper(), logging.WARNING),
+        filename=os.environ.get(LOG_FILE_ENV) or None,
+        format=f"%(asctime)s lvsd-worker{index}[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
     sock = socket.socket(fileno=fd)
     try:

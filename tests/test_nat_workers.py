@@ -173,6 +173,32 @@ def test_a_killed_worker_is_restarted_with_the_current_table(backends: Backends)
     assert f"worker 0 restarted as pid {new[0]}" in text, text
 
 
+def test_workers_log_where_lvsd_logs(backends: Backends) -> None:
+    """With ``--log-file`` and ``--log-level info``, each worker's own lines
+    (here: the service it starts serving) land in lvsd's log file, marked with
+    the worker's index and pid, at lvsd's level."""
+    a = backends.greeter()
+    vip = f"127.0.0.1:{free_port()}"
+    with tempfile.TemporaryDirectory() as tmp:
+        log_file = os.path.join(tmp, "lvsd.log")
+        with running_lvsd("--workers", "2", "--log-file", log_file, "--log-level", "info") as name:
+            adm = Adm(name)
+            adm("-A", "-t", vip, "-s", "rr")
+            adm("-a", "-t", vip, "-r", f"127.0.0.1:{a}", "-m")
+            wait_until(lambda: all_serving(adm, "1 TCP and 0 UDP services served"), 10)
+            pids = worker_pids(adm)
+
+            def both_logged() -> bool:
+                with open(log_file) as fh:
+                    text = fh.read()
+                return all(
+                    re.search(rf"lvsd-worker{i}\[{pid}\] INFO lvsd\.nat: serving TCP {vip}", text)
+                    for i, pid in pids.items()
+                )
+
+            wait_until(both_logged, 10)
+
+
 def test_workers_listing_when_a_worker_is_gone_or_stuck_still_answers(backends: Backends) -> None:
     """A listing made while a worker is being replaced answers at once with
     what the others hold; one that waits on a stuck worker gives up after the

@@ -369,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         filename=opts.log_file,
         format="%(asctime)s lvsd[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
+    _log_workers_alike(opts.log_file, opts.log_level)
     if not opts.foreground:
         _daemonize()
     try:
@@ -383,6 +384,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lvsd: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _log_workers_alike(log_file: str | None, level: str) -> None:
+    """``--workers`` processes log to the same file, at the same level (their
+    environment carries both; O_APPEND keeps the processes' lines whole)."""
+    from forwarding.workers import LOG_FILE_ENV, LOG_LEVEL_ENV
+
+    os.environ[LOG_LEVEL_ENV] = level
+    if log_file:
+        os.environ[LOG_FILE_ENV] = os.path.abspath(log_file)
+    else:
+        os.environ.pop(LOG_FILE_ENV, None)
 
 
 def _daemonize() -> None:
