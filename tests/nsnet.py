@@ -48,6 +48,17 @@ def sh(*args: str, check: bool = True, timeout: float = 30) -> subprocess.Comple
     return r
 
 
+def dr_netns_reason() -> str | None:
+    """None if the DR/TUN namespace tests can run here (root, network
+    namespaces, nft for lvsd's rules), else the reason to skip them."""
+    from .helpers import can_netns
+
+    why = can_netns()
+    if why is None and sh("sh", "-c", "command -v nft", check=False).returncode != 0:
+        why = "needs nft (make netdeps)"
+    return why
+
+
 class Topology:
     def __init__(self, n_rs: int = 1, v6: bool = False) -> None:
         tag = f"{os.getpid() % 10000}{uuid.uuid4().hex[:4]}"

@@ -19,11 +19,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from .helpers import can_netns, lvsadm, running_lvsd
-from .nsnet import PY, ROOT, VIP, VIP6, Topology, rip, rip6, sh
+from .helpers import lvsadm, running_lvsd
+from .nsnet import PY, ROOT, VIP, VIP6, Topology, dr_netns_reason, rip, rip6, sh
 from .test_dr_tun_netns import Lab, Labs, servers, start_realservers
 
-_why = can_netns()
+_why = dr_netns_reason()
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.timeout(300),
@@ -38,8 +38,6 @@ def _nfqueue_missing() -> str | None:
     (what lvsd's queue rules use), else the reason."""
     if _why is not None:
         return _why
-    if sh("sh", "-c", "command -v nft", check=False).returncode != 0:
-        return "needs nft (make netdeps)"
     try:
         with open("/proc/net/netfilter/nfnetlink_queue"):
             pass

@@ -19,18 +19,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from .helpers import can_netns, lvsadm, running_lvsd
-from .nsnet import CLIENT, PY, ROOT, VIP, VIP6, Topology, rip, rip6, sh
+from .helpers import lvsadm, running_lvsd
+from .nsnet import CLIENT, PY, ROOT, VIP, VIP6, Topology, dr_netns_reason, rip, rip6
 
-_why = can_netns()
+_why = dr_netns_reason()
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.timeout(180),
     pytest.mark.skipif(_why is not None, reason=_why or ""),
 ]
-
-if _why is None and sh("sh", "-c", "command -v nft", check=False).returncode != 0:
-    pytestmark.append(pytest.mark.skip(reason="needs nft (make netdeps)"))
 
 CLIENT6 = "2001:db8:10::2"
 

@@ -21,23 +21,15 @@ from typing import Any
 
 import pytest
 
-from .helpers import can_netns, lvsadm, running_lvsd
-from .nsnet import PY, ROOT, VIP, Topology, rip, sh
+from .helpers import lvsadm, running_lvsd
+from .nsnet import PY, ROOT, VIP, Topology, dr_netns_reason, rip, sh
 
-_why = can_netns()
+_why = dr_netns_reason()
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.timeout(240),
     pytest.mark.skipif(_why is not None, reason=_why or ""),
 ]
-
-
-def _have(cmd: str) -> bool:
-    return sh("sh", "-c", f"command -v {cmd}", check=False).returncode == 0
-
-
-if _why is None and not _have("nft"):
-    pytestmark.append(pytest.mark.skip(reason="needs nft (make netdeps)"))
 
 try:
     import lvs.ipvsadm.commands  # noqa: F401

@@ -24,19 +24,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from .helpers import can_netns
-from .nsnet import VIP6, rip6, sh
+from .nsnet import VIP6, dr_netns_reason, rip6
 from .test_dr_tun_netns import Lab, Labs, servers, start_realservers
 
-_why = can_netns()
+_why = dr_netns_reason()
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.timeout(240),
     pytest.mark.skipif(_why is not None, reason=_why or ""),
 ]
-
-if _why is None and sh("sh", "-c", "command -v nft", check=False).returncode != 0:
-    pytestmark.append(pytest.mark.skip(reason="needs nft (make netdeps)"))
 
 GUE_PORT = 6080
 
