@@ -190,15 +190,6 @@ class Backends:
 
 
 @pytest.fixture
-def backends() -> Iterator[Backends]:
-    b = Backends()
-    try:
-        yield b
-    finally:
-        b.close()
-
-
-@pytest.fixture
 def lvsd() -> Iterator[Adm]:
     with running_lvsd() as name:
         yield Adm(name)

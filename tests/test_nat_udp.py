@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -27,15 +26,6 @@ from .helpers import can_netns, is_root, lvsadm, running_lvsd
 from .test_nat_e2e import Adm, Backends, free_port, udp_ask, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def backends() -> Iterator[Backends]:
-    b = Backends()
-    try:
-        yield b
-    finally:
-        b.close()
 
 
 needs_root = pytest.mark.skipif(not is_root(), reason="raw ICMP sockets need CAP_NET_RAW")

@@ -12,7 +12,6 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,15 +20,6 @@ from .helpers import running_lvsd
 from .test_nat_e2e import Adm, Backends, free_port, greet, udp_ask, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def backends() -> Iterator[Backends]:
-    b = Backends()
-    try:
-        yield b
-    finally:
-        b.close()
 
 
 def worker_pids(adm: Adm) -> dict[int, int]:

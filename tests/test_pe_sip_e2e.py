@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,15 +14,6 @@ from .helpers import running_lvsd
 from .test_nat_e2e import Adm, Backends, free_port
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def backends() -> Iterator[Backends]:
-    b = Backends()
-    try:
-        yield b
-    finally:
-        b.close()
 
 
 def invite(call_id: bytes) -> bytes:
