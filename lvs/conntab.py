@@ -39,12 +39,6 @@ except ImportError:  # built without a C compiler: a dict does the same job
     IntMap = None  # type: ignore[assignment,misc]
 
 
-def new_hash(seed: int = 0) -> Any:
-    """An empty key -> chain-head map: an IntMap seeded with ``seed`` (64 bits),
-    or a dict where the extension is not built."""
-    return IntMap(seed=seed & 0xFFFFFFFFFFFFFFFF) if IntMap is not None else {}
-
-
 class ConnTable:
     """Hash of connection entries plus their timers."""
 
@@ -56,7 +50,8 @@ class ConnTable:
         ``native=False``: a dict and the Python look-ups even where the C
         extension is built (the fallback, for tests and benchmarks)."""
         native = native and IntMap is not None
-        self._tab: Any = new_hash(seed) if native else {}
+        #: client key -> newest entry of its chain
+        self._tab: Any = IntMap(seed=seed & 0xFFFFFFFFFFFFFFFF) if native else {}
         #: ``lookup_in(protocol, af, caddr, cport, vaddr, vport)``, see :meth:`_lookup_in`
         self.lookup_in: Callable[[int, int, int, int, int, int], Conn | None] = (
             self._tab.finder(Conn, "vaddr", "vport", "flags", CONN_F_TEMPLATE, "hnext")

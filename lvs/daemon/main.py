@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         filename=opts.log_file,
         format="%(asctime)s lvsd[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
-    _log_workers_alike(opts.log_file, opts.log_level)
+    if opts.workers > 1:
+        _log_workers_alike(opts.log_file, opts.log_level)
     if not opts.foreground:
         _daemonize()
     try:
@@ -388,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _log_workers_alike(log_file: str | None, level: str) -> None:
     """``--workers`` processes log to the same file, at the same level (their
-    environment carries both; O_APPEND keeps the processes' lines whole)."""
+    environment carries both; O_APPEND keeps the processes' lines whole).
+    Only with workers: it imports the NAT worker module for the names."""
     from forwarding.workers import LOG_FILE_ENV, LOG_LEVEL_ENV
 
     os.environ[LOG_LEVEL_ENV] = level
