@@ -20,7 +20,7 @@ import os
 import sys
 from typing import TextIO
 
-from .daemon.client import Client, DaemonUnavailable, PermissionDenied
+from .daemon.client import Client, DaemonUnavailable, Impersonation, PermissionDenied
 
 INIT_FAILED = (
     "Can't initialize ipvs: {}\nAre you sure that IP Virtual Server is built in the kernel or as module?"
@@ -50,8 +50,16 @@ def _extras(argv: list[str], client: Client) -> int | None:
     if head == "--status":
         reply = client.call("status")
         data = reply["data"]
-        for key in ("pid", "netns", "uptime", "services", "connections"):
-            print(f"{key}: {data[key]}")
+        for key in ("pid", "netns", "uptime", "services", "connections", "log", "state"):
+            if key in data:
+                print(f"{key}: {data[key]}")
+        if data.get("state_problem"):
+            print(f"warning: {data['state_problem']}")
+        restored = data.get("restored") or {}
+        if restored:
+            how = "did not stop cleanly" if restored.get("unclean") else "stopped cleanly"
+            print(f"restored: {restored['services']} services, {restored['dests']} real servers from "
+                  f"{restored['path']} (previous lvsd pid {restored['previous_pid']} {how})")  # fmt: skip
         for plane in data["planes"]:
             print(f"data plane: {plane}")
         for warning in data["warnings"]:
@@ -79,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         autostart = False
     try:
         with Client(autostart=autostart) as client:
+            if client.started:
+                _tell_started(client)
             rc = _extras(argv, client)
             if rc is not None:
                 return rc
@@ -86,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             if _wants_stdin(argv):
                 stdin = sys.stdin.read()
             reply = client.call("ipvsadm", argv=argv, stdin=stdin)
+    except Impersonation as exc:
+        print(f"lvsadm: {exc}", file=sys.stderr)
+        return 2
     except PermissionDenied as exc:
         print(INIT_FAILED.format(exc), file=sys.stderr)
         return 2
@@ -98,6 +111,28 @@ def main(argv: list[str] | None = None) -> int:
     _write_raw(sys.stdout, reply["stdout"])
     _write_raw(sys.stderr, reply["stderr"])
     return int(reply["rc"])
+
+
+def _tell_started(client: Client) -> None:
+    """lvsadm had to start lvsd: say so when a previous one died, and what
+    the new one restored."""
+    try:
+        data = client.call("status").get("data", {})
+    except (DaemonUnavailable, OSError, ValueError):
+        return
+    restored = data.get("restored") or {}
+    if restored.get("unclean"):
+        print(
+            f"lvsadm: lvsd was not running: the previous lvsd (pid {restored.get('previous_pid')}) "
+            f"did not stop cleanly; started lvsd {data.get('pid')}, which restored "
+            f"{restored.get('services')} services and {restored.get('dests')} real servers "
+            f"from {restored.get('path')} (log: {data.get('log')})",
+            file=sys.stderr,
+        )
+        for problem in restored.get("problems", []):
+            print(f"lvsadm: restoring: {problem}", file=sys.stderr)
+    if data.get("state_problem"):
+        print(f"lvsadm: warning: {data['state_problem']}", file=sys.stderr)
 
 
 def _write_raw(stream: TextIO, text: str) -> None:

@@ -21,9 +21,10 @@ from typing import Any
 
 from ..core import Director
 from ..ctl import IPVS
-from .names import socket_address
+from . import names
+from .durable import StateWriter, write_atomically
 from .protocol import Request
-from .server import AccessPolicy, ControlServer
+from .server import AccessPolicy, AlreadyRunning, ControlServer
 
 log = logging.getLogger("lvsd")
 
@@ -52,6 +53,19 @@ class Daemon:
         self.seq = 0
         self._stop = asyncio.Event()
         self.server = ControlServer(self.handle, AccessPolicy(opts.allow_group), opts.socket)
+        #: the state file: ``--state`` or the namespace's default
+        self.state_path = opts.state or names.state_path(opts.socket)
+        #: what the start found: restored table, previous lvsd's fate
+        self.restored: dict[str, Any] = {}
+        self.state_problem: str | None = None
+        self._dirty = False
+        self._save_soon = False
+        #: where the log goes (for ``lvsadm --status``)
+        self.log_target = getattr(opts, "log_target_text", "stderr")
+        self.stop_reason = "unknown"
+        self.writer: StateWriter | None = StateWriter(self.state_path, self.render_state)
+        self.durable: asyncio.Future[Any] | None = None
+        self.server.pending_write = self.pending_write
 
     def now(self) -> float:
         """Seconds since the daemon started (monotonic): the core's clock."""
@@ -72,6 +86,7 @@ class Daemon:
             return self._handle(req)
         finally:
             self.flush_planes()
+            self.save_if_dirty()
 
     async def gathered(self, pool: Any, req: Request, conns: bool) -> dict[str, Any]:
         """One director's view with ``--workers``: ask every worker for its
@@ -108,7 +123,7 @@ class Daemon:
         if op == "ping":
             return {"pong": True}
         if op == "ipvsadm":
-            return self.run_ipvsadm(req.args["argv"], req.args.get("stdin", ""))
+            return self.run_ipvsadm(req.args["argv"], req.args.get("stdin", ""), req.peer)
         if op == "status":
             return {"data": self.status()}
         try:
@@ -119,18 +134,70 @@ class Daemon:
         except BadRequest as exc:
             return {"ok": False, "error": str(exc)}
         if op == "reload":
-            return self.reload()
+            return self.reload(_who(req.peer))
         if op == "sysctl":
-            return self.sysctl(req.args)
+            return self.sysctl(req.args, req.peer)
         return {"ok": False, "error": f"unsupported operation {op}"}
 
-    def run_ipvsadm(self, argv: list[str], stdin: str = "") -> dict[str, Any]:
+    def run_ipvsadm(
+        self, argv: list[str], stdin: str = "", peer: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
         from ..ipvsadm.commands import run
 
         out, err = io.StringIO(), io.StringIO()
         rc = run(argv, self.ipvs, self.now(), out, err, stdin=io.StringIO(stdin))
         self.seq += 1
+        if _changes_table(argv):
+            words = " ".join(argv)
+            if len(words) > 300:
+                words = words[:300] + "..."
+            if rc == 0:
+                lines = stdin.count("\n") if stdin else 0
+                log.info("table change by %s: ipvsadm %s%s", _who(peer), words,
+                         f" ({lines} lines)" if lines else "")  # fmt: skip
+            else:
+                log.info("refused change by %s: ipvsadm %s -> rc %d: %s", _who(peer), words, rc,
+                         err.getvalue().strip()[:300])  # fmt: skip
+            self.table_changed()
         return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue(), "seq": self.seq}
+
+    # -- durability ---------------------------------------------------------------
+    def table_changed(self, reason: str | None = None) -> None:
+        """Record that the table changed (admin, reload, health checks):
+        the state file is rewritten before the current request is answered,
+        or at once from the event loop for changes outside a request.
+        ``reason`` (e.g. a health transition) is logged."""
+        if reason:
+            log.info("table change: %s", reason)
+        self._dirty = True
+        if not self._save_soon:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._save_soon = True
+            loop.call_soon(self._deferred_save)
+
+    def _deferred_save(self) -> None:
+        self._save_soon = False
+        self.flush_planes()
+        self.save_if_dirty()
+
+    def _on_table_event(self, what: str, svc: Any) -> None:
+        self.table_changed()
+
+    def save_if_dirty(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            self.save_state(clean=False)
+
+    def vips_added(self) -> list[tuple[int, str]]:
+        out: list[tuple[int, str]] = []
+        for plane in self.planes:
+            vips = getattr(plane, "vips", None)
+            if vips is not None:
+                out.extend(vips.added)
+        return out
 
     def status(self) -> dict[str, Any]:
         pool = self.worker_pool()
@@ -141,6 +208,11 @@ class Daemon:
             "services": len(self.ipvs.services),
             "connections": len(self.director.conns) + (pool.connections() if pool is not None else 0),
             "planes": [p.describe() for p in self.planes],
+            "log": self.log_target,
+            "state": self.state_path,
+            "state_problem": self.state_problem,
+            "restored": self.restored,
+            "denied": self.server.denied,
             "warnings": list(self.warnings) + [w for p in self.planes for w in p.warnings()],
         }
 
@@ -157,7 +229,7 @@ class Daemon:
         if what == "daemons":
             return [vars(d) for d in self.ipvs.daemons.values()]
         if what == "sysctl":
-            return {name: getattr(self.ipvs.sysctl, name) for name in self.ipvs.sysctl.names()}
+            return {name: self.ipvs.sysctl.get(name) for name in self.ipvs.sysctl.names()}
         raise BadRequest(f"unknown view {what!r}")
 
     def proc_view(self, name: str) -> str:
@@ -173,8 +245,9 @@ class Daemon:
             raise BadRequest(f"unknown /proc view {name!r}")
         return views[name]()
 
-    def reload(self) -> dict[str, Any]:
+    def reload(self, who: str = "SIGHUP") -> dict[str, Any]:
         if not self.opts.config:
+            log.warning("reload asked by %s: lvsd runs without --config, nothing to reload", who)
             return {"ok": False, "error": "lvsd runs without --config: nothing to reload"}
         from ..config import ConfigError, apply_config, load_config
 
@@ -182,20 +255,34 @@ class Daemon:
             cfg = load_config(self.opts.config)
             changes = apply_config(self.ipvs, cfg, self.now())
         except ConfigError as exc:
+            log.error("reload of %s asked by %s failed, table unchanged: %s", self.opts.config, who, exc)
             return {"ok": False, "error": str(exc)}
+        log.info("reload of %s asked by %s: %d changes%s", self.opts.config, who, len(changes),
+                 (": " + "; ".join(map(str, changes[:50]))) if changes else "")  # fmt: skip
+        if changes:
+            self.table_changed()
         return {"changes": changes}
 
-    def sysctl(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = str(args.get("name", ""))
+    def sysctl(self, args: dict[str, Any], peer: tuple[int, int] | None = None) -> dict[str, Any]:
+        """The ``sysctl`` op: only the names in lvs/sysctl.py answer; values
+        are checked as the kernel's proc handlers check them."""
+        from ..sysctl import SysctlError, is_known
+
+        name = args.get("name", "")
+        if not is_known(name):
+            return {"ok": False, "error": f"unknown sysctl {name}"}
         if "value" in args:
+            old = self.ipvs.sysctl.get(name)
             try:
                 self.ipvs.sysctl.set(name, str(args["value"]))
-            except (KeyError, ValueError):
-                return {"ok": False, "error": f"bad sysctl {name}"}
-        try:
-            return {"value": getattr(self.ipvs.sysctl, name)}
-        except AttributeError:
-            return {"ok": False, "error": f"unknown sysctl {name}"}
+            except SysctlError as exc:
+                log.info("refused sysctl by %s: %s=%s: %s", _who(peer), name, args["value"], exc)
+                return {"ok": False, "error": f"bad sysctl {name}: Invalid argument ({exc})"}
+            new = self.ipvs.sysctl.get(name)
+            if new != old:
+                log.info("sysctl change by %s: net.ipv4.vs.%s %d -> %d", _who(peer), name, old, new)
+                self.table_changed()
+        return {"value": self.ipvs.sysctl.get(name)}
 
     # -- life cycle -------------------------------------------------------------
     async def ticker(self) -> None:
@@ -206,39 +293,184 @@ class Daemon:
             await asyncio.sleep(0 if more else TICK)
 
     async def run(self) -> None:
+        cfg = None
         if self.opts.config:
             from ..config import ConfigError, apply_config, load_config
 
-            try:
-                apply_config(self.ipvs, load_config(self.opts.config), self.now())
+            try:  # refused before anything else happens, on a scratch table
+                cfg = load_config(self.opts.config)
+                apply_config(IPVS(classic=self.opts.classic), cfg, 0.0)
             except ConfigError as exc:
                 raise SystemExit(f"lvsd: {exc}") from None
-        if self.opts.state and os.path.exists(self.opts.state):
-            self.restore_state(self.opts.state)
+        # the lock first: a second lvsd must not touch the first one's VIPs
+        try:
+            self.server.bind()
+        except (AlreadyRunning, names.UnsafePath) as exc:
+            log.error("not starting: %s", exc)
+            raise SystemExit(f"lvsd: {exc}") from None
+        previous = self.read_state()
+        if previous is not None:
+            self.remove_stale_vips(previous)
+        if cfg is not None and (previous is None or previous.clean):
+            apply_config(self.ipvs, cfg, self.now())
+            log.info("configuration %s loaded: %d services", self.opts.config, len(self.ipvs.services))
+        elif previous is not None:
+            self.restore(previous)
+        self.ipvs.listeners.append(self._on_table_event)
         self.start_planes()
         self.flush_planes()
+        self.save_state(clean=False)
         await self.server.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        log.info("lvsd listening on %r", socket_address(self.opts.socket))
+        log.info("lvsd %d started (%s) on %s; state %s; %d services",
+                 os.getpid(), self.opts.started_by, self.server.address, self.state_path,
+                 len(self.ipvs.services))  # fmt: skip
         ticker = asyncio.create_task(self.ticker())
         await self._stop.wait()
+        log.info("lvsd %d stopping: %s", os.getpid(), self.stop_reason)
         ticker.cancel()
         await self.server.close()
         for plane in self.planes:
             await plane.close()
-        if self.opts.state:
-            self.save_state(self.opts.state)
+        if self.writer is not None:
+            self.writer.close()
+        self.save_state(clean=True)
+        log.info("lvsd %d stopped (%s): table of %d services saved in %s", os.getpid(), self.stop_reason,
+                 len(self.ipvs.services), self.state_path)  # fmt: skip
+
+    def _on_stop_signal(self, sig: int) -> None:
+        self.stop_reason = f"{signal.Signals(sig).name} received"
+        self._stop.set()
 
     def _on_sighup(self) -> None:
-        reply = self.reload()
+        self.reload("SIGHUP")
         self.flush_planes()
-        if reply.get("ok", True):
-            log.info("configuration reloaded: %s", reply.get("changes"))
+        self.save_if_dirty()
+
+    # -- the state file -------------------------------------------------------------
+    def read_state(self) -> Any:
+        """The previous lvsd's state, or None (no file, or a damaged one: logged)."""
+        from ..state import StateError, parse
+
+        try:
+            with open(self.state_path, encoding="utf-8") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.state_problem = f"cannot read {self.state_path}: {exc}"
+            log.error("%s", self.state_problem)
+            return None
+        try:
+            return parse(text)
+        except StateError as exc:
+            # an old -S file given with --state: restore it as such
+            if text.lstrip().startswith(("-A", "-a", "--")) or not text.strip():
+                from ..state import State
+
+                return State(rules=text, clean=True)
+            self.state_problem = f"{self.state_path}: {exc}"
+            log.error("%s; starting with an empty table", self.state_problem)
+            return None
+
+    def restore(self, state: Any) -> None:
+        """Bring back the table, timeouts and sysctls of ``state``."""
+        from ..state import apply_sysctls
+
+        problems = apply_sysctls(self.ipvs.sysctl, state.sysctl)
+        if any(state.timeouts):
+            self.ipvs.set_timeouts(*state.timeouts)
+        if state.rules.strip():
+            reply = self.run_ipvsadm(["-R"], state.rules)
+            if reply["rc"] != 0:
+                problems.append(reply["stderr"].strip())
+        dests = sum(len(svc.destinations) for svc in self.ipvs.services.values())
+        how = "stopped cleanly" if state.clean else "did not stop cleanly (crash or kill)"
+        self.restored = {
+            "path": self.state_path,
+            "services": len(self.ipvs.services),
+            "dests": dests,
+            "previous_pid": state.pid,
+            "unclean": not state.clean,
+            "problems": problems,
+        }
+        log.log(logging.INFO if state.clean else logging.WARNING,
+                "previous lvsd (pid %s) %s; restored %d services, %d real servers, timeouts %s "
+                "and sysctls from %s", state.pid or "?", how, len(self.ipvs.services), dests,
+                "/".join(map(str, self.ipvs.get_timeouts())), self.state_path)  # fmt: skip
+        for problem in problems:
+            log.error("restoring %s: %s", self.state_path, problem)
+
+    def remove_stale_vips(self, state: Any) -> None:
+        """VIPs the previous lvsd added to ``lo`` and did not remove (it was
+        killed): take them away; the data planes add back those still served."""
+        if not state.vips or state.clean:
+            return
+        try:
+            from forwarding.vip import VipManager
+        except ImportError:  # pragma: no cover
+            return
+        for warning in VipManager.remove_left_over(state.vips):
+            log.warning("%s", warning)
+        log.info("removed %d VIPs a dead lvsd left on lo: %s", len(state.vips),
+                 ", ".join(h for _, h in state.vips[:20]))  # fmt: skip
+
+    def save_state(self, clean: bool) -> asyncio.Future[Any] | None:
+        """Write the state file atomically (write, fsync, rename, fsync of the
+        directory: a crash leaves the old or the new file).  Inside the
+        event loop the writer thread does it with group commit and the
+        returned future is done once it is on disk; outside (start, stop)
+        it is written at once."""
+        path = self.state_path
+        try:
+            if not self.opts.state:
+                names.ensure_private_dir(os.path.dirname(os.path.abspath(path)))
+        except (OSError, names.UnsafePath) as exc:
+            self._state_failed(exc)
+            return None
+        if not clean and self.writer is not None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                fut = self.writer.changed()
+                fut.add_done_callback(self._state_written)
+                self.durable = fut
+                return fut
+        try:
+            write_atomically(path, self.render_state(clean))
+            self.state_problem = None
+        except OSError as exc:
+            self._state_failed(exc)
+        return None
+
+    def render_state(self, clean: bool = False) -> str:
+        from ..state import render, snapshot
+
+        return render(snapshot(self.ipvs, self.vips_added(), os.getpid(), clean))
+
+    def _state_written(self, fut: asyncio.Future[Any]) -> None:
+        error = fut.result()
+        if error is None:
+            self.state_problem = None
         else:
-            log.error("reload failed: %s", reply.get("error"))
+            self._state_failed(error)
+
+    def _state_failed(self, exc: BaseException) -> None:
+        if self.state_problem is None:
+            log.error("cannot write the state file %s: %s (the table would not survive a crash)",
+                      self.state_path, exc)  # fmt: skip
+        self.state_problem = f"cannot write {self.state_path}: {exc}"
+
+    def pending_write(self) -> asyncio.Future[Any] | None:
+        """The write a reply must wait for (the control server awaits it
+        after releasing its lock, so concurrent clients share an fsync)."""
+        fut, self.durable = self.durable, None
+        return fut if fut is not None and not fut.done() else None
 
     def start_planes(self) -> None:
         if not self.opts.no_dr:
@@ -274,20 +506,6 @@ class Daemon:
         self.planes.append(plane)
         plane.start()
 
-    def save_state(self, path: str) -> None:
-        from ..ipvsadm.listing import save_rules
-
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(save_rules(self.ipvs, numeric=True))
-        os.replace(tmp, path)
-
-    def restore_state(self, path: str) -> None:
-        with open(path, encoding="utf-8") as fh:
-            reply = self.run_ipvsadm(["-R"], fh.read())
-        if reply["rc"] != 0:
-            log.error("restoring %s: %s", path, reply["stderr"].strip())
-
 
 def _needs_workers(req: Request) -> bool | None:
     """Does this request show what ``--workers`` processes hold?  None: no;
@@ -316,6 +534,32 @@ def _needs_workers(req: Request) -> bool | None:
     return None
 
 
+def _who(peer: tuple[int, int] | None) -> str:
+    """The peer of a control request, for the log: pid and uid (user)."""
+    if peer is None:
+        return "lvsd"
+    pid, uid = peer
+    try:
+        import pwd
+
+        user = pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        user = "?"
+    return f"pid {pid} uid {uid} ({user})"
+
+
+def _changes_table(argv: list[str]) -> bool:
+    """Would this ipvsadm command change the table (not a listing, save,
+    help or version)?"""
+    from ..ipvsadm.grammar import CMD_HELP, CMD_LIST, CMD_SAVE, CMD_VERSION, UsageError, parse
+
+    try:
+        cmd = parse(list(argv))
+    except (UsageError, ValueError, OSError):
+        return False
+    return cmd.kind not in (CMD_LIST, CMD_SAVE, CMD_HELP, CMD_VERSION)
+
+
 def _netns_id() -> str:
     try:
         return os.readlink("/proc/self/ns/net")
@@ -329,7 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--foreground", "-F", action="store_true", help="stay in the foreground (for service managers)"
     )
     ap.add_argument("--config", "-c", help="YAML configuration to load (SIGHUP reloads it)")
-    ap.add_argument("--state", help="save the table here on exit and restore it on start (ipvsadm -S format)")
+    ap.add_argument(
+        "--state",
+        help="the state file: written atomically after every change, read back on start "
+        "(default: one per namespace under /var/lib/pylvs, or LVSD_STATE_DIR)",
+    )
+    ap.add_argument("--started-by", default="by hand", help=argparse.SUPPRESS)
     ap.add_argument(
         "--socket", help="control socket name (abstract) or path; default from LVSD_SOCKET or 'pylvs'"
     )
@@ -350,7 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    ap.add_argument("--log-file", help="log here instead of stderr")
+    ap.add_argument(
+        "--log-file",
+        help="log here (default: stderr with --foreground, else syslog through /dev/log, "
+        "else a file beside the state file)",
+    )
     return ap
 
 
@@ -364,11 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             parse_specs(opts.proxy_protocol)
         except ValueError as exc:
             parser.error(str(exc))
-    logging.basicConfig(
-        level=getattr(logging, opts.log_level.upper()),
-        filename=opts.log_file,
-        format="%(asctime)s lvsd[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
+    opts.log_target_text = setup_logging(opts)
     if opts.workers > 1:
         _log_workers_alike(opts.log_file, opts.log_level)
     if not opts.foreground:
@@ -385,6 +634,58 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lvsd: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+LOG_FORMAT = "%(asctime)s lvsd[%(process)d] %(levelname)s %(name)s: %(message)s"
+SYSLOG_FORMAT = "lvsd[%(process)d]: %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(opts: argparse.Namespace) -> str:
+    """Send the log where an operator finds it and say where (for ``lvsadm
+    --status``): ``--log-file``; else stderr in the foreground (the service
+    manager keeps it); else syslog/journald through ``/dev/log`` when
+    something listens there; else a file beside the state file, never
+    /dev/null."""
+    import logging.handlers
+
+    level = getattr(logging, opts.log_level.upper())
+    root = logging.getLogger()
+    root.setLevel(level)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler: logging.Handler
+    if opts.log_file:
+        handler = logging.FileHandler(opts.log_file)
+        where = f"file {os.path.abspath(opts.log_file)}"
+    elif opts.foreground:
+        handler = logging.StreamHandler(sys.stderr)
+        where = "stderr"
+    else:
+        handler, where = _syslog_or_file(opts)
+    handler.setFormatter(logging.Formatter(SYSLOG_FORMAT if where.startswith("syslog") else LOG_FORMAT))
+    root.addHandler(handler)
+    return where
+
+
+def _syslog_or_file(opts: argparse.Namespace) -> tuple[logging.Handler, str]:
+    import logging.handlers
+
+    if os.path.exists("/dev/log"):
+        try:
+            handler = logging.handlers.SysLogHandler(
+                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
+            )
+            return handler, "syslog (/dev/log)"
+        except OSError:
+            pass
+    path = os.path.splitext(opts.state or names.state_path(opts.socket))[0] + ".log"
+    try:
+        if not opts.state:
+            names.ensure_private_dir(os.path.dirname(path))
+        opts.log_file = path  # workers log there too
+        return logging.FileHandler(path), f"file {path}"
+    except (OSError, names.UnsafePath):
+        return logging.StreamHandler(sys.stderr), "stderr (no /dev/log and no writable log file)"
 
 
 def _log_workers_alike(log_file: str | None, level: str) -> None:

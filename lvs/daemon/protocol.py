@@ -35,6 +35,8 @@ class Request:
     id: int
     op: str
     args: dict[str, Any]
+    #: (pid, uid) of the process that sent it (SO_PEERCRED), for the log
+    peer: tuple[int, int] | None = None
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -65,6 +67,10 @@ def decode_request(line: bytes) -> Request:
         stdin = args.get("stdin", "")
         if not isinstance(stdin, str):
             raise ProtocolError("stdin must be a string")
+    if op == "sysctl":
+        name = args.get("name")
+        if not isinstance(name, str):
+            raise ProtocolError("name must be a string")
     return Request(rid, op, args)
 
 
