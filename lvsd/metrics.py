@@ -1,0 +1,170 @@
+"""``/metrics``: one scrape of lvsd, as prometheus-client's text format.
+
+The table's families (node_exporter's IPVS names and pylvs's rates) come
+from :mod:`lvs.metrics`, copied and rendered in steps with the loop let run
+between them; the daemon's own families are built here:
+
+* ``pylvs_dataplane_events_total{plane, event}``: the NAT relay's and the
+  DR/TUN plane's counters (accepted, refused, connect failures, resets, ICMP
+  sent; frames, forwarded, rejected, ...);
+* ``pylvs_control_operations_total{op, result}``: control-socket requests
+  (``ipvsadm`` commands by their kind) and their outcome;
+* ``pylvs_http_requests_total{code}``: this listener's answers;
+* lvsd's process metrics (prometheus-client's ProcessCollector,
+  PlatformCollector, GCCollector) and ``pylvs_info{version}``.
+
+:class:`FamiliesCollector` offers the same families to any
+prometheus-client registry; a test checks that ``generate_latest`` over it
+writes byte for byte what :func:`lvs.metrics.render` writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from lvs import metrics as table_metrics
+from lvs.metrics import Family
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: NatPlane attributes counted in pylvs_dataplane_events_total{plane="nat"}
+NAT_EVENTS = (
+    "accepted",
+    "refused",
+    "connect_failures",
+    "connect_timeouts",
+    "resets",
+    "expired",
+    "nodest",
+    "udp_flows_opened",
+    "udp_dropped",
+)
+#: DirectPlane.stats attributes counted with plane="dr"
+DR_EVENTS = (
+    "frames",
+    "forwarded",
+    "fast",
+    "rejected",
+    "dropped",
+    "accepted",
+    "malformed",
+    "waiting",
+    "no_route",
+    "queued",
+)
+
+
+class FamiliesCollector(Collector):
+    """prometheus-client's view of :class:`lvs.metrics.Family` objects."""
+
+    def __init__(self, fams: Iterable[Family]) -> None:
+        self.fams = list(fams)
+
+    def collect(self) -> Iterable[Any]:
+        for fam in self.fams:
+            if fam.type == "counter":
+                name = fam.name[: -len("_total")] if fam.name.endswith("_total") else fam.name
+                metric: Any = CounterMetricFamily(name, fam.help, labels=fam.labels)
+            else:
+                metric = GaugeMetricFamily(fam.name, fam.help, labels=fam.labels)
+            for values, value in fam.samples:
+                metric.add_metric(list(values), value)
+            yield metric
+
+
+def process_registry() -> CollectorRegistry:
+    """lvsd's own process: CPU, memory, open files, start time; Python's GC."""
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def dataplane_family(planes: Iterable[Any]) -> Family:
+    fam = Family(
+        "pylvs_dataplane_events_total",
+        "counter",
+        "Data-plane events: NAT relay (accepted, refused, connect failures and timeouts, resets, "
+        "expired, no real server, UDP flows, ICMP port unreachable sent) and DR/TUN frames "
+        "(this process's planes; with --workers the NAT relay's counters live in the workers).",
+        ("plane", "event"),
+    )
+    for plane in planes:
+        if hasattr(plane, "accepted") and hasattr(plane, "resets"):
+            for name in NAT_EVENTS:
+                fam.samples.append((("nat", name), int(getattr(plane, name, 0) or 0)))
+            icmp = getattr(plane, "icmp", None)
+            fam.samples.append((("nat", "icmp_unreachable_sent"), int(getattr(icmp, "sent", 0) or 0)))
+        stats = getattr(plane, "stats", None)
+        if stats is not None and hasattr(stats, "frames"):
+            for name in DR_EVENTS:
+                fam.samples.append((("dr", name), int(getattr(stats, name, 0) or 0)))
+            fam.samples.append((("dr", "tx_errors"), int(getattr(getattr(plane, "tx", None), "errors", 0) or 0)))
+    return fam
+
+
+def counter_family(name: str, text: str, labels: tuple[str, ...], counts: dict[tuple[str, ...], int]) -> Family:
+    return Family(name, "counter", text, labels, [(k, v) for k, v in sorted(counts.items())])
+
+
+def daemon_families(daemon: Any) -> list[Family]:
+    from lvs import __version__ as version
+
+    fams = [
+        Family("pylvs_info", "gauge", "pylvs's version (always 1).", ("version",), [((version,), 1)]),
+        dataplane_family(daemon.planes),
+        counter_family(
+            "pylvs_control_operations_total",
+            "Control-socket requests by operation (ipvsadm commands by kind) and result.",
+            ("op", "result"),
+            dict(getattr(daemon, "control_ops", {})),
+        ),
+    ]
+    http = getattr(daemon, "http", None)
+    if http is not None:
+        fams.append(
+            counter_family(
+                "pylvs_http_requests_total",
+                "Answers of lvsd's HTTP listener by status code.",
+                ("code",),
+                {(str(code),): n for code, n in http.answers.items()},
+            )
+        )
+    health = getattr(daemon, "health_families", None)
+    if callable(health):
+        fams.extend(health())
+    return fams
+
+
+async def _drive(steps: Any) -> Any:
+    """Run a step generator to its end, letting the loop run between steps."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        await asyncio.sleep(0)
+
+
+async def scrape(daemon: Any) -> AsyncIterator[str]:
+    """The exposition in pieces.  With ``--workers`` the workers are asked
+    for their counts first, so the figures are as of this scrape."""
+    pool = daemon.worker_pool()
+    if pool is not None:
+        await pool.query(False)
+    snap = await _drive(table_metrics.snapshot_steps(daemon.ipvs))
+    fams = table_metrics.families(snap, daemon_families(daemon))
+    for piece in table_metrics.render_chunks(fams):
+        yield piece
+        await asyncio.sleep(0)
+    registry = getattr(daemon, "process_registry", None)
+    if registry is not None:
+        yield generate_latest(registry).decode("utf-8")
