@@ -95,7 +95,12 @@ class Simulation:
     """A scenario run: the director, the virtual clock and the network."""
 
     def __init__(
-        self, seed: int = 0, runner: IpvsadmRunner | None = None, classic: bool = False, explain: bool = False
+        self,
+        seed: int = 0,
+        runner: IpvsadmRunner | None = None,
+        classic: bool = False,
+        explain: bool = False,
+        all_steps: bool = False,
     ) -> None:
         self.ipvs = IPVS(rng=random.Random(seed), classic=classic)
         self.director = Director(self.ipvs)
@@ -107,6 +112,9 @@ class Simulation:
         #: add an "explain" field to every flow line (see lvs.explain)
         self.explain = explain
         self._account: dict | None = None
+        #: also emit the steps the JSON lines leave out (sleep, sysctl,
+        #: local/listen), for --report; the JSON output never sets it
+        self.all_steps = all_steps
 
     # -- ipvsadm -----------------------------------------------------------------
     def ipvsadm(self, argv: list[str]) -> tuple[int, str]:
@@ -246,6 +254,8 @@ class Simulation:
                         self.ipvs.sysctl.set(name[len(prefix) :], value)
                     except (KeyError, ValueError):
                         raise ScenarioError(f"unknown or bad sysctl {kv!r}") from None
+            if self.all_steps:
+                emit({"step": "sysctl", "args": " ".join(rest)})
         elif cmd == "ipvsadm":
             rc, out = self.ipvsadm(rest)
             emit({"step": "ipvsadm", "args": " ".join(rest), "rc": rc, "output": out.removesuffix("\n")})
@@ -270,6 +280,8 @@ class Simulation:
             if not rest:
                 raise ScenarioError("sleep needs seconds")
             self.sleep(float(rest[0]))
+            if self.all_steps:
+                emit({"step": "sleep", "args": rest[0]})
         elif cmd == "snapshot":
             _, a = self.ipvsadm(["-L", "-n"])
             _, b = self.ipvsadm(["-L", "-n", "--stats"])
@@ -327,6 +339,26 @@ def simulate(
     sim.run(lines, emit)
 
 
+def simulate_report(
+    lines: Iterable[str], out: TextIO, seed: int = 0, classic: bool = False, explain: bool = False
+) -> Simulation:
+    """Run a scenario and write the plain-text report (:mod:`lvs.report`) to ``out``."""
+    from .report import Report
+
+    sim = Simulation(seed=seed, classic=classic, explain=explain, all_steps=True)
+    render = None
+    if explain:
+        from .explain import render_lines
+
+        render = render_lines
+    write = out.write
+    report = Report(write=lambda line: write(line + "\n"), now=lambda: sim.now, explain=render)
+    sim.run(lines, report.feed)
+    for line in report.final_table(sim.ipvs):
+        write(line + "\n")
+    return sim
+
+
 def main(argv: list[str]) -> int:
     """``lvsadm simulate [--seed N] [--classic] SCENARIO``."""
     import argparse
@@ -336,6 +368,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed for twos and anything random")
     ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
     ap.add_argument("--explain", action="store_true", help="say why each flow went where it went")
+    ap.add_argument("--report", action="store_true", help="plain text for people instead of JSON lines")
     ns = ap.parse_args(argv)
     try:
         if ns.scenario == "-":
@@ -347,7 +380,10 @@ def main(argv: list[str]) -> int:
         print(f"lvsadm simulate: {exc}", file=sys.stderr)
         return 2
     try:
-        simulate(lines, sys.stdout, seed=ns.seed, classic=ns.classic, explain=ns.explain)
+        if ns.report:
+            simulate_report(lines, sys.stdout, seed=ns.seed, classic=ns.classic, explain=ns.explain)
+        else:
+            simulate(lines, sys.stdout, seed=ns.seed, classic=ns.classic, explain=ns.explain)
     except ScenarioError as exc:
         print(f"lvsadm simulate: {ns.scenario}: {exc}", file=sys.stderr)
         return 2
