@@ -101,6 +101,7 @@ class Simulation:
         runner: IpvsadmRunner | None = None,
         classic: bool = False,
         explain: bool = False,
+        all_steps: bool = False,
         resolver: Resolver | None = None,
     ) -> None:
         """``resolver`` names hosts and ports in ipvsadm lines (none known if
@@ -115,6 +116,9 @@ class Simulation:
         #: add an "explain" field to every flow line (see lvs.explain)
         self.explain = explain
         self._account: dict | None = None
+        #: also emit the steps the JSON lines leave out (sleep, sysctl,
+        #: local/listen), for --report; the JSON output never sets it
+        self.all_steps = all_steps
 
     # -- ipvsadm -----------------------------------------------------------------
     def ipvsadm(self, argv: list[str]) -> tuple[int, str]:
@@ -254,6 +258,8 @@ class Simulation:
                         self.ipvs.sysctl.set(name[len(prefix) :], value)
                     except (KeyError, ValueError):
                         raise ScenarioError(f"unknown or bad sysctl {kv!r}") from None
+            if self.all_steps:
+                emit({"step": "sysctl", "args": " ".join(rest)})
         elif cmd == "ipvsadm":
             rc, out = self.ipvsadm(rest)
             emit({"step": "ipvsadm", "args": " ".join(rest), "rc": rc, "output": out.removesuffix("\n")})
@@ -278,6 +284,8 @@ class Simulation:
             if not rest:
                 raise ScenarioError("sleep needs seconds")
             self.sleep(float(rest[0]))
+            if self.all_steps:
+                emit({"step": "sleep", "args": rest[0]})
         elif cmd == "snapshot":
             _, a = self.ipvsadm(["-L", "-n"])
             _, b = self.ipvsadm(["-L", "-n", "--stats"])
@@ -338,4 +346,29 @@ def simulate(
         out.write(json.dumps(obj) + "\n")
 
     sim.run(lines, emit)
+
+
+def simulate_report(
+    lines: Iterable[str],
+    out: TextIO,
+    seed: int = 0,
+    classic: bool = False,
+    explain: bool = False,
+    resolver: Resolver | None = None,
+) -> Simulation:
+    """Run a scenario and write the plain-text report (:mod:`lvs.report`) to ``out``."""
+    from .report import Report
+
+    sim = Simulation(seed=seed, classic=classic, explain=explain, all_steps=True, resolver=resolver)
+    render = None
+    if explain:
+        from .explain import render_lines
+
+        render = render_lines
+    write = out.write
+    report = Report(write=lambda line: write(line + "\n"), now=lambda: sim.now, explain=render)
+    sim.run(lines, report.feed)
+    for line in report.final_table(sim.ipvs):
+        write(line + "\n")
+    return sim
 

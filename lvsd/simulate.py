@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lvs.simulate import ScenarioError, simulate
+from lvs.simulate import ScenarioError, simulate, simulate_report
 
 from .resolver import default_resolver
 
@@ -17,6 +17,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed for twos and anything random")
     ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
     ap.add_argument("--explain", action="store_true", help="say why each flow went where it went")
+    ap.add_argument("--report", action="store_true", help="plain text for people instead of JSON lines")
     ns = ap.parse_args(argv)
     try:
         if ns.scenario == "-":
@@ -28,14 +29,9 @@ def main(argv: list[str]) -> int:
         print(f"lvsadm simulate: {exc}", file=sys.stderr)
         return 2
     try:
-        simulate(
-            lines,
-            sys.stdout,
-            seed=ns.seed,
-            classic=ns.classic,
-            explain=ns.explain,
-            resolver=default_resolver(),
-        )
+        run = simulate_report if ns.report else simulate
+        resolver = default_resolver()
+        run(lines, sys.stdout, seed=ns.seed, classic=ns.classic, explain=ns.explain, resolver=resolver)
     except ScenarioError as exc:
         print(f"lvsadm simulate: {ns.scenario}: {exc}", file=sys.stderr)
         return 2
