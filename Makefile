@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean netdeps
+.PHONY: venv test lint demo bench clean netdeps obsdeps
 
 venv: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml setup.py lvs/_intmap.c
 lint: venv
 	$(VENV)/bin/ruff check lvs lvsd schedulers forwarding tests benchmarks examples
 
-test: venv lint netdeps
+test: venv lint netdeps obsdeps
 	$(PY) -m pytest -q
 
 demo: venv
@@ -33,6 +33,18 @@ netdeps:
 	    { ! command -v nft >/dev/null || ! command -v trafgen >/dev/null; }; then \
 	  apt-get update -qq >/dev/null && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables netsniff-ng >/dev/null; \
+	fi
+
+# Tools the observability tests run (root only; Debian packages): promtool
+# (prometheus) checks /metrics, prometheus-node-exporter reads lvsd --procfs,
+# chromium renders the status page.
+obsdeps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { ! command -v promtool >/dev/null || ! command -v prometheus-node-exporter >/dev/null || \
+	      ! command -v chromium >/dev/null; }; then \
+	  apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-node-exporter chromium >/dev/null; \
 	fi
 
 clean:

@@ -199,7 +199,9 @@ def families(snap: TableSnapshot, extra: Iterable[Family] = ()) -> list[Family]:
     backend_rows = list(snap.backends.items())
     for index, (name, text) in enumerate(_BACKEND_GAUGES):
         out.append(
-            Family(name, "gauge", text, BACKEND_LABELS, [(labels, row[index]) for labels, row in backend_rows])
+            Family(
+                name, "gauge", text, BACKEND_LABELS, [(labels, row[index]) for labels, row in backend_rows]
+            )
         )
     for index, (suffix, text) in enumerate(_RATES):
         out.append(Family(f"pylvs_{suffix}", "gauge", f"Whole table: {text}{_RATE_NOTE}.", (), []))

@@ -65,7 +65,10 @@ class History:
     time (a counter zeroed by ``ipvsadm -Z`` gives 0, not a negative rate)."""
 
     def __init__(
-        self, seconds: float = HISTORY_SECONDS, period: float = SAMPLE_PERIOD, services: int = HISTORY_SERVICES
+        self,
+        seconds: float = HISTORY_SECONDS,
+        period: float = SAMPLE_PERIOD,
+        services: int = HISTORY_SERVICES,
     ) -> None:
         self.points = int(seconds / period) + 1
         self.max_services = services

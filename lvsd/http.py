@@ -195,7 +195,7 @@ class HttpServer:
         self.active.add(task)
         try:
             await self._serve(reader, writer)
-        except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
             raise
@@ -225,7 +225,7 @@ class HttpServer:
             if exc.partial.strip():
                 writer.write(self._simple(400, "incomplete request\n", head=False))
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             writer.write(self._simple(408, "request timeout\n", head=False))
             return
         try:
@@ -289,7 +289,9 @@ class HttpServer:
         pool = self.daemon.worker_pool()
         if pool is not None:
             await pool.query(False)
-        whole = await metrics._drive(page_data.services_steps(self.daemon.ipvs, self.daemon.now(), limit=limit))
+        whole = await metrics._drive(
+            page_data.services_steps(self.daemon.ipvs, self.daemon.now(), limit=limit)
+        )
         rows = whole.pop("services")
         parts = [json.dumps(whole)[:-1], ', "services": [']
         for start in range(0, len(rows), 200):
@@ -308,10 +310,10 @@ class HttpServer:
         return json.dumps(view).encode()
 
     async def api_history(self, query: dict[str, list[str]]) -> bytes:
-        return json.dumps(self.daemon.history.view(self.daemon.now())).encode()
+        return json.dumps(self.daemon.observer.history.view(self.daemon.now())).encode()
 
     async def api_events(self, query: dict[str, list[str]]) -> bytes:
-        return json.dumps(self.daemon.events.view()).encode()
+        return json.dumps(self.daemon.observer.events.view()).encode()
 
     async def api_status(self, query: dict[str, list[str]]) -> bytes:
         from lvs import __version__

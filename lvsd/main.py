@@ -24,6 +24,7 @@ from lvs.ctl import IPVS
 from lvs.protocol import Request
 
 from .names import socket_address
+from .observe import Observer
 from .resolver import default_resolver
 from .server import AccessPolicy, ControlServer
 
@@ -53,6 +54,8 @@ class Daemon:
         #: tell the order in which the table changed
         self.seq = 0
         self._stop = asyncio.Event()
+        #: history, events, counts; the HTTP listener and procfs writer (lvsd/observe.py)
+        self.observer = Observer(self)
         self.server = ControlServer(self.handle, AccessPolicy(opts.allow_group), opts.socket)
 
     def now(self) -> float:
@@ -69,11 +72,18 @@ class Daemon:
         if pool is not None:
             conns = _needs_workers(req)
             if conns is not None:
-                return self.gathered(pool, req, conns)
+                return self._observed(req, self.gathered(pool, req, conns))
         try:
-            return self._handle(req)
+            reply = self._handle(req)
         finally:
             self.flush_planes()
+        self.observer.on_reply(req, reply)
+        return reply
+
+    async def _observed(self, req: Request, pending: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        reply = await pending
+        self.observer.on_reply(req, reply)
+        return reply
 
     async def gathered(self, pool: Any, req: Request, conns: bool) -> dict[str, Any]:
         """One director's view with ``--workers``: ask every worker for its
@@ -124,6 +134,10 @@ class Daemon:
             return self.reload()
         if op == "sysctl":
             return self.sysctl(req.args)
+        if op == "shutdown":
+            log.info("shutdown asked for by lvsadm --shutdown")
+            asyncio.get_running_loop().call_soon(self._stop.set)
+            return {"pid": os.getpid()}
         return {"ok": False, "error": f"unsupported operation {op}"}
 
     def run_ipvsadm(self, argv: list[str], stdin: str = "") -> dict[str, Any]:
@@ -230,8 +244,10 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info("lvsd listening on %r", socket_address(self.opts.socket))
         ticker = asyncio.create_task(self.ticker())
+        await self.observer.start()
         await self._stop.wait()
         ticker.cancel()
+        await self.observer.close()
         await self.server.close()
         for plane in self.planes:
             await plane.close()
@@ -350,6 +366,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--transparent", action="store_true", help="NAT: connect to real servers from the client's address"
     )
     ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
+    ap.add_argument(
+        "--http",
+        metavar="ADDR:PORT",
+        help="serve /metrics (Prometheus, node_exporter's IPVS names) and the live status page "
+        "here (read-only; e.g. 127.0.0.1:9108)",
+    )
+    ap.add_argument(
+        "--procfs",
+        metavar="DIR",
+        help="keep DIR/net/ip_vs and DIR/net/ip_vs_stats in the kernel's format "
+        "(for prometheus-node-exporter --path.procfs DIR)",
+    )
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ap.add_argument("--log-file", help="log here instead of stderr")
     return ap
@@ -363,6 +391,13 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             parse_specs(opts.proxy_protocol)
+        except ValueError as exc:
+            parser.error(str(exc))
+    if opts.http:
+        from .http import parse_listen
+
+        try:
+            parse_listen(opts.http)
         except ValueError as exc:
             parser.error(str(exc))
     logging.basicConfig(

@@ -107,11 +107,15 @@ def dataplane_family(planes: Iterable[Any]) -> Family:
         if stats is not None and hasattr(stats, "frames"):
             for name in DR_EVENTS:
                 fam.samples.append((("dr", name), int(getattr(stats, name, 0) or 0)))
-            fam.samples.append((("dr", "tx_errors"), int(getattr(getattr(plane, "tx", None), "errors", 0) or 0)))
+            fam.samples.append(
+                (("dr", "tx_errors"), int(getattr(getattr(plane, "tx", None), "errors", 0) or 0))
+            )
     return fam
 
 
-def counter_family(name: str, text: str, labels: tuple[str, ...], counts: dict[tuple[str, ...], int]) -> Family:
+def counter_family(
+    name: str, text: str, labels: tuple[str, ...], counts: dict[tuple[str, ...], int]
+) -> Family:
     return Family(name, "counter", text, labels, [(k, v) for k, v in sorted(counts.items())])
 
 
@@ -123,12 +127,12 @@ def daemon_families(daemon: Any) -> list[Family]:
         dataplane_family(daemon.planes),
         counter_family(
             "pylvs_control_operations_total",
-            "Control-socket requests by operation (ipvsadm commands by kind) and result.",
-            ("op", "result"),
-            dict(getattr(daemon, "control_ops", {})),
+            "Control-socket requests by operation (for ipvsadm, the command's kind) and result.",
+            ("op", "command", "result"),
+            dict(daemon.observer.control_ops),
         ),
     ]
-    http = getattr(daemon, "http", None)
+    http = daemon.observer.http
     if http is not None:
         fams.append(
             counter_family(
@@ -165,6 +169,6 @@ async def scrape(daemon: Any) -> AsyncIterator[str]:
     for piece in table_metrics.render_chunks(fams):
         yield piece
         await asyncio.sleep(0)
-    registry = getattr(daemon, "process_registry", None)
+    registry = daemon.observer.process_registry
     if registry is not None:
         yield generate_latest(registry).decode("utf-8")
