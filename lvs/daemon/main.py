@@ -47,6 +47,8 @@ class Daemon:
         self.planes: list[Any] = []
         self.warnings: list[str] = []
         self.config = None
+        #: keepalived.conf health checking (--keepalived-conf), if any
+        self.health: Any = None
         #: how many ipvsadm commands ran: replies carry it, so clients can
         #: tell the order in which the table changed
         self.seq = 0
@@ -142,13 +144,17 @@ class Daemon:
             "connections": len(self.director.conns) + (pool.connections() if pool is not None else 0),
             "planes": [p.describe() for p in self.planes],
             "warnings": list(self.warnings) + [w for p in self.planes for w in p.warnings()],
+            "health": self.health.status() if self.health is not None else None,
         }
 
     def json_view(self, what: str) -> Any:
         from ..ipvsadm import listing
 
         if what == "services":
-            return listing.services_json(self.ipvs, self.now())
+            data = listing.services_json(self.ipvs, self.now())
+            if self.health is not None:
+                self.health.annotate(data)
+            return data
         if what == "conns":
             return listing.conns_json(self.ipvs, self.now())
         if what == "timeouts":
@@ -174,6 +180,13 @@ class Daemon:
         return views[name]()
 
     def reload(self) -> dict[str, Any]:
+        if self.health is not None:
+            from ..keepalived_conf import KeepalivedConfError
+
+            try:
+                return {"changes": self.health.reload()}
+            except KeepalivedConfError as exc:
+                return {"ok": False, "error": str(exc)}
         if not self.opts.config:
             return {"ok": False, "error": "lvsd runs without --config: nothing to reload"}
         from ..config import ConfigError, apply_config, load_config
@@ -215,6 +228,15 @@ class Daemon:
                 raise SystemExit(f"lvsd: {exc}") from None
         if self.opts.state and os.path.exists(self.opts.state):
             self.restore_state(self.opts.state)
+        if self.opts.keepalived_conf:
+            from ..keepalived_conf import KeepalivedConfError
+            from .healthd import HealthRunner
+
+            self.health = HealthRunner(self.ipvs, self.now, self.opts.keepalived_conf, self.flush_planes)
+            try:
+                self.health.load()
+            except KeepalivedConfError as exc:
+                raise SystemExit(f"lvsd: {exc}") from None
         self.start_planes()
         self.flush_planes()
         await self.server.start()
@@ -224,8 +246,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info("lvsd listening on %r", socket_address(self.opts.socket))
         ticker = asyncio.create_task(self.ticker())
+        if self.health is not None:
+            self.health.start()
         await self._stop.wait()
         ticker.cancel()
+        if self.health is not None:
+            await self.health.close()
         await self.server.close()
         for plane in self.planes:
             await plane.close()
@@ -329,6 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--foreground", "-F", action="store_true", help="stay in the foreground (for service managers)"
     )
     ap.add_argument("--config", "-c", help="YAML configuration to load (SIGHUP reloads it)")
+    ap.add_argument(
+        "--keepalived-conf",
+        metavar="FILE",
+        help="read an unmodified keepalived.conf: its virtual servers become the table and its health "
+        "checkers (TCP_CHECK, HTTP_GET, SSL_GET, UDP_CHECK, DNS_CHECK, MISC_CHECK, PING_CHECK, SMTP_CHECK) "
+        "remove failed real servers and add them back when they recover (SIGHUP / lvsadm --reload re-reads "
+        "it; vrrp_* blocks are left to `keepalived --vrrp`)",
+    )
     ap.add_argument("--state", help="save the table here on exit and restore it on start (ipvsadm -S format)")
     ap.add_argument(
         "--socket", help="control socket name (abstract) or path; default from LVSD_SOCKET or 'pylvs'"
