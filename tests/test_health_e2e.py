@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from lvs.daemon.client import Client
+from lvsd.client import Client
 from tests.helpers import PY, ROOT, lvsadm, running_lvsd
 
 SERVERS = ROOT / "tests" / "health_servers.py"

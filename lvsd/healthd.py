@@ -20,9 +20,9 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
-from ..config import Config, apply_config
-from ..health import Checker, HealthMonitor
-from ..keepalived_conf import KeepalivedConfError, KeepalivedConfig, parse_keepalived
+from lvs.config import Config, apply_config
+from lvs.health import Checker, HealthMonitor
+from lvs.keepalived_conf import KeepalivedConfError, KeepalivedConfig, parse_keepalived
 
 log = logging.getLogger("lvsd.health")
 
@@ -192,9 +192,9 @@ class HealthRunner:
 
     def annotate(self, services_json: dict[str, Any]) -> None:
         """Add each real server's health to ``--json services``."""
-        from ..addr import parse_ip
-        from ..constants import AF_INET6
-        from ..model import ServiceKey
+        from lvs.addr import parse_ip
+        from lvs.constants import AF_INET6
+        from lvs.model import ServiceKey
 
         monitor = self.monitor
         if monitor is None:
