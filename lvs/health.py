@@ -258,7 +258,7 @@ class HealthMonitor:
         self, ipvs: IPVS, services: list[VirtualServerConf], rng: random.Random | None = None
     ) -> None:
         self.ipvs = ipvs
-        self.rng = rng or random.Random()
+        self.rng = rng or random.Random(0)
         self.outbox: list[Outgoing] = []
         self.vss: list[VsState] = []
         self.checkers: list[Checker] = []
@@ -321,7 +321,9 @@ class HealthMonitor:
     # -- the table ------------------------------------------------------------------------
     def _dest_spec(self, vs: VsState, rs: RsState, key: ServiceKey, weight: int) -> DestSpec:
         rconf = rs.conf
-        fwd = rconf.fwd if rconf.fwd is not None else vs.conf.fwd
+        # a real server without its own lvs_method takes the virtual server's, tunnel settings included
+        tun = rconf if rconf.fwd is not None else vs.conf
+        fwd = tun.fwd
         if fwd is None:
             fwd = CONN_F_MASQ
         port = rconf.port
@@ -329,7 +331,7 @@ class HealthMonitor:
             port = 0 if key.fwmark else key.port
         return DestSpec(
             rconf.af, rconf.addr, port, fwd, weight, rconf.u_threshold, rconf.l_threshold,
-            rconf.tun_type, rconf.tun_port, rconf.tun_flags,
+            tun.tun_type, tun.tun_port, tun.tun_flags,
         )  # fmt: skip
 
     def service_specs(self, vs: VsState) -> list[ServiceSpec]:
@@ -546,7 +548,8 @@ class HealthMonitor:
             return
         state = "" if rs.alive else "in"
         self._log(
-            f"Changing weight from {old} to {new} for {state}active service {rs.describe()} of VS {vs.conf.name}"
+            f"Changing weight from {old} to {new} for {state}active service {rs.describe()}"
+            f" of VS {vs.conf.name}"
         )
         sorry_in = vs.sorry is not None and vs.sorry.alive
         if rs.set and rs.alive and (vs.quorum_state_up or not sorry_in):

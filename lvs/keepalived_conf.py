@@ -364,7 +364,8 @@ def _forwarding(node: Node, target: VirtualServerConf | RealServerConf) -> None:
 
 SCHED_FLAG_WORDS = {
     "flag-1": SVC_F_SCHED1, "flag-2": SVC_F_SCHED2, "flag-3": SVC_F_SCHED3,
-    "sh-fallback": SVC_F_SCHED1, "sh-port": SVC_F_SCHED2, "mh-fallback": SVC_F_SCHED1, "mh-port": SVC_F_SCHED2,
+    "sh-fallback": SVC_F_SCHED1, "sh-port": SVC_F_SCHED2,
+    "mh-fallback": SVC_F_SCHED1, "mh-port": SVC_F_SCHED2,
 }  # fmt: skip
 
 

@@ -155,7 +155,7 @@ class HealthRunner:
             outcome = await asyncio.wait_for(probe_for(chk.kind)(chk), limit + SAFETY_MARGIN)
         except asyncio.CancelledError:
             raise
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             outcome = Outcome(False, "probe did not finish in time")
         except Exception as exc:  # a probe's own bug must not stop health checking
             log.exception("%s probe of %s raised", chk.kind, chk.describe())
@@ -205,7 +205,9 @@ class HealthRunner:
             if svc.get("fwmark"):
                 key = ServiceKey(af, 0, 0, 0, int(svc["fwmark"]))
             else:
-                key = ServiceKey(af, protos.get(svc.get("protocol") or "", 0), parse_ip(svc["address"])[1], svc["port"])
+                key = ServiceKey(
+                    af, protos.get(svc.get("protocol") or "", 0), parse_ip(svc["address"])[1], svc["port"]
+                )
             for dest in svc.get("destinations", []):
                 d_af, d_addr = parse_ip(dest["address"])
                 rs = monitor.find(key, d_af, d_addr, dest["port"])
@@ -233,7 +235,7 @@ async def run_script(command: str) -> None:
         return
     try:
         status = await asyncio.wait_for(proc.wait(), SCRIPT_TIMEOUT)
-    except (asyncio.TimeoutError, TimeoutError):
+    except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
         log.warning("script %s timed out and was killed", command)

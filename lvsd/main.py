@@ -236,6 +236,7 @@ class Daemon:
             self.restore_state(self.opts.state)
         if self.opts.keepalived_conf:
             from lvs.keepalived_conf import KeepalivedConfError
+
             from .healthd import HealthRunner
 
             self.health = HealthRunner(self.ipvs, self.now, self.opts.keepalived_conf, self.flush_planes)
