@@ -77,3 +77,9 @@ def summary(account: dict[str, Any] | None, chosen: str | None) -> str:
     )
     verdict = f"picked {chosen}" if chosen else "no server available"
     return f"{account['scheduler']}: {verdict}; list order (newest first): {servers}"
+
+
+def render_lines(event: dict[str, Any]) -> list[str]:
+    """The explanation of one flow line, as text lines for ``--report``."""
+    text = event.get("explain")
+    return [text] if text else []
