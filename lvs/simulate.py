@@ -19,7 +19,6 @@ import io
 import ipaddress
 import json
 import random
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -28,6 +27,8 @@ from .addr import parse_ip
 from .constants import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP
 from .core import FORWARD, Director
 from .ctl import IPVS
+from .ipvsadm.grammar import Resolver
+from .ipvsadm.names import NullResolver
 from .model import Flow
 from .proto_tcp import ACK, FIN, RST, SYN
 
@@ -82,11 +83,11 @@ class VirtualNet:
 IpvsadmRunner = Callable[[list[str], IPVS, float, TextIO, TextIO], int]
 
 
-def _default_runner() -> IpvsadmRunner:
+def _default_runner(resolver: Resolver) -> IpvsadmRunner:
     from .ipvsadm.commands import run
 
     def runner(argv: list[str], ipvs: IPVS, now: float, out: TextIO, err: TextIO) -> int:
-        return run(argv, ipvs, now, out, err)
+        return run(argv, ipvs, now, out, err, resolver)
 
     return runner
 
@@ -101,14 +102,17 @@ class Simulation:
         classic: bool = False,
         explain: bool = False,
         all_steps: bool = False,
+        resolver: Resolver | None = None,
     ) -> None:
+        """``resolver`` names hosts and ports in ipvsadm lines (none known if
+        not given: the oracle's scenarios are numeric)."""
         self.ipvs = IPVS(rng=random.Random(seed), classic=classic)
         self.director = Director(self.ipvs)
         self.now = 0.0
         self.net = VirtualNet()
         self.held: dict[str, Flow] = {}
         self.index = 0
-        self.runner = runner or _default_runner()
+        self.runner = runner or _default_runner(resolver or NullResolver())
         #: add an "explain" field to every flow line (see lvs.explain)
         self.explain = explain
         self._account: dict | None = None
@@ -335,10 +339,15 @@ def _endpoint_text(af: int, value: int, port: int) -> str:
 
 
 def simulate(
-    lines: Iterable[str], out: TextIO, seed: int = 0, classic: bool = False, explain: bool = False
+    lines: Iterable[str],
+    out: TextIO,
+    seed: int = 0,
+    classic: bool = False,
+    explain: bool = False,
+    resolver: Resolver | None = None,
 ) -> None:
     """Run a scenario and write its JSON lines to ``out``."""
-    sim = Simulation(seed=seed, classic=classic, explain=explain)
+    sim = Simulation(seed=seed, classic=classic, explain=explain, resolver=resolver)
 
     def emit(obj: dict) -> None:
         out.write(json.dumps(obj) + "\n")
@@ -347,12 +356,17 @@ def simulate(
 
 
 def simulate_report(
-    lines: Iterable[str], out: TextIO, seed: int = 0, classic: bool = False, explain: bool = False
+    lines: Iterable[str],
+    out: TextIO,
+    seed: int = 0,
+    classic: bool = False,
+    explain: bool = False,
+    resolver: Resolver | None = None,
 ) -> Simulation:
     """Run a scenario and write the plain-text report (:mod:`lvs.report`) to ``out``."""
     from .report import Report
 
-    sim = Simulation(seed=seed, classic=classic, explain=explain, all_steps=True)
+    sim = Simulation(seed=seed, classic=classic, explain=explain, all_steps=True, resolver=resolver)
     render = None
     if explain:
         from .explain import render_lines
@@ -365,33 +379,3 @@ def simulate_report(
         write(line + "\n")
     return sim
 
-
-def main(argv: list[str]) -> int:
-    """``lvsadm simulate [--seed N] [--classic] SCENARIO``."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="lvsadm simulate", description="Replay an oracle scenario in-process.")
-    ap.add_argument("scenario", help="scenario file, or - for standard input")
-    ap.add_argument("--seed", type=int, default=0, help="seed for twos and anything random")
-    ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
-    ap.add_argument("--explain", action="store_true", help="say why each flow went where it went")
-    ap.add_argument("--report", action="store_true", help="plain text for people instead of JSON lines")
-    ns = ap.parse_args(argv)
-    try:
-        if ns.scenario == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            with open(ns.scenario, encoding="utf-8") as fh:
-                lines = fh.read().splitlines()
-    except OSError as exc:
-        print(f"lvsadm simulate: {exc}", file=sys.stderr)
-        return 2
-    try:
-        if ns.report:
-            simulate_report(lines, sys.stdout, seed=ns.seed, classic=ns.classic, explain=ns.explain)
-        else:
-            simulate(lines, sys.stdout, seed=ns.seed, classic=ns.classic, explain=ns.explain)
-    except ScenarioError as exc:
-        print(f"lvsadm simulate: {ns.scenario}: {exc}", file=sys.stderr)
-        return 2
-    return 0

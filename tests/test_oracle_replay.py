@@ -96,7 +96,7 @@ def test_cli_simulate_prints_json_lines() -> None:
     """``lvsadm simulate`` as a user runs it: a subprocess printing JSON lines."""
     scn = DATA / "scenarios" / "rr-udp.scn"
     proc = subprocess.run(
-        [sys.executable, "-m", "lvs.cli", "simulate", "--seed", "3", str(scn)],
+        [sys.executable, "-m", "lvsd.cli", "simulate", "--seed", "3", str(scn)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -109,7 +109,7 @@ def test_cli_simulate_prints_json_lines() -> None:
 
 def test_simulate_rejects_bad_scenario() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "lvs.cli", "simulate", "-"],
+        [sys.executable, "-m", "lvsd.cli", "simulate", "-"],
         input="udp 10.0.0.1 nonsense\n",
         capture_output=True,
         text=True,

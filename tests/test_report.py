@@ -89,7 +89,7 @@ def test_report_shows_errors_and_sleeps() -> None:
 
 def test_cli_report() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "lvs.cli", "simulate", "--report", str(DATA / "scenarios" / "rr-udp.scn")],
+        [sys.executable, "-m", "lvsd.cli", "simulate", "--report", str(DATA / "scenarios" / "rr-udp.scn")],
         capture_output=True,
         text=True,
         timeout=60,
