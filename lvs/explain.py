@@ -13,8 +13,8 @@ words, ASCII only.
 
 from __future__ import annotations
 
+import importlib
 import re
-import sys
 from typing import Any
 
 from .addr import format_ip
@@ -40,7 +40,7 @@ def scheduler_rule(svc: Service) -> str:
     sched = svc.scheduler
     if sched is None:
         return "no scheduler"
-    doc = (sys.modules[type(sched).__module__].__doc__ or type(sched).__doc__ or "").strip()
+    doc = (importlib.import_module(type(sched).__module__).__doc__ or type(sched).__doc__ or "").strip()
     return plain(doc.split("\n\n", 1)[0])
 
 
