@@ -159,18 +159,6 @@ def _check_keys(ctx: _Ctx, node: _Node, allowed: set[str], where: str) -> None:
             raise ctx.fail(node.lines[key], where, f"unknown field {key!r}")
 
 
-def load_config(path: str) -> Config:
-    """Read and validate a configuration file."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not valid UTF-8") from None
-    return parse_config(text, path)
-
-
 def parse_config(text: str, path: str = "<config>") -> Config:
     ctx = _Ctx(path)
     try:

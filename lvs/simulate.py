@@ -19,7 +19,6 @@ import io
 import ipaddress
 import json
 import random
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -28,6 +27,8 @@ from .addr import parse_ip
 from .constants import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP
 from .core import FORWARD, Director
 from .ctl import IPVS
+from .ipvsadm.grammar import Resolver
+from .ipvsadm.names import NullResolver
 from .model import Flow
 from .proto_tcp import ACK, FIN, RST, SYN
 
@@ -82,11 +83,11 @@ class VirtualNet:
 IpvsadmRunner = Callable[[list[str], IPVS, float, TextIO, TextIO], int]
 
 
-def _default_runner() -> IpvsadmRunner:
+def _default_runner(resolver: Resolver) -> IpvsadmRunner:
     from .ipvsadm.commands import run
 
     def runner(argv: list[str], ipvs: IPVS, now: float, out: TextIO, err: TextIO) -> int:
-        return run(argv, ipvs, now, out, err)
+        return run(argv, ipvs, now, out, err, resolver)
 
     return runner
 
@@ -95,18 +96,30 @@ class Simulation:
     """A scenario run: the director, the virtual clock and the network."""
 
     def __init__(
-        self, seed: int = 0, runner: IpvsadmRunner | None = None, classic: bool = False, explain: bool = False
+        self,
+        seed: int = 0,
+        runner: IpvsadmRunner | None = None,
+        classic: bool = False,
+        explain: bool = False,
+        all_steps: bool = False,
+        resolver: Resolver | None = None,
     ) -> None:
+        """``resolver`` names hosts and ports in ipvsadm lines (none known if
+        not given: the oracle's scenarios are numeric)."""
         self.ipvs = IPVS(rng=random.Random(seed), classic=classic)
         self.director = Director(self.ipvs)
         self.now = 0.0
         self.net = VirtualNet()
         self.held: dict[str, Flow] = {}
         self.index = 0
-        self.runner = runner or _default_runner()
+        self.runner = runner or _default_runner(resolver or NullResolver())
         #: add an "explain" field to every flow line (see lvs.explain)
         self.explain = explain
         self._account: dict | None = None
+        self._rules_shown: set[str] = set()
+        #: also emit the steps the JSON lines leave out (sleep, sysctl,
+        #: local/listen), for --report; the JSON output never sets it
+        self.all_steps = all_steps
 
     # -- ipvsadm -----------------------------------------------------------------
     def ipvsadm(self, argv: list[str]) -> tuple[int, str]:
@@ -179,7 +192,7 @@ class Simulation:
         if self.explain:
             from .explain import before_decision
 
-            self._account = before_decision(self.director, flow)
+            self._account = before_decision(self.director, flow, self.now)
 
     def _report(
         self, proto: str, flow: Flow, src: str, dst: str, mark: int, cp, error: str | None = None
@@ -197,11 +210,17 @@ class Simulation:
             if error:
                 line["error"] = error
         if self.explain:
-            from .explain import summary
+            from .explain import render, scheduler_rule
 
-            line["explain"] = summary(self._account, line["real_server"])
-            if self._account is not None and self.index == 1:
-                line["rule"] = self._account["rule"]
+            acc = self._account
+            line["explain"] = render(acc)
+            line["account"] = acc
+            if acc is not None and acc.get("scheduler"):
+                svc = self.ipvs.find_service(flow.af, flow.protocol, flow.vaddr, flow.vport, flow.fwmark)
+                name = acc["scheduler"]["scheduler"]
+                if svc is not None and name not in self._rules_shown:
+                    self._rules_shown.add(name)
+                    line["rule"] = scheduler_rule(svc)
         return line
 
     # -- time --------------------------------------------------------------------------
@@ -246,6 +265,8 @@ class Simulation:
                         self.ipvs.sysctl.set(name[len(prefix) :], value)
                     except (KeyError, ValueError):
                         raise ScenarioError(f"unknown or bad sysctl {kv!r}") from None
+            if self.all_steps:
+                emit({"step": "sysctl", "args": " ".join(rest)})
         elif cmd == "ipvsadm":
             rc, out = self.ipvsadm(rest)
             emit({"step": "ipvsadm", "args": " ".join(rest), "rc": rc, "output": out.removesuffix("\n")})
@@ -270,6 +291,8 @@ class Simulation:
             if not rest:
                 raise ScenarioError("sleep needs seconds")
             self.sleep(float(rest[0]))
+            if self.all_steps:
+                emit({"step": "sleep", "args": rest[0]})
         elif cmd == "snapshot":
             _, a = self.ipvsadm(["-L", "-n"])
             _, b = self.ipvsadm(["-L", "-n", "--stats"])
@@ -316,10 +339,15 @@ def _endpoint_text(af: int, value: int, port: int) -> str:
 
 
 def simulate(
-    lines: Iterable[str], out: TextIO, seed: int = 0, classic: bool = False, explain: bool = False
+    lines: Iterable[str],
+    out: TextIO,
+    seed: int = 0,
+    classic: bool = False,
+    explain: bool = False,
+    resolver: Resolver | None = None,
 ) -> None:
     """Run a scenario and write its JSON lines to ``out``."""
-    sim = Simulation(seed=seed, classic=classic, explain=explain)
+    sim = Simulation(seed=seed, classic=classic, explain=explain, resolver=resolver)
 
     def emit(obj: dict) -> None:
         out.write(json.dumps(obj) + "\n")
@@ -327,28 +355,27 @@ def simulate(
     sim.run(lines, emit)
 
 
-def main(argv: list[str]) -> int:
-    """``lvsadm simulate [--seed N] [--classic] SCENARIO``."""
-    import argparse
+def simulate_report(
+    lines: Iterable[str],
+    out: TextIO,
+    seed: int = 0,
+    classic: bool = False,
+    explain: bool = False,
+    resolver: Resolver | None = None,
+) -> Simulation:
+    """Run a scenario and write the plain-text report (:mod:`lvs.report`) to ``out``."""
+    from .report import Report
 
-    ap = argparse.ArgumentParser(prog="lvsadm simulate", description="Replay an oracle scenario in-process.")
-    ap.add_argument("scenario", help="scenario file, or - for standard input")
-    ap.add_argument("--seed", type=int, default=0, help="seed for twos and anything random")
-    ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
-    ap.add_argument("--explain", action="store_true", help="say why each flow went where it went")
-    ns = ap.parse_args(argv)
-    try:
-        if ns.scenario == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            with open(ns.scenario, encoding="utf-8") as fh:
-                lines = fh.read().splitlines()
-    except OSError as exc:
-        print(f"lvsadm simulate: {exc}", file=sys.stderr)
-        return 2
-    try:
-        simulate(lines, sys.stdout, seed=ns.seed, classic=ns.classic, explain=ns.explain)
-    except ScenarioError as exc:
-        print(f"lvsadm simulate: {ns.scenario}: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    sim = Simulation(seed=seed, classic=classic, explain=explain, all_steps=True, resolver=resolver)
+    render = None
+    if explain:
+        from .explain import render_lines
+
+        render = render_lines
+    write = out.write
+    report = Report(write=lambda line: write(line + "\n"), now=lambda: sim.now, explain=render)
+    sim.run(lines, report.feed)
+    for line in report.final_table(sim.ipvs):
+        write(line + "\n")
+    return sim
+

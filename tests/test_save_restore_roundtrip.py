@@ -62,9 +62,10 @@ from lvs.constants import (
     SVC_F_SCHED_MASK,
 )
 from lvs.ctl import IPVS
-from lvs.daemon.client import Client
 from lvs.ipvsadm.commands import run
 from lvs.ipvsadm.names import FilesResolver, NullResolver
+from lvsd import resolver as lvsd_resolver
+from lvsd.client import Client
 from schedulers import SCHEDULER_NAMES
 
 from .helpers import ROOT, lvsadm, running_lvsd
@@ -174,7 +175,7 @@ def files_resolver(tmp: Path) -> FilesResolver:
     hosts, services = tmp / "hosts", tmp / "services"
     hosts.write_text(HOSTS)
     services.write_text(SERVICES)
-    return FilesResolver(str(hosts), str(services))
+    return lvsd_resolver.files_resolver(str(hosts), str(services))
 
 
 # ---------------------------------------------------------------------------
@@ -710,7 +711,7 @@ def test_lvsadm_save_and_restore_commands_roundtrip(daemon: str) -> None:
     env = {**os.environ, "LVSD_SOCKET": daemon, "LVSADM_NO_AUTOSTART": "1"}
 
     def tool(entry: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        code = f"import sys; from lvs.cli import {entry}; sys.exit({entry}())"
+        code = f"import sys; from lvsd.cli import {entry}; sys.exit({entry}())"
         return subprocess.run([sys.executable, "-c", code], input=stdin, env=env, capture_output=True, text=True,
                               timeout=30, check=False, cwd=ROOT)  # fmt: skip
 

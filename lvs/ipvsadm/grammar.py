@@ -909,14 +909,10 @@ def _check_rules(rule: _Rule, given: set[str], order: tuple[str, ...], what: str
             raise _fail(f"Illegal '{name}' option with the {what}")
 
 
-def parse(argv: list[str], resolver: Resolver | None = None) -> Command:
+def parse(argv: list[str], resolver: Resolver) -> Command:
     """Parse the arguments after ``ipvsadm`` (argv[0] excluded) like ipvsadm
     1.31 does; raises :class:`UsageError`.  ``resolver`` resolves host and
-    service names (default: /etc/hosts and /etc/services only)."""
-    if resolver is None:
-        from .names import default_resolver
-
-        resolver = default_resolver()
+    service names (lvsd's reads /etc/hosts and /etc/services only)."""
     # C strings end at the first NUL
     args = [a.split("\0", 1)[0] for a in argv]
     if not args:

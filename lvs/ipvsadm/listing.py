@@ -61,7 +61,7 @@ from ..constants import (
     TUN_TYPE_GUE,
     TUN_TYPE_IPIP,
 )
-from .names import FilesResolver, default_resolver
+from .names import FilesResolver
 from .proc import _conns, kernel_service_order, proc_ip_vs_conn_rows, remaining_seconds
 
 if TYPE_CHECKING:
@@ -475,9 +475,8 @@ def _banner(ipvs: Any) -> str:
 
 
 def _pick_resolver(numeric: bool, resolver: FilesResolver | None) -> FilesResolver | None:
-    if numeric:
-        return None
-    return resolver if resolver is not None else default_resolver()
+    """No names with ``-n``; without a resolver, none are known."""
+    return None if numeric else resolver
 
 
 def list_services(

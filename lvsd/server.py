@@ -19,8 +19,9 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from lvs.protocol import MAX_MESSAGE, ProtocolError, decode_request, encode, error_reply
+
 from .names import socket_address
-from .protocol import MAX_MESSAGE, ProtocolError, decode_request, encode, error_reply
 
 log = logging.getLogger("lvsd.control")
 

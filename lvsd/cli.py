@@ -20,7 +20,7 @@ import os
 import sys
 from typing import TextIO
 
-from .daemon.client import Client, DaemonUnavailable, PermissionDenied
+from .client import Client, DaemonUnavailable, PermissionDenied
 
 INIT_FAILED = (
     "Can't initialize ipvs: {}\nAre you sure that IP Virtual Server is built in the kernel or as module?"

@@ -16,8 +16,9 @@ import sys
 import time
 from typing import Any
 
+from lvs.protocol import encode
+
 from .names import socket_address
-from .protocol import encode
 
 START_TIMEOUT = 10.0
 
@@ -57,7 +58,7 @@ def connect(autostart: bool = True, name: str | None = None) -> socket.socket:
 
 def start_daemon(name: str | None = None) -> None:
     """Start ``lvsd`` in the background in this namespace."""
-    cmd = [sys.executable, "-m", "lvs.daemon.main"]
+    cmd = [sys.executable, "-m", "lvsd.main"]
     if name:
         cmd += ["--socket", name]
     extra = os.environ.get("LVSD_ARGS")

@@ -2,8 +2,8 @@
 
 It owns the emulated kernel (a :class:`~lvs.core.Director`), serves the
 control socket, drives time (connection expiry, the rate estimator), and
-runs the data planes that move traffic.  It is the only place in ``lvs/``
-that reads the clock.
+runs the data planes that move traffic.  The core (``lvs/``) never reads
+the clock: this loop passes it the time.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from ..core import Director
-from ..ctl import IPVS
+from lvs.core import Director
+from lvs.ctl import IPVS
+from lvs.protocol import Request
+
 from .names import socket_address
-from .protocol import Request
+from .resolver import default_resolver
 from .server import AccessPolicy, ControlServer
 
 log = logging.getLogger("lvsd")
@@ -45,6 +47,8 @@ class Daemon:
         self.t0 = time.monotonic()
         self.director.reset_clock(self.now())
         self.planes: list[Any] = []
+        #: the NAT plane when it runs in worker processes (``--workers N``)
+        self.worker_plane: Any = None
         self.warnings: list[str] = []
         self.config = None
         #: how many ipvsadm commands ran: replies carry it, so clients can
@@ -80,20 +84,17 @@ class Daemon:
         ``-L -c``, ``--json conns`` and ``/proc/net/ip_vs_conn`` list the
         workers' entries after the main process's own, and ActiveConn,
         InActConn and the traffic counters are as of this request."""
-        self.ipvs.remote_conns = await pool.query(conns)  # type: ignore[attr-defined]
+        self.ipvs.remote_conns = await pool.query(conns)
         try:
             return self._handle(req)
         finally:
-            self.ipvs.remote_conns = []  # type: ignore[attr-defined]
+            self.ipvs.remote_conns = []
             self.flush_planes()
 
     def worker_pool(self) -> Any:
-        """The NAT plane's worker processes (``--workers N``), if any."""
-        for plane in self.planes:
-            pool = getattr(plane, "pool", None)
-            if pool is not None:
-                return pool
-        return None
+        """The NAT plane of worker processes (``--workers N``), if any: its
+        ``query`` and ``connections`` give what the workers hold."""
+        return self.worker_plane
 
     def flush_planes(self) -> None:
         for plane in self.planes:
@@ -125,10 +126,10 @@ class Daemon:
         return {"ok": False, "error": f"unsupported operation {op}"}
 
     def run_ipvsadm(self, argv: list[str], stdin: str = "") -> dict[str, Any]:
-        from ..ipvsadm.commands import run
+        from lvs.ipvsadm.commands import run
 
         out, err = io.StringIO(), io.StringIO()
-        rc = run(argv, self.ipvs, self.now(), out, err, stdin=io.StringIO(stdin))
+        rc = run(argv, self.ipvs, self.now(), out, err, default_resolver(), stdin=io.StringIO(stdin))
         self.seq += 1
         return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue(), "seq": self.seq}
 
@@ -145,7 +146,7 @@ class Daemon:
         }
 
     def json_view(self, what: str) -> Any:
-        from ..ipvsadm import listing
+        from lvs.ipvsadm import listing
 
         if what == "services":
             return listing.services_json(self.ipvs, self.now())
@@ -161,7 +162,7 @@ class Daemon:
         raise BadRequest(f"unknown view {what!r}")
 
     def proc_view(self, name: str) -> str:
-        from ..ipvsadm import proc
+        from lvs.ipvsadm import proc
 
         now = self.now()
         views = {
@@ -176,7 +177,9 @@ class Daemon:
     def reload(self) -> dict[str, Any]:
         if not self.opts.config:
             return {"ok": False, "error": "lvsd runs without --config: nothing to reload"}
-        from ..config import ConfigError, apply_config, load_config
+        from lvs.config import ConfigError, apply_config
+
+        from .config import load_config
 
         try:
             cfg = load_config(self.opts.config)
@@ -207,7 +210,9 @@ class Daemon:
 
     async def run(self) -> None:
         if self.opts.config:
-            from ..config import ConfigError, apply_config, load_config
+            from lvs.config import ConfigError, apply_config
+
+            from .config import load_config
 
             try:
                 apply_config(self.ipvs, load_config(self.opts.config), self.now())
@@ -245,37 +250,37 @@ class Daemon:
             self.start_direct_plane()
         if self.opts.no_nat:
             return
-        try:
-            from forwarding.nat import NatPlane
-        except ImportError:  # pragma: no cover - forwarding not installed
-            return
         from forwarding.proxyproto import parse_specs
 
-        plane = NatPlane(
-            self.director,
-            self.now,
-            manage_vips=not self.opts.no_vip,
-            workers=self.opts.workers,
-            proxy_protocol=parse_specs(self.opts.proxy_protocol),
-            transparent=self.opts.transparent,
-        )
+        options = {
+            "manage_vips": not self.opts.no_vip,
+            "proxy_protocol": parse_specs(self.opts.proxy_protocol),
+            "transparent": self.opts.transparent,
+        }
+        plane: Any
+        if self.opts.workers > 1:
+            from forwarding.nat_pool import NatWorkerPlane
+
+            plane = self.worker_plane = NatWorkerPlane(self.director, self.now, self.opts.workers, **options)
+        else:
+            from forwarding.nat import NatPlane
+
+            plane = NatPlane(self.director, self.now, **options)
         self.planes.append(plane)
         plane.start()
 
     def start_direct_plane(self) -> None:
         """DR/TUN plane (forwarding/dr.py): it opens its capture socket and
         nftables table only once a -g/-i service exists."""
-        try:
-            from forwarding.dr import DirectPlane
-        except ImportError:  # pragma: no cover - forwarding not installed
-            return
+        from forwarding.dr import DirectPlane
+
         name = "".join(ch if ch.isalnum() else "_" for ch in (self.opts.socket or ""))
         plane = DirectPlane(self.director, self.now, table="pylvs" + (f"_{name}" if name else ""))
         self.planes.append(plane)
         plane.start()
 
     def save_state(self, path: str) -> None:
-        from ..ipvsadm.listing import save_rules
+        from lvs.ipvsadm.listing import save_rules
 
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -306,10 +311,10 @@ def _needs_workers(req: Request) -> bool | None:
             else None
         )
     if op == "ipvsadm":
-        from ..ipvsadm.grammar import CMD_LIST, UsageError, parse
+        from lvs.ipvsadm.grammar import CMD_LIST, UsageError, parse
 
         try:
-            cmd = parse(list(req.args["argv"]))
+            cmd = parse(list(req.args["argv"]), default_resolver())
         except (UsageError, ValueError, OSError):
             return None  # the request itself reports it
         return bool(cmd.connection) if cmd.kind == CMD_LIST else None
@@ -391,7 +396,7 @@ def _log_workers_alike(log_file: str | None, level: str) -> None:
     """``--workers`` processes log to the same file, at the same level (their
     environment carries both; O_APPEND keeps the processes' lines whole).
     Only with workers: it imports the NAT worker module for the names."""
-    from forwarding.workers import LOG_FILE_ENV, LOG_LEVEL_ENV
+    from forwarding.nat_pool import LOG_FILE_ENV, LOG_LEVEL_ENV
 
     os.environ[LOG_LEVEL_ENV] = level
     if log_file:
