@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from lvs.constants import AF_INET, AF_INET6, CONN_F_SYNC, CONN_F_TEMPLATE, IPPROTO_TCP, IPPROTO_UDP
 from lvs.core import Director
 from lvs.ctl import IPVS
-from lvs.ipvsadm.commands import run as ipvsadm
+from lvs.ipvsadm.commands import run as _run
+from lvs.ipvsadm.names import FilesResolver
 from lvs.model import Flow
 from lvs.proto_tcp import ACK, FIN, SYN
 from lvs.sync import (
@@ -24,6 +25,11 @@ from lvs.sync import (
     decode_message,
     encode_messages,
 )
+
+
+def ipvsadm(argv: list[str], ipvs: IPVS, now: float, out: io.StringIO, err: io.StringIO) -> int:
+    return _run(argv, ipvs, now, out, err, FilesResolver())
+
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

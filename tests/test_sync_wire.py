@@ -21,11 +21,17 @@ from lvs.addr import parse_ip
 from lvs.constants import AF_INET, AF_INET6, CONN_F_SYNC, IPPROTO_TCP, IPPROTO_UDP
 from lvs.core import Director
 from lvs.ctl import IPVS
-from lvs.ipvsadm.commands import run as ipvsadm
+from lvs.ipvsadm.commands import run as _run
+from lvs.ipvsadm.names import FilesResolver
 from lvs.ipvsadm.proc import proc_ip_vs_conn_sync
 from lvs.model import Flow
 from lvs.proto_tcp import ACK, FIN, SYN
 from lvs.sync import SyncMaster, SyncParams, decode_message, encode_messages
+
+
+def ipvsadm(argv: list[str], ipvs: IPVS, now: float, out: io.StringIO, err: io.StringIO) -> int:
+    return _run(argv, ipvs, now, out, err, FilesResolver())
+
 
 DATA = Path(__file__).parent / "data" / "sync"
 
