@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml setup.py lvs/_intmap.c
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check lvs lvsd schedulers forwarding tests benchmarks examples
+	$(VENV)/bin/ruff check lvs lvsd schedulers forwarding checkers tests benchmarks examples
 
 test: venv lint netdeps obsdeps
 	$(PY) -m pytest -q

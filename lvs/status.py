@@ -153,7 +153,9 @@ def services_steps(
     order (``total_services`` says how many there are); each service also
     carries its page ``id`` (:func:`service_id`)."""
     header = {k: getattr(ipvs, k) for k in ("version", "conn_tab_size") if hasattr(ipvs, k)}
-    whole = listing.services_json(SimpleNamespace(services={}, stats=ipvs.stats, **header), now)
+    whole = listing.services_json(
+        SimpleNamespace(services={}, stats=ipvs.stats, remote_conns=[], **header), now
+    )
     ordered = listing._ordered_services(ipvs, 0)
     whole["total_services"] = len(ordered)
     if limit is not None:
@@ -176,5 +178,5 @@ def conns_view(ipvs: Any, now: float, limit: int, remote: list[Any] | None = Non
     conns = getattr(ipvs, "conns", None) or ()
     remote = remote or []
     chosen = list(itertools.islice(itertools.chain(conns, remote), max(0, limit)))
-    rows = listing.conns_json(SimpleNamespace(conns=chosen), now)
+    rows = listing.conns_json(SimpleNamespace(conns=chosen, remote_conns=[]), now)
     return {"total": len(conns) + len(remote), "shown": len(rows), "conns": rows}

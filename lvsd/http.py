@@ -292,6 +292,9 @@ class HttpServer:
         whole = await metrics._drive(
             page_data.services_steps(self.daemon.ipvs, self.daemon.now(), limit=limit)
         )
+        health = getattr(self.daemon, "health", None)
+        if health is not None:
+            health.annotate(whole)
         rows = whole.pop("services")
         parts = [json.dumps(whole)[:-1], ', "services": [']
         for start in range(0, len(rows), 200):

@@ -98,10 +98,11 @@ def dataplane_family(planes: Iterable[Any]) -> Family:
         ("plane", "event"),
     )
     for plane in planes:
-        if hasattr(plane, "accepted") and hasattr(plane, "resets"):
+        counters = getattr(plane, "ctx", plane)  # the NAT plane keeps them in its RelayContext
+        if hasattr(counters, "accepted") and hasattr(counters, "resets"):
             for name in NAT_EVENTS:
-                fam.samples.append((("nat", name), int(getattr(plane, name, 0) or 0)))
-            icmp = getattr(plane, "icmp", None)
+                fam.samples.append((("nat", name), int(getattr(counters, name, 0) or 0)))
+            icmp = getattr(counters, "icmp", None)
             fam.samples.append((("nat", "icmp_unreachable_sent"), int(getattr(icmp, "sent", 0) or 0)))
         stats = getattr(plane, "stats", None)
         if stats is not None and hasattr(stats, "frames"):
@@ -142,10 +143,71 @@ def daemon_families(daemon: Any) -> list[Family]:
                 {(str(code),): n for code, n in http.answers.items()},
             )
         )
-    health = getattr(daemon, "health_families", None)
-    if callable(health):
-        fams.extend(health())
+    if getattr(daemon, "health", None) is not None:
+        fams.extend(health_families(daemon))
     return fams
+
+
+def health_families(daemon: Any) -> list[Family]:
+    """keepalived.conf health checking (``lvsd --keepalived-conf``): per real
+    server its state, effective weight and the transitions lvsd saw; per
+    checker its results and how long its last probe took; per virtual
+    server its quorum."""
+    runner = daemon.health
+    monitor = runner.monitor
+    seen = daemon.observer.health_transitions()
+    rs_labels = ("virtual_server", "real_server", "role")
+    chk_labels = ("virtual_server", "real_server", "checker", "check")
+    up = Family(
+        "pylvs_health_up", "gauge", "1 while the real server's checkers pass (keepalived's alive).", rs_labels
+    )
+    weight = Family(
+        "pylvs_health_weight",
+        "gauge",
+        "The real server's effective weight (keepalived's real_weight; an inhibited one has 0 in the table).",
+        rs_labels,
+    )
+    moves = Family(
+        "pylvs_health_transitions_total",
+        "counter",
+        "Up/down transitions of the real server seen by lvsd.",
+        rs_labels,
+    )
+    checks = Family(
+        "pylvs_health_checks_total",
+        "counter",
+        "Probes by checker and result.",
+        (*chk_labels, "result"),
+    )
+    duration = Family(
+        "pylvs_health_check_duration_seconds", "gauge", "How long the checker's last probe took.", chk_labels
+    )
+    quorum = Family(
+        "pylvs_health_quorum_up", "gauge", "1 while the virtual server has its quorum.", ("virtual_server",)
+    )
+    if monitor is None:
+        return [up, weight, moves, checks, duration, quorum]
+    done: set[tuple[str, ...]] = set()
+    for vs in monitor.vss:
+        name = vs.conf.name
+        if (name,) not in done:
+            done.add((name,))
+            quorum.samples.append(((name,), int(vs.quorum_state_up)))
+        for rs in [*vs.rs, *([vs.sorry] if vs.sorry else [])]:
+            labels = (name, rs.describe(), "sorry" if rs.sorry else "real")
+            if labels in done:
+                continue
+            done.add(labels)
+            up.samples.append((labels, int(rs.alive)))
+            weight.samples.append((labels, monitor.health_of(rs)["weight"]))
+            moves.samples.append((labels, seen.get((name, rs.describe()), [None, 0])[1]))
+            for index, chk in enumerate(rs.checkers):
+                passed, failed, took = runner.check_stats.get(chk.ident, (0, 0, 0.0))
+                chk_key = (name, rs.describe(), chk.kind, str(index))
+                checks.samples.append(((*chk_key, "passed"), int(passed)))
+                checks.samples.append(((*chk_key, "failed"), int(failed)))
+                duration.samples.append((chk_key, round(float(took), 6)))
+    return [up, weight, moves, checks, duration, quorum]
 
 
 async def _drive(steps: Any) -> Any:

@@ -50,6 +50,8 @@ class Observer:
         self.procfs: Any = None
         self._sampler: asyncio.Task[None] | None = None
         self.process_registry: Any = None
+        #: (virtual server, real server) -> [last state seen, transitions counted]
+        self.health_seen: dict[tuple[str, str], list[Any]] = {}
 
     async def start(self) -> None:
         from .metrics import process_registry
@@ -91,6 +93,29 @@ class Observer:
 
     def event(self, kind: str, text: str) -> None:
         self.events.add(time.time(), kind, text)
+
+    def health_log(self, kind: str, text: str) -> None:
+        """A line the health monitor logged (keepalived's words): an event,
+        and the real servers' states are compared with the last seen, so
+        every up/down transition is counted."""
+        self.event("health", text)
+        self.health_transitions()
+
+    def health_transitions(self) -> dict[tuple[str, str], list[Any]]:
+        health = getattr(self.daemon, "health", None)
+        monitor = getattr(health, "monitor", None)
+        if monitor is None:
+            return self.health_seen
+        for vs in monitor.vss:
+            for rs in [*vs.rs, *([vs.sorry] if vs.sorry else [])]:
+                key = (vs.conf.name, rs.describe())
+                seen = self.health_seen.get(key)
+                if seen is None:
+                    self.health_seen[key] = [rs.alive, 0]
+                elif seen[0] != rs.alive:
+                    seen[0] = rs.alive
+                    seen[1] += 1
+        return self.health_seen
 
     def on_reply(self, req: Any, reply: Any) -> None:
         """Count one control request; a table change becomes an event."""

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .account import Account, compare, new_account, overhead_form, skip, start, unusable_reason
 from .base import conn_overhead, is_overloaded
 from .keyindex import Key, KeyIndexScheduler
 
 if TYPE_CHECKING:
-    from lvs.model import Dest
+    from lvs.model import Dest, Flow
 
 
 def lc_pick(dests: list[Dest], classic: bool) -> Dest | None:
@@ -48,6 +49,28 @@ class LeastConnection(KeyIndexScheduler):
         if is_overloaded(dest) or dest.weight == 0:
             return None
         return (conn_overhead(dest, self.ctx.classic), dest.pos)
+
+    def account(self, flow: Flow, now: float) -> Account:
+        """:func:`lc_pick` as data: the challenger wins when ``overhead_cand > overhead_d``."""
+        classic = self.ctx.classic
+        acc = new_account(self, overhead_form=overhead_form(classic))
+        least = None
+        loh = 0
+        for dest in self.svc.destinations:
+            reason = unusable_reason(dest)
+            if reason:
+                skip(acc, dest, reason)
+                continue
+            doh = conn_overhead(dest, classic)
+            if least is None:
+                start(acc, dest, "first server that is not overloaded and has weight > 0")
+            else:
+                compare(acc, least, dest, [loh], [doh], loh > doh)
+            if least is None or doh < loh:
+                least = dest
+                loh = doh
+        acc["chosen"] = None if least is None else least.endpoint()
+        return acc
 
 
 SCHEDULER = LeastConnection

@@ -78,7 +78,11 @@ function serviceTitle(s) {
 }
 
 function health(d) {
-  if (d.health) return [d.health, d.health === "up" ? "ok" : d.health === "down" ? "bad" : "warn"];
+  if (d.health && d.health.state) {
+    const st = d.health.state;
+    const why = st === "down" && d.health.failed_checker ? ` (${d.health.failed_checker})` : "";
+    return [st + why, st === "up" || st === "sorry-in" ? "ok" : st === "down" ? "bad" : "warn", d.health.last_failure || ""];
+  }
   if (d.overloaded) return ["overloaded", "warn"];
   if (d.weight === 0) return ["quiesced", "warn"];
   if (!d.available) return ["unavailable", "bad"];
@@ -137,9 +141,11 @@ function renderServices(data, history) {
       tr.appendChild(el("td", "mono", addr));
       tr.appendChild(el("td", "opt", FORWARD[d.forward] || d.forward));
       tr.appendChild(el("td", "num", d.weight));
-      const [htext, hcls] = health(d);
+      const [htext, hcls, hwhy] = health(d);
       const ht = el("td");
-      ht.appendChild(el("span", "badge " + hcls, htext));
+      const badge = el("span", "badge " + hcls, htext);
+      if (hwhy) badge.title = hwhy;
+      ht.appendChild(badge);
       tr.appendChild(ht);
       tr.appendChild(el("td", "num", d.active_conns));
       tr.appendChild(el("td", "num", d.inactive_conns));
