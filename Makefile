@@ -11,11 +11,11 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml setup.py lvs/_intmap.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,teach]'
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check lvs lvsd schedulers forwarding tests benchmarks examples
+	$(VENV)/bin/ruff check lvs lvsd schedulers forwarding teaching tests benchmarks examples
 
 test: venv lint netdeps
 	$(PY) -m pytest -q
