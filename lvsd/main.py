@@ -47,8 +47,12 @@ class Daemon:
         self.t0 = time.monotonic()
         self.director.reset_clock(self.now())
         self.planes: list[Any] = []
+        #: the NAT plane when it runs in worker processes (``--workers N``)
+        self.worker_plane: Any = None
         self.warnings: list[str] = []
         self.config = None
+        #: keepalived.conf health checking (--keepalived-conf), if any
+        self.health: Any = None
         #: how many ipvsadm commands ran: replies carry it, so clients can
         #: tell the order in which the table changed
         self.seq = 0
@@ -82,20 +86,17 @@ class Daemon:
         ``-L -c``, ``--json conns`` and ``/proc/net/ip_vs_conn`` list the
         workers' entries after the main process's own, and ActiveConn,
         InActConn and the traffic counters are as of this request."""
-        self.ipvs.remote_conns = await pool.query(conns)  # type: ignore[attr-defined]
+        self.ipvs.remote_conns = await pool.query(conns)
         try:
             return self._handle(req)
         finally:
-            self.ipvs.remote_conns = []  # type: ignore[attr-defined]
+            self.ipvs.remote_conns = []
             self.flush_planes()
 
     def worker_pool(self) -> Any:
-        """The NAT plane's worker processes (``--workers N``), if any."""
-        for plane in self.planes:
-            pool = getattr(plane, "pool", None)
-            if pool is not None:
-                return pool
-        return None
+        """The NAT plane of worker processes (``--workers N``), if any: its
+        ``query`` and ``connections`` give what the workers hold."""
+        return self.worker_plane
 
     def flush_planes(self) -> None:
         for plane in self.planes:
@@ -144,13 +145,17 @@ class Daemon:
             "connections": len(self.director.conns) + (pool.connections() if pool is not None else 0),
             "planes": [p.describe() for p in self.planes],
             "warnings": list(self.warnings) + [w for p in self.planes for w in p.warnings()],
+            "health": self.health.status() if self.health is not None else None,
         }
 
     def json_view(self, what: str) -> Any:
         from lvs.ipvsadm import listing
 
         if what == "services":
-            return listing.services_json(self.ipvs, self.now())
+            data = listing.services_json(self.ipvs, self.now())
+            if self.health is not None:
+                self.health.annotate(data)
+            return data
         if what == "conns":
             return listing.conns_json(self.ipvs, self.now())
         if what == "timeouts":
@@ -176,6 +181,13 @@ class Daemon:
         return views[name]()
 
     def reload(self) -> dict[str, Any]:
+        if self.health is not None:
+            from lvs.keepalived_conf import KeepalivedConfError
+
+            try:
+                return {"changes": self.health.reload()}
+            except KeepalivedConfError as exc:
+                return {"ok": False, "error": str(exc)}
         if not self.opts.config:
             return {"ok": False, "error": "lvsd runs without --config: nothing to reload"}
         from lvs.config import ConfigError, apply_config
@@ -221,6 +233,16 @@ class Daemon:
                 raise SystemExit(f"lvsd: {exc}") from None
         if self.opts.state and os.path.exists(self.opts.state):
             self.restore_state(self.opts.state)
+        if self.opts.keepalived_conf:
+            from lvs.keepalived_conf import KeepalivedConfError
+
+            from .healthd import HealthRunner
+
+            self.health = HealthRunner(self.ipvs, self.now, self.opts.keepalived_conf, self.flush_planes)
+            try:
+                self.health.load()
+            except KeepalivedConfError as exc:
+                raise SystemExit(f"lvsd: {exc}") from None
         self.start_planes()
         self.flush_planes()
         await self.server.start()
@@ -230,8 +252,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info("lvsd listening on %r", socket_address(self.opts.socket))
         ticker = asyncio.create_task(self.ticker())
+        if self.health is not None:
+            self.health.start()
         await self._stop.wait()
         ticker.cancel()
+        if self.health is not None:
+            await self.health.close()
         await self.server.close()
         for plane in self.planes:
             await plane.close()
@@ -251,17 +277,22 @@ class Daemon:
             self.start_direct_plane()
         if self.opts.no_nat:
             return
-        from forwarding.nat import NatPlane
         from forwarding.proxyproto import parse_specs
 
-        plane = NatPlane(
-            self.director,
-            self.now,
-            manage_vips=not self.opts.no_vip,
-            workers=self.opts.workers,
-            proxy_protocol=parse_specs(self.opts.proxy_protocol),
-            transparent=self.opts.transparent,
-        )
+        options = {
+            "manage_vips": not self.opts.no_vip,
+            "proxy_protocol": parse_specs(self.opts.proxy_protocol),
+            "transparent": self.opts.transparent,
+        }
+        plane: Any
+        if self.opts.workers > 1:
+            from forwarding.nat_pool import NatWorkerPlane
+
+            plane = self.worker_plane = NatWorkerPlane(self.director, self.now, self.opts.workers, **options)
+        else:
+            from forwarding.nat import NatPlane
+
+            plane = NatPlane(self.director, self.now, **options)
         self.planes.append(plane)
         plane.start()
 
@@ -330,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--foreground", "-F", action="store_true", help="stay in the foreground (for service managers)"
     )
     ap.add_argument("--config", "-c", help="YAML configuration to load (SIGHUP reloads it)")
+    ap.add_argument(
+        "--keepalived-conf",
+        metavar="FILE",
+        help="read an unmodified keepalived.conf: its virtual servers become the table and its health "
+        "checkers (TCP_CHECK, HTTP_GET, SSL_GET, UDP_CHECK, DNS_CHECK, MISC_CHECK, PING_CHECK, SMTP_CHECK) "
+        "remove failed real servers and add them back when they recover (SIGHUP / lvsadm --reload re-reads "
+        "it; vrrp_* blocks are left to `keepalived --vrrp`)",
+    )
     ap.add_argument("--state", help="save the table here on exit and restore it on start (ipvsadm -S format)")
     ap.add_argument(
         "--socket", help="control socket name (abstract) or path; default from LVSD_SOCKET or 'pylvs'"
@@ -392,7 +431,7 @@ def _log_workers_alike(log_file: str | None, level: str) -> None:
     """``--workers`` processes log to the same file, at the same level (their
     environment carries both; O_APPEND keeps the processes' lines whole).
     Only with workers: it imports the NAT worker module for the names."""
-    from forwarding.workers import LOG_FILE_ENV, LOG_LEVEL_ENV
+    from forwarding.nat_pool import LOG_FILE_ENV, LOG_LEVEL_ENV
 
     os.environ[LOG_LEVEL_ENV] = level
     if log_file:
