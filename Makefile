@@ -11,11 +11,11 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml setup.py lvs/_intmap.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,teach]'
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check lvs lvsd schedulers forwarding checkers tests benchmarks examples
+	$(VENV)/bin/ruff check lvs lvsd schedulers forwarding checkers teaching tests benchmarks examples
 
 test: venv lint netdeps obsdeps
 	$(PY) -m pytest -q
@@ -27,12 +27,13 @@ bench: venv
 	$(PY) benchmarks/core.py
 
 # Tools the DR/TUN plane and its namespace tests use (root only; Debian packages):
-# nft (nftables) for the director's rules, trafgen (netsniff-ng) for benchmarks.
+# nft (nftables) for the director's rules, trafgen (netsniff-ng) for benchmarks,
+# openssl for the SSL_GET checker test's self-signed certificate.
 netdeps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	    { ! command -v nft >/dev/null || ! command -v trafgen >/dev/null; }; then \
+	    { ! command -v nft >/dev/null || ! command -v trafgen >/dev/null || ! command -v openssl >/dev/null; }; then \
 	  apt-get update -qq >/dev/null && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables netsniff-ng >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables netsniff-ng openssl >/dev/null; \
 	fi
 
 # Tools the observability tests run (root only; Debian packages): promtool

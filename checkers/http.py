@@ -63,7 +63,9 @@ async def fetch(
     chk: Any, url: dict[str, Any], tls: ssl.SSLContext | None = None, sni: str | None = None
 ) -> bytes:
     sock = await open_tcp(chk)
-    reader, writer = await asyncio.open_connection(sock=sock, ssl=tls, server_hostname=sni if tls else None)
+    reader, writer = await asyncio.open_connection(
+        sock=sock, ssl=tls, server_hostname=(sni or "") if tls else None
+    )
     try:
         writer.write(build_request(chk, url))
         await writer.drain()

@@ -22,9 +22,11 @@ import sys
 
 
 async def http(args: argparse.Namespace, tls: ssl.SSLContext | None = None) -> None:
-    body = args.body.encode()
-
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        body = args.body.encode()
+        tls_obj = w.get_extra_info("ssl_object")
+        if tls_obj is not None:  # say which TLS server name (SNI) the client sent
+            body += b" sni=%s" % str(getattr(tls_obj, "sni", None)).encode()
         try:
             await r.readuntil(b"\r\n\r\n")
             if args.delay:
@@ -121,6 +123,11 @@ def main() -> None:
     elif args.kind == "https":
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(args.cert, args.key)
+
+        def remember_sni(obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+            obj.sni = name  # type: ignore[attr-defined]
+
+        ctx.sni_callback = remember_sni  # type: ignore[assignment]
         coro = http(args, ctx)
     elif args.kind == "udp":
         coro = udp(args, lambda data: data)
