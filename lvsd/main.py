@@ -26,6 +26,7 @@ from lvs.protocol import Request
 from .names import socket_address
 from .resolver import default_resolver
 from .server import AccessPolicy, ControlServer
+from .syncd import SyncDaemons
 
 log = logging.getLogger("lvsd")
 
@@ -56,6 +57,8 @@ class Daemon:
         self.seq = 0
         self._stop = asyncio.Event()
         self.server = ControlServer(self.handle, AccessPolicy(opts.allow_group), opts.socket)
+        #: the sync daemon's sockets (``--start-daemon``), see lvsd/syncd.py
+        self.syncd = SyncDaemons(self.director, self.now)
 
     def now(self) -> float:
         """Seconds since the daemon started (monotonic): the core's clock."""
@@ -143,6 +146,7 @@ class Daemon:
             "connections": len(self.director.conns) + (pool.connections() if pool is not None else 0),
             "planes": [p.describe() for p in self.planes],
             "warnings": list(self.warnings) + [w for p in self.planes for w in p.warnings()],
+            "sync": self.syncd.describe(),
         }
 
     def json_view(self, what: str) -> Any:
@@ -168,6 +172,7 @@ class Daemon:
         views = {
             "ip_vs": lambda: proc.proc_ip_vs(self.ipvs),
             "ip_vs_conn": lambda: proc.proc_ip_vs_conn(self.ipvs, now),
+            "ip_vs_conn_sync": lambda: proc.proc_ip_vs_conn_sync(self.ipvs, now),
             "ip_vs_stats": lambda: proc.proc_ip_vs_stats(self.ipvs),
         }
         if name not in views:
@@ -193,6 +198,7 @@ class Daemon:
         if "value" in args:
             try:
                 self.ipvs.sysctl.set(name, str(args["value"]))
+                self.syncd.refresh_params()
             except (KeyError, ValueError):
                 return {"ok": False, "error": f"bad sysctl {name}"}
         try:
@@ -231,6 +237,7 @@ class Daemon:
         ticker = asyncio.create_task(self.ticker())
         await self._stop.wait()
         ticker.cancel()
+        self.syncd.close()
         await self.server.close()
         for plane in self.planes:
             await plane.close()
@@ -306,7 +313,7 @@ def _needs_workers(req: Request) -> bool | None:
     if op == "proc":
         name = req.args.get("name")
         return (
-            {"ip_vs": False, "ip_vs_stats": False, "ip_vs_conn": True}.get(name)
+            {"ip_vs": False, "ip_vs_stats": False, "ip_vs_conn": True, "ip_vs_conn_sync": True}.get(name)
             if isinstance(name, str)
             else None
         )
