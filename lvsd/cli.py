@@ -62,6 +62,7 @@ def _extras(argv: list[str], client: Client) -> int | None:
             print(f"sync {state}: {json.dumps(d, sort_keys=True)}")
         if sync.get("counters"):
             print(f"sync counters: {json.dumps(sync['counters'], sort_keys=True)}")
+        print_health(data.get("health"))
         return 0
     if head == "--sysctl":
         # lvsadm --sysctl NAME [VALUE]: net.ipv4.vs.NAME of lvsd's table
@@ -85,6 +86,21 @@ def _extras(argv: list[str], client: Client) -> int | None:
         print(f"reloaded: {reply.get('changes')}")
         return 0
     return None
+
+
+def print_health(health: list[dict] | None) -> None:
+    """``--status``: one line per checked real server (keepalived.conf)."""
+    if not health:
+        return
+    for vs in health:
+        quorum = "up" if vs["quorum_up"] else "DOWN"
+        print(f"virtual server {vs['virtual_server']} (quorum {quorum}):")
+        for rs in vs["real_servers"]:
+            line = f"  {rs['server']} {rs['state']} since {rs['since']:.1f}s, weight {rs['weight']}"
+            line += f", checkers {'+'.join(rs['checkers']) or 'none'}"
+            if rs["state"] == "down" and rs["failed_checker"]:
+                line += f", failed: {rs['failed_checker']}: {rs['last_failure']}"
+            print(line)
 
 
 def main(argv: list[str] | None = None) -> int:
