@@ -5,9 +5,8 @@ the conversions between the core's integer addresses and their text."""
 from __future__ import annotations
 
 import logging
-import socket
 
-from lvs.constants import AF_INET6
+from lvs.addr import format_ip, inet_pton
 
 log = logging.getLogger("lvsd.nat")
 
@@ -21,9 +20,11 @@ def _ipint(af: int, host: str) -> int:
         if len(_ipcache) > 65536:
             _ipcache.clear()
         text = host.split("%", 1)[0]
-        v = _ipcache[host] = int.from_bytes(socket.inet_pton(af, text), "big")
+        value = inet_pton(af, text)
+        if value is None:
+            raise OSError(f"illegal IP address string passed to inet_pton: {text!r}")
+        v = _ipcache[host] = value
     return v
 
 
-def _fmt(af: int, value: int) -> str:
-    return socket.inet_ntop(af, value.to_bytes(16 if af == AF_INET6 else 4, "big"))
+_fmt = format_ip

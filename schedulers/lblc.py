@@ -58,8 +58,8 @@ from typing import TYPE_CHECKING, Any
 
 from lvs.addr import fold
 from lvs.constants import AF_INET, DEST_F_AVAILABLE, DEST_F_OVERLOAD
+from lvs.model import SchedContext, Scheduler
 
-from .base import SchedContext, Scheduler
 from .hashing import GOLDEN_RATIO_32
 
 if TYPE_CHECKING:

@@ -46,8 +46,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lvs.constants import DEST_F_AVAILABLE, DEST_F_OVERLOAD
+from lvs.model import Scheduler
+from lvs.sched import conn_overhead
 
-from .base import Scheduler, conn_overhead
 from .lblc import (
     CHECK_EXPIRE_INTERVAL,
     HARD_CAP,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import conn_overhead, is_overloaded
+from lvs.sched import conn_overhead, is_overloaded
+
 from .keyindex import Key, KeyIndexScheduler
 
 if TYPE_CHECKING:

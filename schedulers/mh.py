@@ -56,8 +56,8 @@ from lvs.constants import (
     SVC_F_SCHED2,
 )
 from lvs.errors import OP_EDIT_SERVICE, IPVSError
+from lvs.model import SchedContext, Scheduler
 
-from .base import SchedContext, Scheduler
 from .hashing import make_hsiphash_u32
 
 if TYPE_CHECKING:

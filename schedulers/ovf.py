@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import is_overloaded
+from lvs.sched import is_overloaded
+
 from .keyindex import Key, KeyIndexScheduler
 
 if TYPE_CHECKING:

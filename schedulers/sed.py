@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import is_overloaded
+from lvs.sched import is_overloaded
+
 from .keyindex import RatioKeyScheduler
 
 if TYPE_CHECKING:

@@ -40,8 +40,8 @@ from lvs.constants import (
     SVC_F_SCHED1,
     SVC_F_SCHED2,
 )
+from lvs.model import SchedContext, Scheduler
 
-from .base import SchedContext, Scheduler
 from .hashing import GOLDEN_RATIO_32
 
 if TYPE_CHECKING:

@@ -33,12 +33,11 @@ from bisect import bisect_left
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
-from .base import Scheduler, conn_overhead, is_overloaded
+from lvs.model import Scheduler
+from lvs.sched import conn_overhead, is_overloaded
 
 if TYPE_CHECKING:
-    from lvs.model import Dest, Flow, Service
-
-    from .base import SchedContext
+    from lvs.model import Dest, Flow, SchedContext, Service
 
 
 def s32(x: int) -> int:

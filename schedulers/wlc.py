@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import conn_overhead, is_overloaded
+from lvs.sched import conn_overhead, is_overloaded
+
 from .keyindex import RatioKeyScheduler
 
 if TYPE_CHECKING:
