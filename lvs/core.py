@@ -8,6 +8,7 @@ and the packet length, and the current virtual time ``now``.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 
 from .addr import v6_prefix_mask
@@ -25,6 +26,7 @@ from .conn import (
 from .conntab import INVALID_PORT, ConnTable
 from .constants import (
     AF_INET6,
+    CONN_F_FWD_MASK,
     CONN_F_INACTIVE,
     CONN_F_NOOUTPUT,
     CONN_F_ONE_PACKET,
@@ -74,7 +76,7 @@ class Director:
         """``table_seed``: the connection table's hash secret (ConnTable)."""
         self.ipvs = ipvs or IPVS()
         self.conns = ConnTable(table_seed)
-        self.ipvs.conns = self.conns  # type: ignore[attr-defined]
+        self.ipvs.conns = self.conns
         self._next_estimate = 0.0
         self._next_sched_tick = 0.0
 
@@ -471,6 +473,48 @@ class Director:
         cp.in_pkts += packets
         self._put(cp, now)
 
+    def refresh(self, cp: Conn, now: float) -> bool:
+        """Traffic of ``cp`` relayed since the last call (a forwarder that
+        batches, such as the NAT proxy's sweep): what ``ip_vs_conn_put`` does
+        for each packet, done once: the timer is pushed to ``now`` plus the
+        entry's timeout, never earlier than it already was.  False (and
+        nothing done) if the entry is no longer hashed."""
+        if not cp.hashed:
+            return False
+        if now + cp.timeout > cp.expires:
+            cp.expires = now + cp.timeout
+        self.conns.arm(cp)
+        return True
+
+    def in_icmp(
+        self,
+        protocol: int,
+        af: int,
+        caddr: int,
+        cport: int,
+        vaddr: int,
+        vport: int,
+        length: int,
+        csum_ok: bool,
+        methods: Container[int],
+    ) -> Verdict:
+        """``ip_vs_in_icmp``: an ICMP error whose quoted packet (read in the
+        client -> VIP direction, ``protocol``/``caddr``... here) may belong to
+        an entry.  ACCEPT (the local stack's) when no entry has that key or
+        its forwarding method is not in ``methods`` (another data plane's
+        entry); DROP for a bad ICMP checksum; else the error counts as one
+        inbound packet of ``length`` bytes for the entry (``ip_vs_in_stats``,
+        ``in_pkts``; no state change, no timer) and is to be forwarded to its
+        real server (FORWARD)."""
+        cp = self.conns.lookup_in(protocol, af, caddr, cport, vaddr, vport)
+        if cp is None or cp.flags & CONN_F_FWD_MASK not in methods:
+            return Verdict(ACCEPT)
+        if not csum_ok:
+            return Verdict(DROP, cp)
+        self._count(cp, 1, length, 0, 0)
+        cp.in_pkts += 1
+        return Verdict(FORWARD, cp)
+
     def _tcp_may_schedule(self, tcp_flags: int) -> bool:
         """``tcp_conn_schedule``: only a SYN opens a connection (any non-RST
         segment with sloppy_tcp); a RST never does."""
@@ -593,6 +637,17 @@ class Director:
         """Count traffic a forwarder moved without per-packet calls (the NAT
         proxy relays byte streams, not packets)."""
         self._count(cp, inpkts, inbytes, outpkts, outbytes)
+
+    def add_bytes_unbound(self, dest: Dest, inbytes: int, outbytes: int, inpkts: int, outpkts: int) -> None:
+        """Traffic a forwarder batched for an entry that has meanwhile been
+        unbound from ``dest`` (it expired with counts still in the batch):
+        counted for ``dest``, its service and the totals, whatever the
+        server's state (the packets did pass while the entry lived)."""
+        dest.stats.add(inpkts, inbytes, outpkts, outbytes)
+        svc = dest.svc
+        if svc is not None:
+            svc.stats.add(inpkts, inbytes, outpkts, outbytes)
+        self.ipvs.stats.add(inpkts, inbytes, outpkts, outbytes)
 
     # ------------------------------------------------------------------------
     # time

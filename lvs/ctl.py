@@ -12,6 +12,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .conn import ConnView
+from .conntab import ConnTable
 from .constants import (
     AF_INET,
     AF_INET6,
@@ -137,6 +139,12 @@ class IPVS:
         self.stats = Stats()
         #: called with (service) when a service appears / changes / goes
         self.listeners: list = []
+        #: the connection table of the Director that drives this IPVS (None
+        #: for a table alone: no entries)
+        self.conns: ConnTable | None = None
+        #: copies of entries other tables hold for the same director (lvsd's
+        #: ``--workers`` processes, gathered before a connection listing)
+        self.remote_conns: list[ConnView] = []
         #: how many fwmark services (the kernel's fwm_services counter)
         self._by_port: dict[tuple[int, int, int, int], Service] = {}
         self._by_fwmark: dict[tuple[int, int], Service] = {}

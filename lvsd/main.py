@@ -47,6 +47,8 @@ class Daemon:
         self.t0 = time.monotonic()
         self.director.reset_clock(self.now())
         self.planes: list[Any] = []
+        #: the NAT plane when it runs in worker processes (``--workers N``)
+        self.worker_plane: Any = None
         self.warnings: list[str] = []
         self.config = None
         #: how many ipvsadm commands ran: replies carry it, so clients can
@@ -82,20 +84,17 @@ class Daemon:
         ``-L -c``, ``--json conns`` and ``/proc/net/ip_vs_conn`` list the
         workers' entries after the main process's own, and ActiveConn,
         InActConn and the traffic counters are as of this request."""
-        self.ipvs.remote_conns = await pool.query(conns)  # type: ignore[attr-defined]
+        self.ipvs.remote_conns = await pool.query(conns)
         try:
             return self._handle(req)
         finally:
-            self.ipvs.remote_conns = []  # type: ignore[attr-defined]
+            self.ipvs.remote_conns = []
             self.flush_planes()
 
     def worker_pool(self) -> Any:
-        """The NAT plane's worker processes (``--workers N``), if any."""
-        for plane in self.planes:
-            pool = getattr(plane, "pool", None)
-            if pool is not None:
-                return pool
-        return None
+        """The NAT plane of worker processes (``--workers N``), if any: its
+        ``query`` and ``connections`` give what the workers hold."""
+        return self.worker_plane
 
     def flush_planes(self) -> None:
         for plane in self.planes:
@@ -251,17 +250,22 @@ class Daemon:
             self.start_direct_plane()
         if self.opts.no_nat:
             return
-        from forwarding.nat import NatPlane
         from forwarding.proxyproto import parse_specs
 
-        plane = NatPlane(
-            self.director,
-            self.now,
-            manage_vips=not self.opts.no_vip,
-            workers=self.opts.workers,
-            proxy_protocol=parse_specs(self.opts.proxy_protocol),
-            transparent=self.opts.transparent,
-        )
+        options = {
+            "manage_vips": not self.opts.no_vip,
+            "proxy_protocol": parse_specs(self.opts.proxy_protocol),
+            "transparent": self.opts.transparent,
+        }
+        plane: Any
+        if self.opts.workers > 1:
+            from forwarding.nat_pool import NatWorkerPlane
+
+            plane = self.worker_plane = NatWorkerPlane(self.director, self.now, self.opts.workers, **options)
+        else:
+            from forwarding.nat import NatPlane
+
+            plane = NatPlane(self.director, self.now, **options)
         self.planes.append(plane)
         plane.start()
 
@@ -392,7 +396,7 @@ def _log_workers_alike(log_file: str | None, level: str) -> None:
     """``--workers`` processes log to the same file, at the same level (their
     environment carries both; O_APPEND keeps the processes' lines whole).
     Only with workers: it imports the NAT worker module for the names."""
-    from forwarding.workers import LOG_FILE_ENV, LOG_LEVEL_ENV
+    from forwarding.nat_pool import LOG_FILE_ENV, LOG_LEVEL_ENV
 
     os.environ[LOG_LEVEL_ENV] = level
     if log_file:

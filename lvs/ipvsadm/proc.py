@@ -149,8 +149,8 @@ def _conns(ipvs: Any) -> Iterable[Conn]:
     """The entries to list: the table's own, then copies of the entries other
     tables hold for the same director (``ipvs.remote_conns``: lvsd's
     ``--workers`` processes, gathered by the daemon before a listing)."""
-    conns = getattr(ipvs, "conns", None)
-    remote = getattr(ipvs, "remote_conns", None)
+    conns = ipvs.conns
+    remote = ipvs.remote_conns
     if not remote:
         return () if conns is None else conns
     return itertools.chain(() if conns is None else conns, remote)
