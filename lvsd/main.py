@@ -27,6 +27,7 @@ from .names import socket_address
 from .observe import Observer
 from .resolver import default_resolver
 from .server import AccessPolicy, ControlServer
+from .syncd import SyncDaemons
 
 log = logging.getLogger("lvsd")
 
@@ -61,6 +62,8 @@ class Daemon:
         #: history, events, counts; the HTTP listener and procfs writer (lvsd/observe.py)
         self.observer = Observer(self)
         self.server = ControlServer(self.handle, AccessPolicy(opts.allow_group), opts.socket)
+        #: the sync daemon's sockets (``--start-daemon``), see lvsd/syncd.py
+        self.syncd = SyncDaemons(self.director, self.now)
 
     def now(self) -> float:
         """Seconds since the daemon started (monotonic): the core's clock."""
@@ -159,6 +162,7 @@ class Daemon:
             "connections": len(self.director.conns) + (pool.connections() if pool is not None else 0),
             "planes": [p.describe() for p in self.planes],
             "warnings": list(self.warnings) + [w for p in self.planes for w in p.warnings()],
+            "sync": self.syncd.describe(),
             "health": self.health.status() if self.health is not None else None,
         }
 
@@ -188,6 +192,7 @@ class Daemon:
         views = {
             "ip_vs": lambda: proc.proc_ip_vs(self.ipvs),
             "ip_vs_conn": lambda: proc.proc_ip_vs_conn(self.ipvs, now),
+            "ip_vs_conn_sync": lambda: proc.proc_ip_vs_conn_sync(self.ipvs, now),
             "ip_vs_stats": lambda: proc.proc_ip_vs_stats(self.ipvs),
         }
         if name not in views:
@@ -220,6 +225,7 @@ class Daemon:
         if "value" in args:
             try:
                 self.ipvs.sysctl.set(name, str(args["value"]))
+                self.syncd.refresh_params()
             except (KeyError, ValueError):
                 return {"ok": False, "error": f"bad sysctl {name}"}
         try:
@@ -272,6 +278,7 @@ class Daemon:
         await self.observer.start()
         await self._stop.wait()
         ticker.cancel()
+        self.syncd.close()
         await self.observer.close()
         if self.health is not None:
             await self.health.close()
@@ -350,7 +357,7 @@ def _needs_workers(req: Request) -> bool | None:
     if op == "proc":
         name = req.args.get("name")
         return (
-            {"ip_vs": False, "ip_vs_stats": False, "ip_vs_conn": True}.get(name)
+            {"ip_vs": False, "ip_vs_stats": False, "ip_vs_conn": True, "ip_vs_conn_sync": True}.get(name)
             if isinstance(name, str)
             else None
         )
