@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean netdeps obsdeps
+.PHONY: venv test lint demo bench clean netdeps labdeps obsdeps
 
 venv: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml setup.py lvs/_intmap.c
 lint: venv
 	$(VENV)/bin/ruff check lvs lvsd schedulers forwarding checkers teaching tests benchmarks examples
 
-test: venv lint netdeps obsdeps
+test: venv lint netdeps obsdeps labdeps
 	$(PY) -m pytest -q
 
 demo: venv
@@ -48,6 +48,15 @@ obsdeps:
 	  apt-get update -qq >/dev/null && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    prometheus prometheus-node-exporter chromium >/dev/null; \
+	fi
+
+# The scheduler lab's browser test (root only; Debian packages): headless
+# chromium, and DejaVu fonts so the page and the plots render the same anywhere.
+labdeps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { ! command -v chromium >/dev/null || [ ! -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; }; then \
+	  apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; \
 	fi
 
 clean:

@@ -5,6 +5,7 @@ codes): the arguments travel to lvsd, which parses and runs them against its
 tables and sends back what ipvsadm would print.  pylvs extras:
 
 * ``lvsadm simulate SCENARIO``: replay an oracle scenario in-process;
+* ``lvsadm lab [--listen ADDR:PORT]``: the scheduler lab in the browser;
 * ``lvsadm --json [services|conns|timeouts|daemons|sysctl]``: listings as
   JSON, for scripts (services carry their real servers, counters and rates);
 * ``lvsadm --proc ip_vs|ip_vs_conn|ip_vs_conn_sync|ip_vs_stats``: the kernel's /proc views;
@@ -109,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         from .simulate import main as simulate_main
 
         return simulate_main(argv[1:])
+    if argv and argv[0] == "lab":
+        from teaching.lab import main as lab_main
+
+        return lab_main(argv[1:])
     autostart = os.environ.get("LVSADM_NO_AUTOSTART", "") not in ("1", "yes", "true")
     if "--no-autostart" in argv:
         argv.remove("--no-autostart")
