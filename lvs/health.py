@@ -227,6 +227,8 @@ class RsState:
     last_failure: str = ""
     failed_checker: str = ""
     sorry: bool = False
+    #: handed to the operator (``lvsadm --drain``): checks go on, the table is left alone
+    released: bool = False
 
     def describe(self) -> str:
         proto = self.vs.conf.keys[0].protocol if self.vs.conf.keys else 0
@@ -342,6 +344,8 @@ class HealthMonitor:
         """ipvswrapper.c ipvs_cmd for a real server: a delete of an inhibited
         server is an edit to weight 0, an add of an inhibited server already
         in the table an edit back to its weight.  False if the table refused."""
+        if rs.released:
+            return True
         weight = real_weight(rs.effective_weight)
         if cmd == "del" and rs.inhibit:
             cmd, weight = "edit", 0
@@ -552,7 +556,7 @@ class HealthMonitor:
             f" of VS {vs.conf.name}"
         )
         sorry_in = vs.sorry is not None and vs.sorry.alive
-        if rs.set and rs.alive and (vs.quorum_state_up or not sorry_in):
+        if rs.set and rs.alive and not rs.released and (vs.quorum_state_up or not sorry_in):
             for key in vs.conf.keys:
                 try:
                     self.ipvs.edit_dest(key, self._dest_spec(vs, rs, key, new), now)
@@ -620,6 +624,14 @@ class HealthMonitor:
                 if (spec.af, spec.addr, spec.port) == (af, addr, port):
                     return rs
         return None
+
+    def release(self, key: ServiceKey, af: int, addr: int, port: int) -> bool:
+        """Stop changing the table for this real server (it is being drained)."""
+        rs = self.find(key, af, addr, port)
+        if rs is None:
+            return False
+        rs.released = True
+        return True
 
     def health_of(self, rs: RsState) -> dict[str, Any]:
         """What ``lvsadm --status`` and ``--json services`` show for a real server."""
@@ -703,6 +715,8 @@ class HealthMonitor:
             for spec in self.service_specs(vs):
                 dests = []
                 for rs in vs.rs:
+                    if rs.released:
+                        continue
                     in_pool = rs.alive and (vs.quorum_state_up or not sorry_in)
                     if in_pool:
                         dests.append(self._dest_spec(vs, rs, spec.key, real_weight(rs.effective_weight)))

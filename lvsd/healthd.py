@@ -16,13 +16,12 @@ import glob
 import logging
 import os
 import random
-import shlex
 from collections.abc import Callable
 from typing import Any
 
 from lvs.config import Config, apply_config
 from lvs.health import Checker, HealthMonitor
-from lvs.keepalived_conf import KeepalivedConfError, KeepalivedConfig, parse_keepalived
+from lvs.keepalived_conf import KeepalivedConfError, KeepalivedConfig, parse_keepalived, split_command
 
 log = logging.getLogger("lvsd.health")
 
@@ -225,12 +224,15 @@ class HealthRunner:
 
 async def run_script(command: str) -> None:
     """Run a notify/quorum script (split as keepalived does, no shell)."""
+    argv = split_command(command)
+    if not argv:
+        log.warning("cannot run script %s: empty or unterminated quote", command)
+        return
     try:
-        argv = shlex.split(command)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
         )
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         log.warning("cannot run script %s: %s", command, exc)
         return
     try:

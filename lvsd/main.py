@@ -53,6 +53,8 @@ class Daemon:
         self.config = None
         #: keepalived.conf health checking (--keepalived-conf), if any
         self.health: Any = None
+        #: real servers being drained (lvsadm --drain), by (service, af, addr, port)
+        self.drains: dict[tuple[Any, int, int, int], Any] = {}
         #: how many ipvsadm commands ran: replies carry it, so clients can
         #: tell the order in which the table changed
         self.seq = 0
@@ -125,6 +127,8 @@ class Daemon:
             return self.reload()
         if op == "sysctl":
             return self.sysctl(req.args)
+        if op == "drain":
+            return self.drain(req.args)
         return {"ok": False, "error": f"unsupported operation {op}"}
 
     def run_ipvsadm(self, argv: list[str], stdin: str = "") -> dict[str, Any]:
@@ -134,6 +138,54 @@ class Daemon:
         rc = run(argv, self.ipvs, self.now(), out, err, default_resolver(), stdin=io.StringIO(stdin))
         self.seq += 1
         return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue(), "seq": self.seq}
+
+    def drain(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``lvsadm --drain``: weight 0 now, deleted at 0 active connections or
+        at the timeout (:mod:`lvs.drain`); ``status`` asks how it goes."""
+        from lvs.drain import DEFAULT_TIMEOUT, start_drain
+        from lvs.errors import IPVSError
+        from lvs.ipvsadm.grammar import UsageError, parse
+
+        service, server = args.get("service"), args.get("server")
+        if not isinstance(service, list) or not all(isinstance(a, str) for a in service) or not isinstance(
+            server, str
+        ):
+            return {"ok": False, "error": "drain needs -t|-u|-f SERVICE -r SERVER"}
+        try:
+            cmd = parse(["-d", *service, "-r", server], default_resolver())
+        except (UsageError, ValueError) as exc:
+            return {"ok": False, "error": str(exc)}
+        if cmd.key is None or cmd.dest is None:
+            return {"ok": False, "error": "drain needs -t|-u|-f SERVICE -r SERVER"}
+        ident = (cmd.key, cmd.dest.af, cmd.dest.addr, cmd.dest.port)
+        now = self.now()
+        if args.get("status"):
+            found = self.drains.get(ident)
+            if found is None:
+                return {"ok": False, "error": "no drain of that real server"}
+            return {"progress": found.progress(now)}
+        timeout = args.get("timeout", DEFAULT_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= 10**7:
+            return {"ok": False, "error": "timeout must be seconds, 0 to 10000000"}
+        try:
+            drain = start_drain(self.ipvs, cmd.key, *ident[1:], now, float(timeout))
+        except IPVSError as exc:
+            return {"ok": False, "error": exc.message}
+        if self.health is not None and self.health.monitor is not None:
+            self.health.monitor.release(*ident)
+        self.drains[ident] = drain
+        log.info("draining real server %s of %s: weight 0, %d active connections", server, cmd.key.describe(),
+                 drain.active)  # fmt: skip
+        drain.step(self.ipvs, now)
+        return {"progress": drain.progress(now)}
+
+    def step_drains(self) -> None:
+        now = self.now()
+        for ident, drain in list(self.drains.items()):
+            if drain.state == "draining" and drain.step(self.ipvs, now):
+                log.info("drain of %s: %s", drain.key.describe(), drain.state)
+            if drain.finished is not None and now - drain.finished > 600:
+                del self.drains[ident]
 
     def status(self) -> dict[str, Any]:
         pool = self.worker_pool()
@@ -219,6 +271,8 @@ class Daemon:
         packet waits long behind it."""
         while not self._stop.is_set():
             more = self.director.tick(self.now(), EXPIRY_BUDGET)
+            if self.drains:
+                self.step_drains()
             await asyncio.sleep(0 if more else TICK)
 
     async def run(self) -> None:
