@@ -666,6 +666,7 @@ class HealthMonitor:
         the new configuration still has, so they are neither re-added nor
         re-checked from scratch (check_daemon.c reload, migrate_checkers)."""
         old_vs = {tuple(v.conf.keys): v for v in old.vss}
+        adopted: set[int] = set()
         for vs in self.vss:
             prev = old_vs.get(tuple(vs.conf.keys))
             if prev is None:
@@ -676,6 +677,7 @@ class HealthMonitor:
                 p = by_ident.get(rs.conf.ident())
                 if p is None:
                     continue
+                adopted.add(id(rs))
                 rs.alive, rs.set, rs.since = p.alive, p.set, p.since
                 rs.last_failure, rs.failed_checker = p.last_failure, p.failed_checker
                 pchk = {(c.kind, c.af, c.host, c.port): c for c in p.checkers}
@@ -699,6 +701,22 @@ class HealthMonitor:
                     prev.sorry.set,
                     prev.sorry.since,
                 )
+        # new real servers start as at start-up: in the pool unless alpha (init_service_rs)
+        for vs in self.vss:
+            fresh_vs = tuple(vs.conf.keys) not in old_vs
+            for rs in vs.rs:
+                if id(rs) in adopted:
+                    continue
+                for chk in rs.checkers:
+                    if chk.alpha:
+                        self._set_checker_state(chk, False)
+                    chk.retry_it = chk.retry
+                rs.alive = rs.num_failed_checkers == 0
+                rs.since = now
+            if fresh_vs:
+                vs.quorum_state_up = self._weigh_live(vs) >= vs.quorum + vs.hysteresis
+                if not vs.quorum_state_up and vs.sorry is not None:
+                    vs.sorry.alive, vs.sorry.since = True, now
         scheduled = {c.ident for c in self.checkers if c.due}
         for chk in self.checkers:
             if chk.ident not in scheduled:

@@ -372,6 +372,15 @@ def parse_keepalived(
     return cfg
 
 
+def health_from_nodes(node: Node, warnings: list[str]) -> VirtualServerConf:
+    """One ``virtual_server`` statement tree (as lvsd's YAML config builds it)
+    read with keepalived's rules; warnings are appended to ``warnings``."""
+    ctx = _Ctx()
+    vs = _vs(ctx, node)
+    warnings.extend(ctx.warnings)
+    return vs
+
+
 def _vsg(ctx: _Ctx, node: Node) -> None:
     """virtual_server_group NAME { ADDR[-END] PORT | fwmark N }."""
     name = _arg(node)

@@ -147,8 +147,10 @@ class Daemon:
         from lvs.ipvsadm.grammar import UsageError, parse
 
         service, server = args.get("service"), args.get("server")
-        if not isinstance(service, list) or not all(isinstance(a, str) for a in service) or not isinstance(
-            server, str
+        if (
+            not isinstance(service, list)
+            or not all(isinstance(a, str) for a in service)
+            or not isinstance(server, str)
         ):
             return {"ok": False, "error": "drain needs -t|-u|-f SERVICE -r SERVER"}
         try:
@@ -233,25 +235,18 @@ class Daemon:
         return views[name]()
 
     def reload(self) -> dict[str, Any]:
-        if self.health is not None:
-            from lvs.keepalived_conf import KeepalivedConfError
-
-            try:
-                return {"changes": self.health.reload()}
-            except KeepalivedConfError as exc:
-                return {"ok": False, "error": str(exc)}
-        if not self.opts.config:
+        """SIGHUP / ``lvsadm --reload``: re-read --config or --keepalived-conf;
+        unchanged services, real servers, their health and connections stay;
+        a file with errors changes nothing."""
+        if self.health is None:
             return {"ok": False, "error": "lvsd runs without --config: nothing to reload"}
-        from lvs.config import ConfigError, apply_config
-
-        from .config import load_config
+        from lvs.config import ConfigError
+        from lvs.keepalived_conf import KeepalivedConfError
 
         try:
-            cfg = load_config(self.opts.config)
-            changes = apply_config(self.ipvs, cfg, self.now())
-        except ConfigError as exc:
+            return {"changes": self.health.reload()}
+        except (KeepalivedConfError, ConfigError) as exc:
             return {"ok": False, "error": str(exc)}
-        return {"changes": changes}
 
     def sysctl(self, args: dict[str, Any]) -> dict[str, Any]:
         name = str(args.get("name", ""))
@@ -276,27 +271,21 @@ class Daemon:
             await asyncio.sleep(0 if more else TICK)
 
     async def run(self) -> None:
-        if self.opts.config:
-            from lvs.config import ConfigError, apply_config
-
-            from .config import load_config
-
-            try:
-                apply_config(self.ipvs, load_config(self.opts.config), self.now())
-            except ConfigError as exc:
-                raise SystemExit(f"lvsd: {exc}") from None
-        if self.opts.state and os.path.exists(self.opts.state):
-            self.restore_state(self.opts.state)
-        if self.opts.keepalived_conf:
+        source = self.opts.keepalived_conf or self.opts.config
+        if source:
+            from lvs.config import ConfigError
             from lvs.keepalived_conf import KeepalivedConfError
 
             from .healthd import HealthRunner
 
-            self.health = HealthRunner(self.ipvs, self.now, self.opts.keepalived_conf, self.flush_planes)
+            yaml = not self.opts.keepalived_conf
+            self.health = HealthRunner(self.ipvs, self.now, source, self.flush_planes, yaml=yaml)
             try:
                 self.health.load()
-            except KeepalivedConfError as exc:
+            except (KeepalivedConfError, ConfigError) as exc:
                 raise SystemExit(f"lvsd: {exc}") from None
+        if self.opts.state and os.path.exists(self.opts.state):
+            self.restore_state(self.opts.state)
         self.start_planes()
         self.flush_planes()
         await self.server.start()
@@ -414,7 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--foreground", "-F", action="store_true", help="stay in the foreground (for service managers)"
     )
-    ap.add_argument("--config", "-c", help="YAML configuration to load (SIGHUP reloads it)")
+    ap.add_argument(
+        "--config",
+        "-c",
+        help="YAML configuration to load (SIGHUP reloads it); real servers may carry keepalived's checks",
+    )
     ap.add_argument(
         "--keepalived-conf",
         metavar="FILE",
@@ -451,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
+    if opts.config and opts.keepalived_conf:
+        parser.error("--config and --keepalived-conf exclude each other (either file can hold health checks)")
     if opts.proxy_protocol:
         from forwarding.proxyproto import parse_specs
 

@@ -50,6 +50,7 @@ def lab_netns() -> Iterator[str]:
         run("link", "set", "lo", "up")
         run("route", "add", "local", "10.1.0.0/24", "dev", "lo")
         run("-6", "route", "add", "local", "fd00:1::/64", "dev", "lo")
+        run("addr", "add", "fd00:1::1/128", "dev", "lo", "nodad")  # IPv6 binds only to an address it has
         servers = [("http", h, "80") for h in ("10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.50", "fd00:1::1")]
         servers.append(("http", "10.1.0.21", "8080", "--paths", "/,/index.html", "--body", "pylvs lab\n"))
         for args in servers:
