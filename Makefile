@@ -4,20 +4,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean netdeps keepalived-oracle
+.PHONY: venv test lint demo bench clean netdeps labdeps obsdeps keepalived-oracle
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py lvs/_intmap.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,teach]'
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check lvs lvsd schedulers forwarding checkers tests benchmarks examples
+	$(VENV)/bin/ruff check lvs lvsd schedulers forwarding checkers teaching tests benchmarks examples
 
-test: venv lint netdeps
+test: venv lint netdeps obsdeps labdeps
 	$(PY) -m pytest -q
 
 demo: venv
@@ -42,6 +42,27 @@ keepalived-oracle:
 	command -v keepalived >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends keepalived
 	oracle/keepalived-cpio.sh
 	$(PYTHON) oracle/keepalived-record.py
+
+# Tools the observability tests run (root only; Debian packages): promtool
+# (prometheus) checks /metrics, prometheus-node-exporter reads lvsd --procfs,
+# chromium renders the status page.
+obsdeps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { ! command -v promtool >/dev/null || ! command -v prometheus-node-exporter >/dev/null || \
+	      ! command -v chromium >/dev/null; }; then \
+	  apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-node-exporter chromium >/dev/null; \
+	fi
+
+# The scheduler lab's browser test (root only; Debian packages): headless
+# chromium, and DejaVu fonts so the page and the plots render the same anywhere.
+labdeps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { ! command -v chromium >/dev/null || [ ! -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; }; then \
+	  apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

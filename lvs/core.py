@@ -609,20 +609,27 @@ class Director:
         self._count(cp, packets, nbytes, 0, 0)
         timeouts = self.ipvs.timeouts
         cp.timeout = timeouts.tcp[cp.state] if cp.protocol == IPPROTO_TCP else timeouts.udp
-        before = cp.in_pkts
         cp.in_pkts += packets
         self._put(cp, now)
+        if self.sync is not None:
+            self._sync_batch(cp, packets, now)
+
+    def _sync_batch(self, cp: Conn, packets: int, now: float) -> None:
+        """``packets`` client packets of ``cp`` counted at once (already in
+        ``in_pkts``): offer the entry to the sync master with the count at
+        which the kernel, seeing them one by one, would have sent it, if one
+        lies in the batch."""
         sync = self.sync
-        if sync is not None:
-            # the packets counted at once: offer the entry with the count at
-            # which the kernel would have sent it, if one lies in the batch
-            period, threshold = sync.params.period, sync.params.threshold
-            pkts = cp.in_pkts
-            if period > 0 and packets > 1:
-                hit = before + ((threshold - before - 1) % period) + 1
-                if hit <= pkts:
-                    pkts = hit
-            sync.sync_conn(cp, pkts, now)
+        if sync is None or packets <= 0:
+            return
+        period, threshold = sync.params.period, sync.params.threshold
+        pkts = cp.in_pkts
+        if period > 0 and packets > 1:
+            before = pkts - packets
+            hit = before + ((threshold - before - 1) % period) + 1
+            if hit <= pkts:
+                pkts = hit
+        sync.sync_conn(cp, pkts, now)
 
     def refresh(self, cp: Conn, now: float) -> bool:
         """Traffic of ``cp`` relayed since the last call (a forwarder that
@@ -783,11 +790,24 @@ class Director:
         self._count(cp, 0, 0, 1, length)
 
     def add_bytes(
-        self, cp: Conn, inbytes: int = 0, outbytes: int = 0, inpkts: int = 0, outpkts: int = 0
+        self,
+        cp: Conn,
+        inbytes: int = 0,
+        outbytes: int = 0,
+        inpkts: int = 0,
+        outpkts: int = 0,
+        now: float | None = None,
     ) -> None:
         """Count traffic a forwarder moved without per-packet calls (the NAT
-        proxy relays byte streams, not packets)."""
+        proxy relays byte streams, not packets).  With ``now`` the client
+        packets also count in ``in_pkts`` as the kernel's per-packet path
+        counts them, and a sync master hears of them (the UDP proxy's
+        datagrams after the first)."""
         self._count(cp, inpkts, inbytes, outpkts, outbytes)
+        if now is not None and inpkts > 0:
+            cp.in_pkts += inpkts
+            if self.sync is not None:
+                self._sync_batch(cp, inpkts, now)
 
     def add_bytes_unbound(self, dest: Dest, inbytes: int, outbytes: int, inpkts: int, outpkts: int) -> None:
         """Traffic a forwarder batched for an entry that has meanwhile been

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from schedulers import SchedContext, get_scheduler
@@ -85,7 +85,7 @@ class DestSpec:
 
 @dataclass
 class SyncDaemon:
-    """A configured sync daemon (``--start-daemon``); pylvs records it."""
+    """A configured sync daemon (``--start-daemon``): lvsd runs it (lvsd/syncd.py)."""
 
     state: str  # "master" | "backup"
     mcast_ifn: str = "eth0"
@@ -137,6 +137,10 @@ class IPVS:
         #: when the trash timer runs next (None: the trash is empty)
         self.trash_timer: float | None = None
         self.daemons: dict[str, SyncDaemon] = {}
+        #: lvsd's sync daemon sockets (lvsd/syncd.py): called with ("start" |
+        #: "stop", daemon); may refuse a start with IPVSError.  Without it a
+        #: daemon is only recorded.
+        self.daemon_hook: Callable[[str, SyncDaemon], None] | None = None
         self.stats = Stats()
         #: called with (service) when a service appears / changes / goes
         self.listeners: list = []
@@ -449,14 +453,20 @@ class IPVS:
         return int(t.tcp[1]), int(t.tcp[4]), int(t.udp)
 
     def start_daemon(self, daemon: SyncDaemon) -> None:
+        """``start_sync_thread``: EEXIST if that role runs; the daemon hook
+        opens the sockets (and may refuse, e.g. ENODEV)."""
         if daemon.state in self.daemons:
             raise IPVSError(OP_START_DAEMON, errno.EEXIST)
+        if self.daemon_hook is not None:
+            self.daemon_hook("start", daemon)
         self.daemons[daemon.state] = daemon
 
     def stop_daemon(self, state: str) -> None:
         if state not in self.daemons:
             raise IPVSError(OP_STOP_DAEMON, errno.ESRCH)
-        del self.daemons[state]
+        daemon = self.daemons.pop(state)
+        if self.daemon_hook is not None:
+            self.daemon_hook("stop", daemon)
 
     # -- observers ---------------------------------------------------------------------
     def _notify(self, what: str, svc: Service) -> None:

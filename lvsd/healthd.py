@@ -79,6 +79,10 @@ class HealthRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.probes_run = 0
+        #: told each line the monitor logs (kind "log"/"warning", text): lvsd's event list
+        self.on_log: Callable[[str, str], None] | None = None
+        #: per checker (Checker.ident): [passed, failed, seconds the last probe took]
+        self.check_stats: dict[int, list[float]] = {}
 
     def _read(self) -> tuple[list[VirtualServerConf], Config | None]:
         """The checked services, and (YAML) the rest of the file.  Raises
@@ -170,6 +174,7 @@ class HealthRunner:
         limit = chk.connect_timeout
         if chk.kind == "MISC_CHECK":
             limit = float(chk.conf.options.get("misc_timeout") or chk.delay_loop) + 2.0
+        started = self.now()
         try:
             outcome = await asyncio.wait_for(probe_for(chk.kind)(chk), limit + SAFETY_MARGIN)
         except asyncio.CancelledError:
@@ -180,6 +185,9 @@ class HealthRunner:
             log.exception("%s probe of %s raised", chk.kind, chk.describe())
             outcome = Outcome(False, f"probe error: {exc}")
         self.probes_run += 1
+        stats = self.check_stats.setdefault(chk.ident, [0, 0, 0.0])
+        stats[0 if outcome.ok else 1] += 1
+        stats[2] = self.now() - started
         if monitor is not self.monitor:
             return  # reloaded meanwhile: the new monitor has its own schedule
         monitor.result(chk, outcome.ok, outcome.reason, self.now(), outcome.exit_code)
@@ -202,6 +210,8 @@ class HealthRunner:
             else:
                 log.info("%s", item.text)
                 changed = True
+            if item.kind != "script" and self.on_log is not None:
+                self.on_log(item.kind, item.text)
         if changed:
             self.on_change()
 

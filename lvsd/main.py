@@ -24,8 +24,10 @@ from lvs.ctl import IPVS
 from lvs.protocol import Request
 
 from .names import socket_address
+from .observe import Observer
 from .resolver import default_resolver
 from .server import AccessPolicy, ControlServer
+from .syncd import SyncDaemons
 
 log = logging.getLogger("lvsd")
 
@@ -59,7 +61,11 @@ class Daemon:
         #: tell the order in which the table changed
         self.seq = 0
         self._stop = asyncio.Event()
+        #: history, events, counts; the HTTP listener and procfs writer (lvsd/observe.py)
+        self.observer = Observer(self)
         self.server = ControlServer(self.handle, AccessPolicy(opts.allow_group), opts.socket)
+        #: the sync daemon's sockets (``--start-daemon``), see lvsd/syncd.py
+        self.syncd = SyncDaemons(self.director, self.now)
 
     def now(self) -> float:
         """Seconds since the daemon started (monotonic): the core's clock."""
@@ -75,11 +81,18 @@ class Daemon:
         if pool is not None:
             conns = _needs_workers(req)
             if conns is not None:
-                return self.gathered(pool, req, conns)
+                return self._observed(req, self.gathered(pool, req, conns))
         try:
-            return self._handle(req)
+            reply = self._handle(req)
         finally:
             self.flush_planes()
+        self.observer.on_reply(req, reply)
+        return reply
+
+    async def _observed(self, req: Request, pending: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        reply = await pending
+        self.observer.on_reply(req, reply)
+        return reply
 
     async def gathered(self, pool: Any, req: Request, conns: bool) -> dict[str, Any]:
         """One director's view with ``--workers``: ask every worker for its
@@ -129,6 +142,10 @@ class Daemon:
             return self.sysctl(req.args)
         if op == "drain":
             return self.drain(req.args)
+        if op == "shutdown":
+            log.info("shutdown asked for by lvsadm --shutdown")
+            asyncio.get_running_loop().call_soon(self._stop.set)
+            return {"pid": os.getpid()}
         return {"ok": False, "error": f"unsupported operation {op}"}
 
     def run_ipvsadm(self, argv: list[str], stdin: str = "") -> dict[str, Any]:
@@ -199,6 +216,7 @@ class Daemon:
             "connections": len(self.director.conns) + (pool.connections() if pool is not None else 0),
             "planes": [p.describe() for p in self.planes],
             "warnings": list(self.warnings) + [w for p in self.planes for w in p.warnings()],
+            "sync": self.syncd.describe(),
             "health": self.health.status() if self.health is not None else None,
         }
 
@@ -228,6 +246,7 @@ class Daemon:
         views = {
             "ip_vs": lambda: proc.proc_ip_vs(self.ipvs),
             "ip_vs_conn": lambda: proc.proc_ip_vs_conn(self.ipvs, now),
+            "ip_vs_conn_sync": lambda: proc.proc_ip_vs_conn_sync(self.ipvs, now),
             "ip_vs_stats": lambda: proc.proc_ip_vs_stats(self.ipvs),
         }
         if name not in views:
@@ -253,6 +272,7 @@ class Daemon:
         if "value" in args:
             try:
                 self.ipvs.sysctl.set(name, str(args["value"]))
+                self.syncd.refresh_params()
             except (KeyError, ValueError):
                 return {"ok": False, "error": f"bad sysctl {name}"}
         try:
@@ -280,6 +300,7 @@ class Daemon:
 
             yaml = not self.opts.keepalived_conf
             self.health = HealthRunner(self.ipvs, self.now, source, self.flush_planes, yaml=yaml)
+            self.health.on_log = self.observer.health_log
             try:
                 self.health.load()
             except (KeepalivedConfError, ConfigError) as exc:
@@ -297,8 +318,11 @@ class Daemon:
         ticker = asyncio.create_task(self.ticker())
         if self.health is not None:
             self.health.start()
+        await self.observer.start()
         await self._stop.wait()
         ticker.cancel()
+        self.syncd.close()
+        await self.observer.close()
         if self.health is not None:
             await self.health.close()
         await self.server.close()
@@ -376,7 +400,7 @@ def _needs_workers(req: Request) -> bool | None:
     if op == "proc":
         name = req.args.get("name")
         return (
-            {"ip_vs": False, "ip_vs_stats": False, "ip_vs_conn": True}.get(name)
+            {"ip_vs": False, "ip_vs_stats": False, "ip_vs_conn": True, "ip_vs_conn_sync": True}.get(name)
             if isinstance(name, str)
             else None
         )
@@ -436,6 +460,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--transparent", action="store_true", help="NAT: connect to real servers from the client's address"
     )
     ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
+    ap.add_argument(
+        "--http",
+        metavar="ADDR:PORT",
+        help="serve /metrics (Prometheus, node_exporter's IPVS names) and the live status page "
+        "here (read-only; e.g. 127.0.0.1:9108)",
+    )
+    ap.add_argument(
+        "--procfs",
+        metavar="DIR",
+        help="keep DIR/net/ip_vs and DIR/net/ip_vs_stats in the kernel's format "
+        "(for prometheus-node-exporter --path.procfs DIR)",
+    )
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ap.add_argument("--log-file", help="log here instead of stderr")
     return ap
@@ -451,6 +487,13 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             parse_specs(opts.proxy_protocol)
+        except ValueError as exc:
+            parser.error(str(exc))
+    if opts.http:
+        from .http import parse_listen
+
+        try:
+            parse_listen(opts.http)
         except ValueError as exc:
             parser.error(str(exc))
     logging.basicConfig(
