@@ -28,12 +28,14 @@ bench: venv
 
 # Tools the DR/TUN plane and its namespace tests use (root only; Debian packages):
 # nft (nftables) for the director's rules, trafgen (netsniff-ng) for benchmarks,
-# openssl for the SSL_GET checker test's self-signed certificate.
+# openssl for the SSL_GET checker test's self-signed certificate, keepalived
+# (its VRRP half moves the VIP in the sync failover test).
 netdeps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	    { ! command -v nft >/dev/null || ! command -v trafgen >/dev/null || ! command -v openssl >/dev/null; }; then \
+	    { ! command -v nft >/dev/null || ! command -v trafgen >/dev/null || ! command -v openssl >/dev/null || \
+	      ! command -v keepalived >/dev/null; }; then \
 	  apt-get update -qq >/dev/null && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables netsniff-ng openssl >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables netsniff-ng openssl keepalived >/dev/null; \
 	fi
 
 # keepalived as the referee (issue 12): Debian's keepalived packed into the lab VM, then what it

@@ -49,8 +49,6 @@ from typing import Any
 
 import yaml
 
-from schedulers import get_scheduler
-
 from .addr import format_ip, parse_ip, v4_mask_from_text
 from .constants import (
     AF_INET,
@@ -82,6 +80,7 @@ from .errors import IPVSError
 from .health import VirtualServerConf
 from .keepalived_conf import KeepalivedConfError, Node, health_from_nodes
 from .model import ServiceKey
+from .sched import get_scheduler
 from .sysctl import Sysctls
 
 METHODS = {

@@ -12,8 +12,6 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from schedulers import SchedContext, get_scheduler
-
 from .conn import ConnView
 from .conntab import ConnTable
 from .constants import (
@@ -47,7 +45,8 @@ from .errors import (
     OP_ZERO_SERVICE,
     IPVSError,
 )
-from .model import Dest, Service, ServiceKey
+from .model import Dest, SchedContext, Service, ServiceKey
+from .sched import get_scheduler
 from .stats import Stats
 from .sysctl import DEFAULT_UDP_TIMEOUT, Sysctls, default_tcp_timeouts
 

@@ -24,8 +24,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from schedulers import get_scheduler
-
 from .addr import parse_ip, v4_mask_from_text
 from .constants import (
     AF_INET,
@@ -52,6 +50,7 @@ from .constants import (
 )
 from .health import CHECKER_KINDS, CheckerConf, RealServerConf, VirtualServerConf, fmt_vs
 from .model import ServiceKey
+from .sched import get_scheduler
 
 #: (pattern, the including file) -> [(path, text), ...] in glob order
 Includer = Callable[[str, str], list[tuple[str, str]]]

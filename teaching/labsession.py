@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lvs.constants import SVC_F_PERSISTENT
+from lvs.sched import SCHEDULER_NAMES
 from lvs.simulate import ScenarioError, Simulation
-from schedulers import SCHEDULER_NAMES
 
 #: the lab's virtual service and the clients' first port
 DEFAULT_VIP = "10.0.0.1:80"

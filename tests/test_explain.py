@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lvs.explain import chosen
+from lvs.sched import SCHEDULER_NAMES
 from lvs.simulate import Simulation
-from schedulers import SCHEDULER_NAMES
 from schedulers.hashing import hsiphash_u32_py
 
 DATA = Path(__file__).parent / "data"
