@@ -340,7 +340,9 @@ def _title(fmt: int) -> str:
 
 def _svc_name(svc: Service, fmt: int, resolver: FilesResolver | None) -> str:
     if svc.fwmark:
-        mark = _u32(svc.fwmark)
+        # print_service_entry and the -S rule print the u32 mark with "%d":
+        # marks from 2^31 up come out negative (checked on the lab kernel)
+        mark = _int32(svc.fwmark)
         if fmt & FMT_RULE:
             return f"-f {mark} -6" if svc.af == AF_INET6 else f"-f {mark}"
         return f"FWM  {mark} IPv6" if svc.af == AF_INET6 else f"FWM  {mark}"
