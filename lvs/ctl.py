@@ -117,6 +117,18 @@ def update_overload(dest: Dest) -> None:
         dest.flags &= ~DEST_F_OVERLOAD
 
 
+def unicast_dest(af: int, addr: int) -> bool:
+    """Whether ``ip_vs_new_dest`` takes ``addr`` as a real server: an IPv4 one
+    must be unicast or local (``inet_addr_type``: not 0/8, 255.255.255.255,
+    multicast 224/4, or the loopback's broadcast 127.255.255.255); an IPv6 one
+    unicast and not link-local (``ipv6_addr_type``: not ::, ff00::/8, fe80::/10,
+    or v4-mapped ::ffff:0:0/96).  (The kernel would take a link-local address
+    configured on the director; pylvs sees no interface addresses.)"""
+    if af == AF_INET6:
+        return not (addr == 0 or addr >> 120 == 0xFF or addr >> 118 == 0xFE80 >> 6 or addr >> 32 == 0xFFFF)
+    return not (addr >> 24 == 0 or addr >> 28 == 0xE or addr in (0xFFFFFFFF, 0x7FFFFFFF))
+
+
 def _addr_in_af(af: int, addr: int) -> int:
     """``ip_vs_addr_equal(af, ...)``: an IPv4 comparison reads the first word only."""
     return addr if af == AF_INET6 else addr & 0xFFFFFFFF
@@ -345,25 +357,8 @@ class IPVS:
 
     @staticmethod
     def _check_dest_address(spec: DestSpec) -> None:
-        """``ip_vs_new_dest``: an IPv4 real server must be a unicast or local
-        address (``inet_addr_type``: not 0/8, 255.255.255.255, multicast, or
-        the loopback's broadcast 127.255.255.255); an IPv6 one must be
-        unicast and not link-local (``ipv6_addr_type``: not ::, ff00::/8,
-        fe80::/10, or v4-mapped ::ffff:0:0/96).  EINVAL otherwise.  (The
-        kernel would accept a link-local address configured on the director;
-        pylvs has no interface addresses to look at.)"""
-        a = spec.addr
-        if spec.af == AF_INET6:
-            top = a >> 96
-            bad = (
-                a == 0
-                or top >> 24 == 0xFF
-                or top >> 22 == 0xFE80 >> 6
-                or (a >> 32 == 0xFFFF)
-            )
-        else:
-            bad = a >> 24 == 0 or a == 0xFFFFFFFF or a >> 28 == 0xE or a == 0x7FFFFFFF
-        if bad:
+        """``ip_vs_new_dest``: EINVAL for an address :func:`unicast_dest` refuses."""
+        if not unicast_dest(spec.af, spec.addr):
             raise IPVSError(OP_ADD_DEST, errno.EINVAL, "real server address not unicast")
 
     def _update_dest(self, svc: Service, dest: Dest, spec: DestSpec, add: bool) -> None:
@@ -454,7 +449,10 @@ class IPVS:
                 and okey.protocol == vkey.protocol
                 and (
                     vkey.fwmark != 0
-                    or (_addr_in_af(vkey.af, okey.addr) == _addr_in_af(vkey.af, vkey.addr) and okey.port == vkey.port)
+                    or (
+                        _addr_in_af(vkey.af, okey.addr) == _addr_in_af(vkey.af, vkey.addr)
+                        and okey.port == vkey.port
+                    )
                 )
             ):
                 del self.trash[i]
@@ -512,4 +510,13 @@ class IPVS:
             cb(what, svc)
 
 
-__all__ = ["AF_INET6", "CONN_F_INACTIVE", "IPVS", "DestSpec", "ServiceSpec", "SyncDaemon", "Timeouts"]
+__all__ = [
+    "AF_INET6",
+    "CONN_F_INACTIVE",
+    "IPVS",
+    "DestSpec",
+    "ServiceSpec",
+    "SyncDaemon",
+    "Timeouts",
+    "unicast_dest",
+]

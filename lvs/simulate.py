@@ -149,12 +149,14 @@ class Simulation:
         rc = self.runner(argv, self.ipvs, self.now, buf, buf)
         return rc, buf.getvalue()
 
-    def _command(self, argv: list[str]) -> tuple[int, str] | None:
-        """``ipvsadm ...`` or ``cat /proc/net/ip_vs[_conn|_stats|...]`` as the
-        lab's ``sh``/``capture`` lines run them (stdout and stderr together);
-        None for any other command."""
+    def command(self, argv: list[str]) -> tuple[int, str, str] | None:
+        """``ipvsadm ...`` or ``cat /proc/net/ip_vs[_stats]`` as the lab's
+        ``sh``/``capture`` lines run them: (status, stdout, stderr); None for
+        any other command."""
         if argv and argv[0] == "ipvsadm":
-            return self.ipvsadm(argv[1:])
+            out, err = io.StringIO(), io.StringIO()
+            rc = self.runner(argv[1:], self.ipvs, self.now, out, err)
+            return rc, out.getvalue(), err.getvalue()
         if len(argv) == 2 and argv[0] == "cat":
             from .ipvsadm import proc
 
@@ -164,7 +166,7 @@ class Simulation:
             }
             render = renderers.get(argv[1])
             if render is not None:
-                return 0, render(self.ipvs)
+                return 0, render(self.ipvs), ""
         return None
 
     # -- traffic -------------------------------------------------------------------
@@ -344,10 +346,13 @@ class Simulation:
             pass
         elif cmd == "sh":
             # only what the emulated kernel can answer: ipvsadm and the /proc/net/ip_vs files
-            result = self._command(rest)
+            result = self.command(rest)
             if result is not None:
-                rc, out = result
-                emit({"step": "sh", "args": " ".join(rest), "rc": rc, "output": out.removesuffix("\n")})
+                # the lab's sh steps log stdout and stderr together (2>&1)
+                rc, out, err = result
+                emit(
+                    {"step": "sh", "args": " ".join(rest), "rc": rc, "output": (out + err).removesuffix("\n")}
+                )
         elif cmd == "listen":
             for ep in rest:
                 self.net.listeners.add(parse_endpoint(ep))
@@ -366,10 +371,14 @@ class Simulation:
             rc, out = self.ipvsadm(rest)
             emit({"step": "ipvsadm", "args": " ".join(rest), "rc": rc, "output": out.removesuffix("\n")})
         elif cmd == "capture":
-            result = self._command(rest[1:]) if len(rest) >= 2 else None
+            result = self.command(rest[1:]) if len(rest) >= 2 else None
             if result is not None:
-                rc, out = result
-                emit({"step": "capture", "args": " ".join(rest), "rc": rc, "output": out.removesuffix("\n")})
+                # the lab keeps a capture's stdout and stderr apart (NAME.txt, NAME.stderr.txt)
+                rc, out, err = result
+                step = {"step": "capture", "args": " ".join(rest), "rc": rc, "output": out.removesuffix("\n")}
+                if err:
+                    step["stderr"] = err.removesuffix("\n")
+                emit(step)
         elif cmd in ("udp", "tcp"):
             if len(rest) < 2:
                 raise ScenarioError(f"{cmd} needs SRC:PORT DST:PORT")
@@ -474,4 +483,3 @@ def simulate_report(
     for line in report.final_table(sim.ipvs):
         write(line + "\n")
     return sim
-

@@ -93,15 +93,24 @@ def replay(scenario: list[str], salt: int | None = None, seed: int = 0) -> list[
     return got
 
 
-def _reveals_order(d: dict) -> bool:
-    return d.get("step") == "sh" and (d["args"] == "cat /proc/net/ip_vs" or "--nosort" in d["args"])
+def _order_command(d: dict) -> str | None:
+    """The command of an ``sh`` or ``capture`` step whose output shows the kernel's
+    service order (``cat /proc/net/ip_vs``, anything with ``--nosort``), else None."""
+    if d.get("step") == "sh":
+        cmd = d["args"]
+    elif d.get("step") == "capture":
+        cmd = d["args"].partition(" ")[2]
+    else:
+        return None
+    return cmd if cmd == "cat /proc/net/ip_vs" or "--nosort" in cmd else None
 
 
-def salt_of(scenario: list[str], trace: list[dict]) -> int | None:
+def salt_of(scenario: list[str], recorded: list[dict]) -> int | None:
     """The service-hash salt of the recorded boot: the first value (0..255) under
-    which every ``cat /proc/net/ip_vs`` and ``--nosort`` step of the replay prints
-    what the kernel printed; None if the trace has no such step or none fits."""
-    wanted = [d for d in trace if _reveals_order(d)]
+    which every ``cat /proc/net/ip_vs`` and ``--nosort`` step (``sh`` or
+    ``capture``) of the replay prints what the kernel printed; None if the record
+    has no such step or no value fits."""
+    wanted = [d["output"] for d in recorded if _order_command(d)]
     if not wanted:
         return None
     sim = Simulation(resolver=lab_resolver())
@@ -110,16 +119,20 @@ def salt_of(scenario: list[str], trace: list[dict]) -> int | None:
 
     def emit(d: dict) -> None:
         nonlocal seen, candidates
-        if not _reveals_order(d) or seen >= len(wanted):
+        cmd = _order_command(d)
+        if cmd is None or seen >= len(wanted):
             return
         want = wanted[seen]
         seen += 1
-        argv = d["args"].split()
         fits = set()
         for salt in candidates:
             sim.ipvs.svc_hash_salt = salt
-            result = sim._command(argv)
-            if result is not None and result[1].removesuffix("\n") == want["output"]:
+            result = sim.command(cmd.split())
+            if result is None:
+                continue
+            # sh steps log stdout and stderr together, captures stdout alone
+            text = result[1] + result[2] if d["step"] == "sh" else result[1]
+            if text.removesuffix("\n") == want:
                 fits.add(salt)
         candidates = fits
 
@@ -142,7 +155,9 @@ def first_difference(scenario_path: Path, trace_path: Path) -> str | None:
     for k, (g, w) in enumerate(zip(got, want)):
         if g != w:
             if g[:-1] == w[:-1] and isinstance(g[-1], str) and isinstance(w[-1], str):
-                lines = difflib.unified_diff(w[-1].splitlines(), g[-1].splitlines(), "kernel", "emulation", lineterm="")
+                lines = difflib.unified_diff(
+                    w[-1].splitlines(), g[-1].splitlines(), "kernel", "emulation", lineterm=""
+                )
                 return f"item {k} {w[:-1]!r}:\n" + "\n".join(lines)
             return f"item {k}: kernel {w!r}\n        emulation {g!r}"
     if len(got) != len(want):
