@@ -34,8 +34,6 @@ from typing import Any
 
 import yaml
 
-from schedulers import get_scheduler
-
 from .addr import parse_ip, v4_mask_from_text
 from .constants import (
     AF_INET,
@@ -65,6 +63,7 @@ from .constants import (
 from .ctl import IPVS, KNOWN_PE, DestSpec, ServiceSpec
 from .errors import IPVSError
 from .model import ServiceKey
+from .sched import get_scheduler
 from .sysctl import Sysctls
 
 METHODS = {

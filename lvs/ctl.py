@@ -12,8 +12,8 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from schedulers import SchedContext, get_scheduler
-
+from .conn import ConnView
+from .conntab import ConnTable
 from .constants import (
     AF_INET,
     AF_INET6,
@@ -45,7 +45,8 @@ from .errors import (
     OP_ZERO_SERVICE,
     IPVSError,
 )
-from .model import Dest, Service, ServiceKey
+from .model import Dest, SchedContext, Service, ServiceKey
+from .sched import get_scheduler
 from .stats import Stats
 from .sysctl import DEFAULT_UDP_TIMEOUT, Sysctls, default_tcp_timeouts
 
@@ -83,7 +84,7 @@ class DestSpec:
 
 @dataclass
 class SyncDaemon:
-    """A configured sync daemon (``--start-daemon``); pylvs records it."""
+    """A configured sync daemon (``--start-daemon``): lvsd runs it (lvsd/syncd.py)."""
 
     state: str  # "master" | "backup"
     mcast_ifn: str = "eth0"
@@ -152,9 +153,19 @@ class IPVS:
         #: when the trash timer runs next (None: the trash is empty)
         self.trash_timer: float | None = None
         self.daemons: dict[str, SyncDaemon] = {}
+        #: lvsd's sync daemon sockets (lvsd/syncd.py): called with ("start" |
+        #: "stop", daemon); may refuse a start with IPVSError.  Without it a
+        #: daemon is only recorded.
+        self.daemon_hook: Callable[[str, SyncDaemon], None] | None = None
         self.stats = Stats()
         #: called with (service) when a service appears / changes / goes
         self.listeners: list = []
+        #: the connection table of the Director that drives this IPVS (None
+        #: for a table alone: no entries)
+        self.conns: ConnTable | None = None
+        #: copies of entries other tables hold for the same director (lvsd's
+        #: ``--workers`` processes, gathered before a connection listing)
+        self.remote_conns: list[ConnView] = []
         #: how many fwmark services (the kernel's fwm_services counter)
         self._by_port: dict[tuple[int, int, int, int], Service] = {}
         self._by_fwmark: dict[tuple[int, int], Service] = {}
@@ -495,14 +506,20 @@ class IPVS:
         return int(t.tcp[1]), int(t.tcp[4]), int(t.udp)
 
     def start_daemon(self, daemon: SyncDaemon) -> None:
+        """``start_sync_thread``: EEXIST if that role runs; the daemon hook
+        opens the sockets (and may refuse, e.g. ENODEV)."""
         if daemon.state in self.daemons:
             raise IPVSError(OP_START_DAEMON, errno.EEXIST)
+        if self.daemon_hook is not None:
+            self.daemon_hook("start", daemon)
         self.daemons[daemon.state] = daemon
 
     def stop_daemon(self, state: str) -> None:
         if state not in self.daemons:
             raise IPVSError(OP_STOP_DAEMON, errno.ESRCH)
-        del self.daemons[state]
+        daemon = self.daemons.pop(state)
+        if self.daemon_hook is not None:
+            self.daemon_hook("stop", daemon)
 
     # -- observers ---------------------------------------------------------------------
     def _notify(self, what: str, svc: Service) -> None:

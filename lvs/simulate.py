@@ -139,6 +139,7 @@ class Simulation:
         #: add an "explain" field to every flow line (see lvs.explain)
         self.explain = explain
         self._account: dict | None = None
+        self._rules_shown: set[str] = set()
         #: also emit the steps the JSON lines leave out (sleep, sysctl,
         #: local/listen), for --report; the JSON output never sets it
         self.all_steps = all_steps
@@ -283,7 +284,7 @@ class Simulation:
         if self.explain:
             from .explain import before_decision
 
-            self._account = before_decision(self.director, flow)
+            self._account = before_decision(self.director, flow, self.now)
 
     def _report(
         self, proto: str, flow: Flow, src: str, dst: str, mark: int, cp, error: str | None = None
@@ -306,11 +307,17 @@ class Simulation:
             if error:
                 line["error"] = error
         if self.explain:
-            from .explain import summary
+            from .explain import render, scheduler_rule
 
-            line["explain"] = summary(self._account, line["real_server"])
-            if self._account is not None and self.index == 1:
-                line["rule"] = self._account["rule"]
+            acc = self._account
+            line["explain"] = render(acc)
+            line["account"] = acc
+            if acc is not None and acc.get("scheduler"):
+                svc = self.ipvs.find_service(flow.af, flow.protocol, flow.vaddr, flow.vport, flow.fwmark)
+                name = acc["scheduler"]["scheduler"]
+                if svc is not None and name not in self._rules_shown:
+                    self._rules_shown.add(name)
+                    line["rule"] = scheduler_rule(svc)
         return line
 
     # -- time --------------------------------------------------------------------------

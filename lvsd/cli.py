@@ -5,10 +5,12 @@ codes): the arguments travel to lvsd, which parses and runs them against its
 tables and sends back what ipvsadm would print.  pylvs extras:
 
 * ``lvsadm simulate SCENARIO``: replay an oracle scenario in-process;
+* ``lvsadm lab [--listen ADDR:PORT]``: the scheduler lab in the browser;
 * ``lvsadm --json [services|conns|timeouts|daemons|sysctl]``: listings as
   JSON, for scripts (services carry their real servers, counters and rates);
-* ``lvsadm --proc ip_vs|ip_vs_conn|ip_vs_stats``: the kernel's /proc views;
+* ``lvsadm --proc ip_vs|ip_vs_conn|ip_vs_conn_sync|ip_vs_stats``: the kernel's /proc views;
 * ``lvsadm --status``, ``lvsadm --reload``;
+* ``lvsadm --sysctl NAME [VALUE]``: read or set a net.ipv4.vs sysctl of lvsd's table;
 * ``--no-autostart`` (or ``LVSADM_NO_AUTOSTART=1``): never start lvsd.
 """
 
@@ -56,6 +58,26 @@ def _extras(argv: list[str], client: Client) -> int | None:
             print(f"data plane: {plane}")
         for warning in data["warnings"]:
             print(f"warning: {warning}")
+        sync = data.get("sync") or {}
+        for state, d in sorted((sync.get("daemons") or {}).items()):
+            print(f"sync {state}: {json.dumps(d, sort_keys=True)}")
+        if sync.get("counters"):
+            print(f"sync counters: {json.dumps(sync['counters'], sort_keys=True)}")
+        print_health(data.get("health"))
+        return 0
+    if head == "--sysctl":
+        # lvsadm --sysctl NAME [VALUE]: net.ipv4.vs.NAME of lvsd's table
+        if len(argv) < 2:
+            print("lvsadm: --sysctl needs a name", file=sys.stderr)
+            return 2
+        args: dict[str, str] = {"name": argv[1]}
+        if len(argv) > 2:
+            args["value"] = " ".join(argv[2:])
+        reply = client.call("sysctl", **args)
+        if not reply.get("ok", True):
+            print(f"lvsadm: {reply.get('error')}", file=sys.stderr)
+            return 2
+        print(reply["value"])
         return 0
     if head == "--reload":
         reply = client.call("reload")
@@ -67,12 +89,31 @@ def _extras(argv: list[str], client: Client) -> int | None:
     return None
 
 
+def print_health(health: list[dict] | None) -> None:
+    """``--status``: one line per checked real server (keepalived.conf)."""
+    if not health:
+        return
+    for vs in health:
+        quorum = "up" if vs["quorum_up"] else "DOWN"
+        print(f"virtual server {vs['virtual_server']} (quorum {quorum}):")
+        for rs in vs["real_servers"]:
+            line = f"  {rs['server']} {rs['state']} since {rs['since']:.1f}s, weight {rs['weight']}"
+            line += f", checkers {'+'.join(rs['checkers']) or 'none'}"
+            if rs["state"] == "down" and rs["failed_checker"]:
+                line += f", failed: {rs['failed_checker']}: {rs['last_failure']}"
+            print(line)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulate":
         from .simulate import main as simulate_main
 
         return simulate_main(argv[1:])
+    if argv and argv[0] == "lab":
+        from teaching.lab import main as lab_main
+
+        return lab_main(argv[1:])
     autostart = os.environ.get("LVSADM_NO_AUTOSTART", "") not in ("1", "yes", "true")
     if "--no-autostart" in argv:
         argv.remove("--no-autostart")

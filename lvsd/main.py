@@ -24,8 +24,10 @@ from lvs.ctl import IPVS
 from lvs.protocol import Request
 
 from .names import socket_address
+from .observe import Observer
 from .resolver import default_resolver
 from .server import AccessPolicy, ControlServer
+from .syncd import SyncDaemons
 
 log = logging.getLogger("lvsd")
 
@@ -47,13 +49,21 @@ class Daemon:
         self.t0 = time.monotonic()
         self.director.reset_clock(self.now())
         self.planes: list[Any] = []
+        #: the NAT plane when it runs in worker processes (``--workers N``)
+        self.worker_plane: Any = None
         self.warnings: list[str] = []
         self.config = None
+        #: keepalived.conf health checking (--keepalived-conf), if any
+        self.health: Any = None
         #: how many ipvsadm commands ran: replies carry it, so clients can
         #: tell the order in which the table changed
         self.seq = 0
         self._stop = asyncio.Event()
+        #: history, events, counts; the HTTP listener and procfs writer (lvsd/observe.py)
+        self.observer = Observer(self)
         self.server = ControlServer(self.handle, AccessPolicy(opts.allow_group), opts.socket)
+        #: the sync daemon's sockets (``--start-daemon``), see lvsd/syncd.py
+        self.syncd = SyncDaemons(self.director, self.now)
 
     def now(self) -> float:
         """Seconds since the daemon started (monotonic): the core's clock."""
@@ -69,11 +79,18 @@ class Daemon:
         if pool is not None:
             conns = _needs_workers(req)
             if conns is not None:
-                return self.gathered(pool, req, conns)
+                return self._observed(req, self.gathered(pool, req, conns))
         try:
-            return self._handle(req)
+            reply = self._handle(req)
         finally:
             self.flush_planes()
+        self.observer.on_reply(req, reply)
+        return reply
+
+    async def _observed(self, req: Request, pending: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        reply = await pending
+        self.observer.on_reply(req, reply)
+        return reply
 
     async def gathered(self, pool: Any, req: Request, conns: bool) -> dict[str, Any]:
         """One director's view with ``--workers``: ask every worker for its
@@ -82,20 +99,17 @@ class Daemon:
         ``-L -c``, ``--json conns`` and ``/proc/net/ip_vs_conn`` list the
         workers' entries after the main process's own, and ActiveConn,
         InActConn and the traffic counters are as of this request."""
-        self.ipvs.remote_conns = await pool.query(conns)  # type: ignore[attr-defined]
+        self.ipvs.remote_conns = await pool.query(conns)
         try:
             return self._handle(req)
         finally:
-            self.ipvs.remote_conns = []  # type: ignore[attr-defined]
+            self.ipvs.remote_conns = []
             self.flush_planes()
 
     def worker_pool(self) -> Any:
-        """The NAT plane's worker processes (``--workers N``), if any."""
-        for plane in self.planes:
-            pool = getattr(plane, "pool", None)
-            if pool is not None:
-                return pool
-        return None
+        """The NAT plane of worker processes (``--workers N``), if any: its
+        ``query`` and ``connections`` give what the workers hold."""
+        return self.worker_plane
 
     def flush_planes(self) -> None:
         for plane in self.planes:
@@ -124,6 +138,10 @@ class Daemon:
             return self.reload()
         if op == "sysctl":
             return self.sysctl(req.args)
+        if op == "shutdown":
+            log.info("shutdown asked for by lvsadm --shutdown")
+            asyncio.get_running_loop().call_soon(self._stop.set)
+            return {"pid": os.getpid()}
         return {"ok": False, "error": f"unsupported operation {op}"}
 
     def run_ipvsadm(self, argv: list[str], stdin: str = "") -> dict[str, Any]:
@@ -144,13 +162,18 @@ class Daemon:
             "connections": len(self.director.conns) + (pool.connections() if pool is not None else 0),
             "planes": [p.describe() for p in self.planes],
             "warnings": list(self.warnings) + [w for p in self.planes for w in p.warnings()],
+            "sync": self.syncd.describe(),
+            "health": self.health.status() if self.health is not None else None,
         }
 
     def json_view(self, what: str) -> Any:
         from lvs.ipvsadm import listing
 
         if what == "services":
-            return listing.services_json(self.ipvs, self.now())
+            data = listing.services_json(self.ipvs, self.now())
+            if self.health is not None:
+                self.health.annotate(data)
+            return data
         if what == "conns":
             return listing.conns_json(self.ipvs, self.now())
         if what == "timeouts":
@@ -169,6 +192,7 @@ class Daemon:
         views = {
             "ip_vs": lambda: proc.proc_ip_vs(self.ipvs),
             "ip_vs_conn": lambda: proc.proc_ip_vs_conn(self.ipvs, now),
+            "ip_vs_conn_sync": lambda: proc.proc_ip_vs_conn_sync(self.ipvs, now),
             "ip_vs_stats": lambda: proc.proc_ip_vs_stats(self.ipvs),
         }
         if name not in views:
@@ -176,6 +200,13 @@ class Daemon:
         return views[name]()
 
     def reload(self) -> dict[str, Any]:
+        if self.health is not None:
+            from lvs.keepalived_conf import KeepalivedConfError
+
+            try:
+                return {"changes": self.health.reload()}
+            except KeepalivedConfError as exc:
+                return {"ok": False, "error": str(exc)}
         if not self.opts.config:
             return {"ok": False, "error": "lvsd runs without --config: nothing to reload"}
         from lvs.config import ConfigError, apply_config
@@ -194,6 +225,7 @@ class Daemon:
         if "value" in args:
             try:
                 self.ipvs.sysctl.set(name, str(args["value"]))
+                self.syncd.refresh_params()
             except (KeyError, ValueError):
                 return {"ok": False, "error": f"bad sysctl {name}"}
         try:
@@ -221,6 +253,17 @@ class Daemon:
                 raise SystemExit(f"lvsd: {exc}") from None
         if self.opts.state and os.path.exists(self.opts.state):
             self.restore_state(self.opts.state)
+        if self.opts.keepalived_conf:
+            from lvs.keepalived_conf import KeepalivedConfError
+
+            from .healthd import HealthRunner
+
+            self.health = HealthRunner(self.ipvs, self.now, self.opts.keepalived_conf, self.flush_planes)
+            self.health.on_log = self.observer.health_log
+            try:
+                self.health.load()
+            except KeepalivedConfError as exc:
+                raise SystemExit(f"lvsd: {exc}") from None
         self.start_planes()
         self.flush_planes()
         await self.server.start()
@@ -230,8 +273,15 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info("lvsd listening on %r", socket_address(self.opts.socket))
         ticker = asyncio.create_task(self.ticker())
+        if self.health is not None:
+            self.health.start()
+        await self.observer.start()
         await self._stop.wait()
         ticker.cancel()
+        self.syncd.close()
+        await self.observer.close()
+        if self.health is not None:
+            await self.health.close()
         await self.server.close()
         for plane in self.planes:
             await plane.close()
@@ -251,17 +301,22 @@ class Daemon:
             self.start_direct_plane()
         if self.opts.no_nat:
             return
-        from forwarding.nat import NatPlane
         from forwarding.proxyproto import parse_specs
 
-        plane = NatPlane(
-            self.director,
-            self.now,
-            manage_vips=not self.opts.no_vip,
-            workers=self.opts.workers,
-            proxy_protocol=parse_specs(self.opts.proxy_protocol),
-            transparent=self.opts.transparent,
-        )
+        options = {
+            "manage_vips": not self.opts.no_vip,
+            "proxy_protocol": parse_specs(self.opts.proxy_protocol),
+            "transparent": self.opts.transparent,
+        }
+        plane: Any
+        if self.opts.workers > 1:
+            from forwarding.nat_pool import NatWorkerPlane
+
+            plane = self.worker_plane = NatWorkerPlane(self.director, self.now, self.opts.workers, **options)
+        else:
+            from forwarding.nat import NatPlane
+
+            plane = NatPlane(self.director, self.now, **options)
         self.planes.append(plane)
         plane.start()
 
@@ -302,7 +357,7 @@ def _needs_workers(req: Request) -> bool | None:
     if op == "proc":
         name = req.args.get("name")
         return (
-            {"ip_vs": False, "ip_vs_stats": False, "ip_vs_conn": True}.get(name)
+            {"ip_vs": False, "ip_vs_stats": False, "ip_vs_conn": True, "ip_vs_conn_sync": True}.get(name)
             if isinstance(name, str)
             else None
         )
@@ -330,6 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--foreground", "-F", action="store_true", help="stay in the foreground (for service managers)"
     )
     ap.add_argument("--config", "-c", help="YAML configuration to load (SIGHUP reloads it)")
+    ap.add_argument(
+        "--keepalived-conf",
+        metavar="FILE",
+        help="read an unmodified keepalived.conf: its virtual servers become the table and its health "
+        "checkers (TCP_CHECK, HTTP_GET, SSL_GET, UDP_CHECK, DNS_CHECK, MISC_CHECK, PING_CHECK, SMTP_CHECK) "
+        "remove failed real servers and add them back when they recover (SIGHUP / lvsadm --reload re-reads "
+        "it; vrrp_* blocks are left to `keepalived --vrrp`)",
+    )
     ap.add_argument("--state", help="save the table here on exit and restore it on start (ipvsadm -S format)")
     ap.add_argument(
         "--socket", help="control socket name (abstract) or path; default from LVSD_SOCKET or 'pylvs'"
@@ -350,6 +413,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--transparent", action="store_true", help="NAT: connect to real servers from the client's address"
     )
     ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
+    ap.add_argument(
+        "--http",
+        metavar="ADDR:PORT",
+        help="serve /metrics (Prometheus, node_exporter's IPVS names) and the live status page "
+        "here (read-only; e.g. 127.0.0.1:9108)",
+    )
+    ap.add_argument(
+        "--procfs",
+        metavar="DIR",
+        help="keep DIR/net/ip_vs and DIR/net/ip_vs_stats in the kernel's format "
+        "(for prometheus-node-exporter --path.procfs DIR)",
+    )
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ap.add_argument("--log-file", help="log here instead of stderr")
     return ap
@@ -363,6 +438,13 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             parse_specs(opts.proxy_protocol)
+        except ValueError as exc:
+            parser.error(str(exc))
+    if opts.http:
+        from .http import parse_listen
+
+        try:
+            parse_listen(opts.http)
         except ValueError as exc:
             parser.error(str(exc))
     logging.basicConfig(
@@ -392,7 +474,7 @@ def _log_workers_alike(log_file: str | None, level: str) -> None:
     """``--workers`` processes log to the same file, at the same level (their
     environment carries both; O_APPEND keeps the processes' lines whole).
     Only with workers: it imports the NAT worker module for the names."""
-    from forwarding.workers import LOG_FILE_ENV, LOG_LEVEL_ENV
+    from forwarding.nat_pool import LOG_FILE_ENV, LOG_LEVEL_ENV
 
     os.environ[LOG_LEVEL_ENV] = level
     if log_file:

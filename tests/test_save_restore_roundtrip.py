@@ -64,9 +64,9 @@ from lvs.constants import (
 from lvs.ctl import IPVS, unicast_dest
 from lvs.ipvsadm.commands import run
 from lvs.ipvsadm.names import FilesResolver, NullResolver
+from lvs.sched import SCHEDULER_NAMES
 from lvsd import resolver as lvsd_resolver
 from lvsd.client import Client
-from schedulers import SCHEDULER_NAMES
 
 from .helpers import ROOT, lvsadm, running_lvsd
 

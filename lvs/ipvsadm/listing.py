@@ -29,10 +29,9 @@ Without ``-n`` addresses and ports go through the resolver
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING, Any
 
-from ..addr import format_ip
+from ..addr import format_ip, inet_pton
 from ..constants import (
     AF_INET,
     AF_INET6,
@@ -528,14 +527,6 @@ def _strtoul_hex64(tok: str) -> int:
     return (-value) & ((1 << 64) - 1) if neg else value
 
 
-def _pton(af: int, text: str) -> int | None:
-    try:
-        raw = socket.inet_pton(af, text)
-    except (OSError, ValueError):
-        return None
-    return int.from_bytes(raw, "big")
-
-
 def _parse_conn_line(line: str) -> dict[str, Any] | None:
     """ipvsadm ``print_conn``'s ``sscanf("%s %s %hX %s %hX %s %hX %s %d %s %s")``.
 
@@ -574,22 +565,22 @@ def _conn_row(line: str, fmt: int, resolver: FilesResolver | None) -> str:
         return ""
     proto = {"TCP": IPPROTO_TCP, "UDP": IPPROTO_UDP, "SCTP": IPPROTO_SCTP}.get(f["protocol"], 0)
     af = AF_INET
-    caddr = _pton(AF_INET6, f["c"])
+    caddr = inet_pton(AF_INET6, f["c"])
     if caddr is not None:
         af = AF_INET6
-        vaddr = _pton(AF_INET6, f["v"]) or 0
+        vaddr = inet_pton(AF_INET6, f["v"]) or 0
     else:
-        caddr = _pton(AF_INET, f["c"])
+        caddr = inet_pton(AF_INET, f["c"])
         if caddr is not None:
-            vaddr = _pton(AF_INET, f["v"]) or 0
+            vaddr = inet_pton(AF_INET, f["v"]) or 0
         else:
             caddr, vaddr = _strtoul_hex32(f["c"]), _strtoul_hex32(f["v"])
     daf = AF_INET
-    daddr = _pton(AF_INET6, f["d"])
+    daddr = inet_pton(AF_INET6, f["d"])
     if daddr is not None:
         daf = AF_INET6
     else:
-        daddr = _pton(AF_INET, f["d"])
+        daddr = inet_pton(AF_INET, f["d"])
         if daddr is None:
             daddr = _strtoul_hex32(f["d"])
     cname = _addrport(af, caddr, f["cport"], proto, fmt, resolver)
