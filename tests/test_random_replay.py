@@ -69,7 +69,7 @@ RANDOM_SCHED = [t for t in TRACES if uses_random_scheduler(_scenario(t).read_tex
 def test_twos_invariants(trace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """twos never picks a weight-0 or overloaded server, and schedules a flow
     whenever the kernel did (with a seed of its own, not the kernel's)."""
-    from schedulers import get_scheduler
+    from lvs.sched import get_scheduler
 
     cls = get_scheduler("twos")
     assert cls is not None
