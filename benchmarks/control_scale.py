@@ -63,7 +63,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from schedulers import SCHEDULER_NAMES  # noqa: E402
+from lvs.sched import SCHEDULER_NAMES  # noqa: E402
 
 PY = sys.executable
 Completed = subprocess.CompletedProcess[bytes]
@@ -165,7 +165,7 @@ class Lvsd:
         self.log = log.open("wb")
         # `ip netns exec` execs in place, so the pid is lvsd's
         self.proc = subprocess.Popen(
-            [*self.prefix, PY, "-m", "lvs.daemon.main", "--foreground", "--socket", self.name, *extra],
+            [*self.prefix, PY, "-m", "lvsd.main", "--foreground", "--socket", self.name, *extra],
             stdout=subprocess.DEVNULL, stderr=self.log, cwd=ROOT, preexec_fn=_raise_nofile,
         )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -176,7 +176,7 @@ class Lvsd:
 
     def lvsadm(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            [*self.prefix, PY, "-m", "lvs.cli", *args], input=stdin, capture_output=True, env=self.env,
+            [*self.prefix, PY, "-m", "lvsd.cli", *args], input=stdin, capture_output=True, env=self.env,
             cwd=ROOT, timeout=600, check=False,
         )  # fmt: skip
 

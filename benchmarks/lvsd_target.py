@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lvs.daemon.client import Client, DaemonUnavailable  # noqa: E402
+from lvsd.client import Client, DaemonUnavailable  # noqa: E402
 
 
 def endpoint(text: str) -> str:
@@ -58,7 +58,7 @@ def main() -> int:
     a = ap.parse_args()
     name = f"pylvs-bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lvs.daemon.main", "--foreground", "--socket", name, *a.lvsd_arg],
+        [sys.executable, "-m", "lvsd.main", "--foreground", "--socket", name, *a.lvsd_arg],
         cwd=ROOT,
     )
 

@@ -31,7 +31,7 @@ def banner(text: str) -> None:
 
 
 def lvsadm(*args: str, show: bool = True) -> str:
-    cmd = [PY, "-m", "lvs.cli", *args]
+    cmd = [PY, "-m", "lvsd.cli", *args]
     if show:
         print("$ lvsadm " + " ".join(args))
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=30, check=False)
@@ -82,7 +82,7 @@ def replay_part() -> None:
     banner("1. The emulated kernel replays a recorded scenario (wrr over UDP)")
     scn = ROOT / "tests" / "data" / "scenarios" / "wrr-udp.scn"
     out = subprocess.run(
-        [PY, "-m", "lvs.cli", "simulate", str(scn)], capture_output=True, text=True, check=True
+        [PY, "-m", "lvsd.cli", "simulate", str(scn)], capture_output=True, text=True, check=True
     )
     trace = ROOT / "tests" / "data" / "traces" / "wrr-udp.jsonl"
     ours = [json.loads(x) for x in out.stdout.splitlines() if '"i"' in x]
@@ -104,7 +104,7 @@ def live_part() -> None:
             procs.append(p)
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         lvsd = subprocess.Popen(
-            [PY, "-m", "lvs.daemon.main", "--foreground", "--socket", SOCKET, "--no-vip"],
+            [PY, "-m", "lvsd.main", "--foreground", "--socket", SOCKET, "--no-vip"],
             env=ENV,
             stderr=subprocess.PIPE,
             text=True,

@@ -27,13 +27,15 @@ after AF_PACKET has seen the frame.  See :mod:`forwarding.netfilter`.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import socket
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from . import cbpf
+from .cbpf import Insn
 
 # -- socket options (linux/if_packet.h, asm-generic/socket.h) ---------------------
 SOL_PACKET = 263
@@ -83,8 +85,6 @@ ICMP_ERROR_TYPES_V4 = (3, 4, 11)
 ICMPV6_INFOMSG_MASK = 0x80
 #: IPv6 next headers sent to the slow path (hop-by-hop, routing, fragment, dest opts)
 V6_EXT_HEADERS = (0, 43, 44, 60)
-
-Insn = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -331,17 +331,9 @@ def run_filter(prog: list[Insn], frame: bytes, pkttype: int = PACKET_HOST, ifind
     return 0
 
 
-def _fprog(prog: list[Insn]) -> tuple[bytes, ctypes.Array]:
-    raw = b"".join(struct.pack("HBBI", *insn) for insn in prog)
-    buf = ctypes.create_string_buffer(raw, len(raw))
-    return struct.pack("HL", len(prog), ctypes.addressof(buf)), buf
-
-
 def attach_filter(sock: socket.socket, prog: list[Insn]) -> None:
     """SO_ATTACH_FILTER: the new program replaces the old one atomically."""
-    fprog, keep = _fprog(prog)
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-    del keep
+    cbpf.attach(sock, SO_ATTACH_FILTER, prog)
 
 
 DROP_ALL: list[Insn] = [(BPF_RET_K, 0, 0, 0)]

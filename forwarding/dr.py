@@ -168,6 +168,8 @@ QUEUE_BASE = 0x4C56
 #: a status bit (beyond the TP_STATUS_* ones) for packets that came from
 #: NFQUEUE: their flows never get a fast-path entry
 STATUS_QUEUED = 1 << 30
+#: the forwarding methods of the entries this plane serves
+_DIRECT_METHODS = frozenset((CONN_F_DROUTE, CONN_F_TUNNEL))
 #: the transport protocols ip_vs_in_hook schedules (ip_vs_proto_data_get)
 _SCHEDULED_PROTOS = frozenset((6, 17, 132))
 
@@ -834,20 +836,22 @@ class DirectPlane:
         everything else is left to the local stack (counted as not ours)."""
         st = self.stats
         rel = IR.related(buf, p)
-        cp = None
-        if rel is not None:
-            cp = self.director.conns.lookup_in(rel.protocol, p[0], rel.caddr, rel.cport, rel.vaddr, rel.vport)
-        if cp is None or cp.flags & CONN_F_FWD_MASK not in (CONN_F_DROUTE, CONN_F_TUNNEL):
+        if rel is None:
             st.not_ours += 1
             return
-        assert rel is not None
-        if not rel.csum_ok:
-            # the kernel drops it; here it is just not forwarded
+        v = self.director.in_icmp(
+            rel.protocol, p[P.P_AF], rel.caddr, rel.cport, rel.vaddr, rel.vport, p[P.P_IPLEN], rel.csum_ok,
+            _DIRECT_METHODS,
+        )  # fmt: skip
+        if v.action == ACCEPT:
+            st.not_ours += 1
+            return
+        if v.action != FORWARD:
+            # a bad checksum: the kernel drops it; here it is just not forwarded
             st.extra["icmp_bad_csum"] = st.extra.get("icmp_bad_csum", 0) + 1
             return
-        self.director.add_bytes(cp, inbytes=p[9], inpkts=1)
-        cp.in_pkts += 1
         st.extra["icmp_related"] = st.extra.get("icmp_related", 0) + 1
+        cp = v.conn
         self._forward(cp, buf, start, p, ifindex, status)
 
     def _decide(self, buf: Any, start: int, p: P.Parsed, ifindex: int, status: int, fwmark: int = 0) -> Any:

@@ -4,7 +4,8 @@
 
 TCP
     A client connection is accepted by the local stack, then shown to the core
-    as a SYN (``process_in(flow, now, SYN)``).  No real server (REJECT), DROP
+    as a SYN (``process_in(flow, now, SYN)``) by the session itself
+    (:meth:`TcpSession.connection_made`).  No real server (REJECT), DROP
     or no service: the client gets a reset at once (SO_LINGER 0).  FORWARD:
     lvsd connects to the entry's real server (``connect_timeout``, 5 s); a
     refusal or a timeout resets the client and is counted.  The entry's TCP
@@ -23,6 +24,8 @@ TCP
     same traffic and lc/wlc/sed/nq balance on live counts.  Data is relayed
     both ways with back-pressure (a side whose send buffer passes the high
     water mark pauses reading on the other side) and half-close (write_eof).
+    A real server configured for the PROXY protocol gets its header first
+    (:mod:`forwarding.proxyproto`).
 """
 
 from __future__ import annotations
@@ -32,16 +35,16 @@ import contextlib
 import socket
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lvs.constants import AF_INET6
+from lvs.constants import AF_INET6, IPPROTO_TCP
+from lvs.core import FORWARD
 from lvs.model import Flow
 from lvs.proto_tcp import ACK, DIR_INPUT, DIR_OUTPUT, FIN, RST, SYN
 
+from . import proxyproto
 from .connector import Connect
-
-if TYPE_CHECKING:
-    from .nat import _ServedService
+from .nat_common import RelayContext, ServedAddress, ip_int, ip_text
 
 IP_TRANSPARENT = 19
 IPV6_TRANSPARENT = 75
@@ -50,7 +53,8 @@ _LINGER_RST = struct.pack("ii", 1, 0)
 #: write buffer high water mark of each relayed side
 HIGH_WATER = 256 * 1024
 
-_CONNECTING, _OPEN, _DONE = 0, 1, 2
+#: states of a relay
+CONNECTING, OPEN, DONE = 0, 1, 2
 
 #: size of the read buffer
 READ_BUF = 256 * 1024
@@ -74,67 +78,67 @@ BULK_READ = 64 * 1024
 class _BulkIn(asyncio.BufferedProtocol):
     """The client side of a relay once it carries bulk data."""
 
-    __slots__ = ("s",)
+    __slots__ = ("session",)
 
     def __init__(self, s: TcpSession) -> None:
-        self.s = s
+        self.session = s
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _mv
 
     def buffer_updated(self, nbytes: int) -> None:
         global _mv
-        s = self.s
-        s.sw(_mv[:nbytes])
-        if s.swq():
+        s = self.session
+        s.to_server(_mv[:nbytes])
+        if s.server_backlog():
             _mv = memoryview(bytearray(READ_BUF))
-        s.nin += nbytes
-        s.pin += 1
+        s.in_bytes += nbytes
+        s.in_packets += 1
 
     def eof_received(self) -> bool:
-        return self.s.eof_received()
+        return self.session.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.s.connection_lost(exc)
+        self.session.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self.s.pause_writing()
+        self.session.pause_writing()
 
     def resume_writing(self) -> None:
-        self.s.resume_writing()
+        self.session.resume_writing()
 
 
 class _BulkOut(asyncio.BufferedProtocol):
     """The real server's side of a relay once it carries bulk data."""
 
-    __slots__ = ("u",)
+    __slots__ = ("upstream",)
 
     def __init__(self, u: _Upstream) -> None:
-        self.u = u
+        self.upstream = u
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _mv
 
     def buffer_updated(self, nbytes: int) -> None:
         global _mv
-        u = self.u
-        u.cw(_mv[:nbytes])
-        if u.cwq():
+        u = self.upstream
+        u.to_client(_mv[:nbytes])
+        if u.client_backlog():
             _mv = memoryview(bytearray(READ_BUF))
-        u.nout += nbytes
-        u.pout += 1
+        u.out_bytes += nbytes
+        u.out_packets += 1
 
     def eof_received(self) -> bool:
-        return self.u.eof_received()
+        return self.upstream.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.u.connection_lost(exc)
+        self.upstream.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self.u.pause_writing()
+        self.upstream.pause_writing()
 
     def resume_writing(self) -> None:
-        self.u.resume_writing()
+        self.upstream.resume_writing()
 
 
 def _rst(transport: asyncio.BaseTransport | None) -> None:
@@ -164,75 +168,78 @@ def _resume(transport: Any) -> None:
 class _Upstream(asyncio.Protocol):
     """The real server's side of one relayed TCP connection."""
 
-    __slots__ = ("cw", "cwq", "nout", "pout", "s")
+    __slots__ = ("client_backlog", "out_bytes", "out_packets", "session", "to_client")
 
     def __init__(self, session: TcpSession) -> None:
-        self.s = session
-        ct: Any = session.ct
-        self.cw: Callable[[Any], None] = ct.write
-        self.cwq: Callable[[], int] = ct.get_write_buffer_size
-        self.nout = 0
-        self.pout = 0
+        self.session = session
+        client: Any = session.client
+        self.to_client: Callable[[Any], None] = client.write
+        self.client_backlog: Callable[[], int] = client.get_write_buffer_size
+        self.out_bytes = 0
+        self.out_packets = 0
 
     def factory(self) -> _Upstream:
         return self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.s.st = transport  # type: ignore[assignment]
+        self.session.server = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        self.cw(data)
+        self.to_client(data)
         n = len(data)
-        self.nout += n
-        self.pout += 1
+        self.out_bytes += n
+        self.out_packets += 1
         if n >= BULK_READ:
-            self.s.st.set_protocol(_BulkOut(self))  # type: ignore[union-attr]
+            self.session.server.set_protocol(_BulkOut(self))  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
-        self.s.server_eof()
+        self.session.server_eof()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.s.server_lost(exc)
+        self.session.server_lost(exc)
 
     def pause_writing(self) -> None:
-        _pause(self.s.ct)
+        _pause(self.session.client)
 
     def resume_writing(self) -> None:
-        if not self.s.frozen:
-            _resume(self.s.ct)
+        if not self.session.frozen:
+            _resume(self.session.client)
 
 
 class TcpSession(asyncio.Protocol):
     """One client connection to a virtual service and its relay."""
 
     __slots__ = (
-        "c_eof",
+        "accepted_at",
+        "client",
+        "client_fin",
         "conn",
-        "ct",
+        "ctx",
         "early",
         "early_eof",
         "early_paused",
         "flow",
         "frozen",
-        "nin",
-        "pin",
-        "s_eof",
-        "sf",
-        "st",
+        "in_bytes",
+        "in_packets",
+        "server",
+        "server_backlog",
+        "server_fin",
+        "service",
         "state",
-        "sw",
-        "swq",
-        "t0",
         "task",
+        "to_server",
         "up",
     )
 
-    def __init__(self, sf: _ServedService) -> None:
-        self.sf = sf
-        self.ct: asyncio.Transport | None = None
-        self.st: asyncio.Transport | None = None
+    def __init__(self, ctx: RelayContext, service: ServedAddress) -> None:
+        #: the plane's shared state, and the virtual service the client connected to
+        self.ctx = ctx
+        self.service = service
+        self.client: asyncio.Transport | None = None
+        self.server: asyncio.Transport | None = None
         self.up: _Upstream | None = None
         self.conn: Any = None
         self.flow: Flow | None = None
@@ -240,15 +247,15 @@ class TcpSession(asyncio.Protocol):
         self.early: list[bytes] = []
         self.early_eof = False
         self.early_paused = False
-        self.sw: Callable[[Any], None] = self.early_write
-        self.swq: Callable[[], int] = _always
-        self.nin = 0
-        self.pin = 0
-        self.c_eof = False
-        self.s_eof = False
+        self.to_server: Callable[[Any], None] = self.early_write
+        self.server_backlog: Callable[[], int] = _always
+        self.in_bytes = 0
+        self.in_packets = 0
+        self.client_fin = False
+        self.server_fin = False
         self.frozen = False
-        self.state = _CONNECTING
-        self.t0 = 0.0
+        self.state = CONNECTING
+        self.accepted_at = 0.0
         self.task: Connect | None = None
 
     # -- client side events ------------------------------------------------------
@@ -256,24 +263,79 @@ class TcpSession(asyncio.Protocol):
         # no pause_reading() while the real server is being connected: what
         # the client sends early is kept (two epoll changes saved per
         # connection); past HIGH_WATER early bytes reading pauses
-        self.ct = transport  # type: ignore[assignment]
-        self.sf.accept(self, transport)
+        self.client = transport  # type: ignore[assignment]
+        self.accept(transport)
+
+    def accept(self, transport: Any) -> None:
+        """The client's SYN to the core; FORWARD: connect to the entry's real
+        server, anything else: reset the client at once."""
+        ctx = self.ctx
+        ctx.accepted += 1
+        peer = transport.get_extra_info("peername")
+        service = self.service
+        af = service.af
+        vaddr = service.vaddr
+        if not vaddr:
+            vaddr = ip_int(af, transport.get_extra_info("sockname")[0])
+        flow = Flow(af, IPPROTO_TCP, ip_int(af, peer[0]), peer[1], vaddr, service.vport)
+        now = ctx.now()
+        v = ctx.director.process_in(flow, now, SYN, 0)
+        cp = v.conn
+        if v.action != FORWARD or cp is None:
+            ctx.refused += 1
+            self.state = DONE
+            _rst(transport)
+            return
+        self.flow = flow
+        self.conn = cp
+        self.accepted_at = now
+        transport.set_write_buffer_limits(HIGH_WATER)
+        up = self.up = _Upstream(self)
+        host, port = ctx.target(cp)
+        loop = ctx.loop
+        if ctx.transparent:
+            coro = _connect_transparent(loop, up, af, peer[0], host, port, cp.daf)
+        else:
+            coro = loop.create_connection(up.factory, host, port)
+        ctx.sessions.add(self)
+        self.task = Connect(coro, self.connected)
+
+    def proxy_header(self) -> bytes:
+        """The PROXY protocol header for the real server (empty: none wanted)."""
+        ctx = self.ctx
+        if not ctx.proxy_protocol:
+            return b""
+        version = ctx.proxy_version(self.conn)
+        if not version:
+            return b""
+        flow = self.flow
+        assert flow is not None
+        af = flow.af
+        return proxyproto.header(
+            version,
+            af,
+            socket.SOCK_STREAM,
+            ip_text(af, flow.caddr),
+            flow.cport,
+            ip_text(af, flow.vaddr),
+            flow.vport,
+        )
 
     def data_received(self, data: bytes) -> None:
-        self.sw(data)
+        self.to_server(data)
         n = len(data)
-        self.nin += n
-        self.pin += 1
-        if n >= BULK_READ and self.state == _OPEN:
-            self.ct.set_protocol(_BulkIn(self))  # type: ignore[union-attr]
+        self.in_bytes += n
+        self.in_packets += 1
+        if n >= BULK_READ and self.state == OPEN:
+            self.client.set_protocol(_BulkIn(self))  # type: ignore[union-attr]
 
     def early_write(self, data: bytes) -> None:
         """Client data before the real server answered: kept, and reading
         pauses once HIGH_WATER bytes wait."""
         self.early.append(data)
-        if self.nin + len(data) >= HIGH_WATER and not self.early_paused:
+        if self.in_bytes + len(data) >= HIGH_WATER and not self.early_paused:
             self.early_paused = True
-            self.ct.pause_reading()  # type: ignore[union-attr]
+            self.client.pause_reading()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         self.client_eof()
@@ -283,56 +345,56 @@ class TcpSession(asyncio.Protocol):
         self.client_lost(exc)
 
     def pause_writing(self) -> None:
-        _pause(self.st)
+        _pause(self.server)
 
     def resume_writing(self) -> None:
         if not self.frozen:
-            _resume(self.st)
+            _resume(self.server)
 
     # -- relay state -------------------------------------------------------------
     def seg_in(self, flags: int, now: float) -> None:
         """A synthetic client segment for the entry we already hold
         (:meth:`Director.held_segment`), counted with the batch."""
-        if self.sf.plane.director.held_segment(self.conn, DIR_INPUT, flags, now):
-            self.pin += 1
+        if self.ctx.director.held_segment(self.conn, DIR_INPUT, flags, now):
+            self.in_packets += 1
 
     def seg_out(self, flags: int, now: float) -> None:
         """A synthetic real-server segment: ``process_out`` for our entry."""
-        if self.sf.plane.director.held_segment(self.conn, DIR_OUTPUT, flags, now):
-            self.up.pout += 1  # type: ignore[union-attr]
+        if self.ctx.director.held_segment(self.conn, DIR_OUTPUT, flags, now):
+            self.up.out_packets += 1  # type: ignore[union-attr]
 
     def connected(self, result: Any, exc: BaseException | None) -> None:
         """The connection to the real server is up, or failed (the
         :class:`~forwarding.connector.Connect` outcome)."""
-        plane = self.sf.plane
+        ctx = self.ctx
         self.task = None
-        if self.state == _DONE:
+        if self.state == DONE:
             if exc is None:
                 _rst(result[0])
             return
         if exc is not None:
             if isinstance(exc, asyncio.CancelledError):
-                plane.connect_timeouts += 1
+                ctx.connect_timeouts += 1
             else:
-                plane.connect_failures += 1
+                ctx.connect_failures += 1
                 if isinstance(exc, ConnectionRefusedError):
-                    self.seg_out(RST, plane.now())
-            _rst(self.ct)
+                    self.seg_out(RST, ctx.now())
+            _rst(self.client)
             self.detach()
             return
         st = result[0]
-        self.st = st
-        self.sw = st.write
-        self.swq = st.get_write_buffer_size
-        self.state = _OPEN
-        now = plane.now()
-        if plane.director.ipvs.sysctl.secure_tcp:
+        self.server = st
+        self.to_server = st.write
+        self.server_backlog = st.get_write_buffer_size
+        self.state = OPEN
+        now = ctx.now()
+        if ctx.director.ipvs.sysctl.secure_tcp:
             self.seg_out(SYN | ACK, now)
         else:
             # SYN+ACK out moves no state in the normal tables (SYN_RECV stays)
-            self.up.pout += 1  # type: ignore[union-attr]
+            self.up.out_packets += 1  # type: ignore[union-attr]
         self.seg_in(ACK, now)
-        hdr = self.sf.proxy_header(self)
+        hdr = self.proxy_header()
         if hdr:
             st.write(hdr)
         for data in self.early:
@@ -340,85 +402,85 @@ class TcpSession(asyncio.Protocol):
         self.early = []
         if self.early_eof:
             self.client_eof()
-            if self.state != _OPEN:
+            if self.state != OPEN:
                 return
         if self.early_paused and not self.frozen:
             self.early_paused = False
-            self.ct.resume_reading()  # type: ignore[union-attr]
+            self.client.resume_reading()  # type: ignore[union-attr]
 
     def client_eof(self) -> None:
-        if self.state == _CONNECTING:
+        if self.state == CONNECTING:
             self.early_eof = True
             return
-        if self.state != _OPEN or self.c_eof:
+        if self.state != OPEN or self.client_fin:
             return
-        self.c_eof = True
-        plane = self.sf.plane
-        now = plane.now()
+        self.client_fin = True
+        ctx = self.ctx
+        now = ctx.now()
         self.seg_in(FIN | ACK, now)
-        if self.s_eof:
+        if self.server_fin:
             self.finish()  # close() sends the FIN: no separate shutdown
             return
-        st = self.st
+        st = self.server
         if st is not None and not st.is_closing():
             st.write_eof()
 
     def server_eof(self) -> None:
-        if self.state != _OPEN or self.s_eof:
+        if self.state != OPEN or self.server_fin:
             return
-        self.s_eof = True
-        plane = self.sf.plane
-        now = plane.now()
+        self.server_fin = True
+        ctx = self.ctx
+        now = ctx.now()
         self.seg_out(FIN | ACK, now)
-        if self.c_eof:
+        if self.client_fin:
             self.finish()
             return
-        ct = self.ct
+        ct = self.client
         if ct is not None and not ct.is_closing():
             ct.write_eof()
 
     def client_lost(self, exc: Exception | None) -> None:
-        if self.state == _DONE:
+        if self.state == DONE:
             return
-        plane = self.sf.plane
-        if self.state == _CONNECTING:
+        ctx = self.ctx
+        if self.state == CONNECTING:
             task = self.task
             self.detach()
             if task is not None:
                 task.cancel()
             return
-        if exc is not None or not (self.c_eof and self.s_eof):
+        if exc is not None or not (self.client_fin and self.server_fin):
             # a reset (or an abort) from the client side
-            self.seg_in(RST, plane.now())
-            plane.resets += 1
+            self.seg_in(RST, ctx.now())
+            ctx.resets += 1
             self.detach()
-            _rst(self.st)
+            _rst(self.server)
         self.detach()
 
     def server_lost(self, exc: Exception | None) -> None:
-        if self.state != _OPEN:
+        if self.state != OPEN:
             return
-        plane = self.sf.plane
-        if exc is not None or not (self.c_eof and self.s_eof):
-            self.seg_out(RST, plane.now())
-            plane.resets += 1
+        ctx = self.ctx
+        if exc is not None or not (self.client_fin and self.server_fin):
+            self.seg_out(RST, ctx.now())
+            ctx.resets += 1
             self.detach()
-            _rst(self.ct)
+            _rst(self.client)
         self.detach()
 
     def finish(self) -> None:
         """Both sides sent FIN: close both (after their buffers drain)."""
-        if self.st is not None:
-            self.st.close()
-        if self.ct is not None:
-            self.ct.close()
+        if self.server is not None:
+            self.server.close()
+        if self.client is not None:
+            self.client.close()
         self.detach()
 
     def reset(self) -> None:
         """Reset both sides (entry expired, or its real server is gone)."""
         task = self.task
-        _rst(self.ct)
-        _rst(self.st)
+        _rst(self.client)
+        _rst(self.server)
         self.detach()
         if task is not None:
             task.cancel()
@@ -429,36 +491,36 @@ class TcpSession(asyncio.Protocol):
         if frozen == self.frozen:
             return
         self.frozen = frozen
-        if self.state != _OPEN:
+        if self.state != OPEN:
             return
         if frozen:
-            _pause(self.ct)
-            _pause(self.st)
+            _pause(self.client)
+            _pause(self.server)
         else:
-            _resume(self.ct)
-            _resume(self.st)
+            _resume(self.client)
+            _resume(self.server)
 
     def flush(self) -> bool:
         """Hand the batched counters to the core; True if there was traffic."""
         up = self.up
         nout = pout = 0
         if up is not None:
-            nout, pout = up.nout, up.pout
-            up.nout = up.pout = 0
-        if not (self.pin or pout):
+            nout, pout = up.out_bytes, up.out_packets
+            up.out_bytes = up.out_packets = 0
+        if not (self.in_packets or pout):
             return False
-        self.sf.plane.director.add_bytes(self.conn, self.nin, nout, self.pin, pout)
-        self.nin = self.pin = 0
+        self.ctx.director.add_bytes(self.conn, self.in_bytes, nout, self.in_packets, pout)
+        self.in_bytes = self.in_packets = 0
         return True
 
     def detach(self) -> None:
-        if self.state == _DONE:
+        if self.state == DONE:
             return
-        self.state = _DONE
-        plane = self.sf.plane
+        self.state = DONE
+        ctx = self.ctx
         if self.conn is not None:
             self.flush()
-        plane.sessions.discard(self)
+        ctx.sessions.discard(self)
 
 
 async def _connect_transparent(

@@ -1,5 +1,5 @@
 """The UDP relay of the NAT data plane (:mod:`forwarding.nat`): the VIP
-socket of a UDP service (``_UdpFront``) and one ``_UdpFlow`` per client flow
+socket of a UDP service (``UdpService``) and one ``UdpFlow`` per client flow
 with its connected upstream socket.
 
 UDP
@@ -31,20 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lvs.constants import CONN_F_ONE_PACKET, IPPROTO_UDP
 from lvs.core import FORWARD, REJECT, Director
 from lvs.model import Flow
 
-from .nat_common import _ipint, log
-
-if TYPE_CHECKING:
-    from .nat import _ServedService
+from . import proxyproto
+from .nat_common import RelayContext, ServedAddress, ip_int, log
 
 
-class _UdpFlow(asyncio.DatagramProtocol):
+class UdpFlow(asyncio.DatagramProtocol):
     """One client flow of a UDP service and its connected upstream socket."""
 
     __slots__ = (
@@ -52,42 +51,42 @@ class _UdpFlow(asyncio.DatagramProtocol):
         "conn",
         "dest",
         "front",
-        "fsend",
         "idle",
-        "nin",
-        "nout",
+        "in_bytes",
+        "in_packets",
         "ok",
+        "out_bytes",
+        "out_packets",
         "pending",
-        "pin",
-        "pout",
         "replied",
+        "reply",
         "sendto",
-        "t",
         "task",
+        "transport",
     )
 
-    def __init__(self, front: _UdpFront, addr: Any, conn: Any) -> None:
+    def __init__(self, front: UdpService, addr: Any, conn: Any) -> None:
         self.front = front
         self.addr = addr
         self.conn = conn
         self.dest = conn.dest
-        self.t: asyncio.DatagramTransport | None = None
+        self.transport: asyncio.DatagramTransport | None = None
         self.pending: list[bytes] = []
         self.sendto: Callable[[bytes], None] = self.pending.append
-        self.fsend = front.t.sendto  # type: ignore[union-attr]
+        self.reply = front.transport.sendto  # type: ignore[union-attr]
         self.ok = True
         self.replied = False
-        self.nin = self.nout = self.pin = self.pout = 0
+        self.in_bytes = self.out_bytes = self.in_packets = self.out_packets = 0
         self.idle = 0
         self.task: asyncio.Future[Any] | None = None
 
-    def factory(self) -> _UdpFlow:
+    def factory(self) -> UdpFlow:
         return self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.t = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]
         send = transport.sendto  # type: ignore[attr-defined]
-        hdr = self.front.sf.proxy_header_udp(self)
+        hdr = self.front.proxy_header(self)
         if hdr:
             self.sendto = lambda d, _s=send, _h=hdr: _s(_h + d)
         else:
@@ -97,10 +96,10 @@ class _UdpFlow(asyncio.DatagramProtocol):
         self.pending = []
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.fsend(data, self.addr)
+        self.reply(data, self.addr)
         if self.replied:
-            self.nout += len(data)
-            self.pout += 1
+            self.out_bytes += len(data)
+            self.out_packets += 1
         else:
             self.replied = True
             self.front.first_reply(self, len(data))
@@ -113,82 +112,76 @@ class _UdpFlow(asyncio.DatagramProtocol):
         if self.task is not None:
             self.task.cancel()
             self.task = None
-        if self.t is not None:
-            self.t.close()
-            self.t = None
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
 
-    def flush(self, director: Director) -> bool:
-        if not (self.pin or self.pout):
+    def flush(self, director: Director, now: float | None = None) -> bool:
+        """Hand the batched counters to the core (with ``now``: the client
+        datagrams count toward the entry's sync threshold too)."""
+        if not (self.in_packets or self.out_packets):
             return False
         conn = self.conn
         if conn.flags & CONN_F_ONE_PACKET:
             # replies to one-packet datagrams: the kernel never hashes their
             # entries, so ip_vs_out finds none and lets the replies pass
             # uncounted (OutPkts/OutBytes stay 0); the proxy relays them
-            self.nin = self.nout = self.pin = self.pout = 0
+            self.in_bytes = self.out_bytes = self.in_packets = self.out_packets = 0
             return True
         if conn.dest is None and self.dest is not None:
-            _count(director, self.dest, self.nin, self.nout, self.pin, self.pout)
+            director.add_bytes_unbound(
+                self.dest, self.in_bytes, self.out_bytes, self.in_packets, self.out_packets
+            )
         else:
-            director.add_bytes(conn, self.nin, self.nout, self.pin, self.pout)
-        self.nin = self.nout = self.pin = self.pout = 0
+            director.add_bytes(conn, self.in_bytes, self.out_bytes, self.in_packets, self.out_packets, now)
+        self.in_bytes = self.out_bytes = self.in_packets = self.out_packets = 0
         return True
 
 
-def _count(director: Director, dest: Any, inb: int, outb: int, inp: int, outp: int) -> None:
-    """Counters of a flow whose entry is already unbound (it expired with
-    traffic still in the batch)."""
-    targets = [dest.stats, director.ipvs.stats]
-    if dest.svc is not None:
-        targets.append(dest.svc.stats)
-    for st in targets:
-        st.inbytes += inb
-        st.outbytes += outb
-        st.inpkts += inp
-        st.outpkts += outp
-
-
-class _UdpFront(asyncio.DatagramProtocol):
+class UdpService(asyncio.DatagramProtocol):
     """The VIP socket of one UDP service."""
 
-    __slots__ = ("flows", "ops", "sf", "t")
+    __slots__ = ("ctx", "flows", "ops", "service", "transport")
 
-    def __init__(self, sf: _ServedService) -> None:
-        self.sf = sf
-        self.t: asyncio.DatagramTransport | None = None
+    def __init__(self, ctx: RelayContext, service: ServedAddress) -> None:
+        self.ctx = ctx
+        self.service = service
+        self.transport: asyncio.DatagramTransport | None = None
         #: client address -> flow
-        self.flows: dict[Any, _UdpFlow] = {}
+        self.flows: dict[Any, UdpFlow] = {}
         #: (client address, real server) -> flow, for one-packet scheduling
-        self.ops: dict[Any, _UdpFlow] = {}
+        self.ops: dict[Any, UdpFlow] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.t = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         f = self.flows.get(addr)
         if f is not None and f.ok:
             f.sendto(data)
-            f.nin += len(data)
-            f.pin += 1
+            f.in_bytes += len(data)
+            f.in_packets += 1
             return
         self.slow(data, addr, f)
 
     def error_received(self, exc: Exception) -> None:
         pass
 
-    def slow(self, data: bytes, addr: Any, f: _UdpFlow | None) -> None:
+    def slow(self, data: bytes, addr: Any, f: UdpFlow | None) -> None:
         """A datagram of a new flow (or one whose entry must be looked at)."""
-        sf = self.sf
-        plane = sf.plane
-        flow = Flow(sf.af, IPPROTO_UDP, _ipint(sf.af, addr[0]), addr[1], sf.vaddr, sf.vport)
+        service = self.service
+        ctx = self.ctx
+        flow = Flow(
+            service.af, IPPROTO_UDP, ip_int(service.af, addr[0]), addr[1], service.vaddr, service.vport
+        )
         # the datagram goes to the core: a persistent --pe sip service keys
         # its templates by the Call-ID in it (lvs.pe_sip; the kernel's
         # dataoff is taken for an IP header without options)
-        v = plane.director.process_in(flow, plane.now(), 0, len(data), data)
+        v = ctx.director.process_in(flow, ctx.now(), 0, len(data), data)
         if v.action != FORWARD or v.conn is None:
-            plane.udp_dropped += 1
+            ctx.udp_dropped += 1
             if v.action == REJECT:
-                plane.port_unreachable(sf, addr, data)
+                ctx.port_unreachable(service, addr, data)
             return
         cp = v.conn
         if cp.flags & CONN_F_ONE_PACKET:
@@ -200,7 +193,7 @@ class _UdpFront(asyncio.DatagramProtocol):
             g.idle = 0
             g.sendto(data)
             return
-        if f is not None and f.conn is cp and (f.t is not None or f.task is not None):
+        if f is not None and f.conn is cp and (f.transport is not None or f.task is not None):
             f.ok = True
             f.sendto(data)
             return
@@ -209,48 +202,62 @@ class _UdpFront(asyncio.DatagramProtocol):
         f = self.flows[addr] = self.open_flow(addr, cp)
         f.sendto(data)
 
-    def open_flow(self, addr: Any, cp: Any) -> _UdpFlow:
-        f = _UdpFlow(self, addr, cp)
+    def open_flow(self, addr: Any, cp: Any) -> UdpFlow:
+        f = UdpFlow(self, addr, cp)
         if cp.dest is None and cp.svc is not None:  # one-packet: already unbound
             f.dest = cp.svc.find_dest(cp.daf, cp.daddr, cp.dport)
-        host, port = self.sf.plane.target(cp)
+        host, port = self.ctx.target(cp)
         loop = asyncio.get_running_loop()
         f.task = asyncio.ensure_future(
             loop.create_datagram_endpoint(f.factory, remote_addr=(host, port), family=cp.daf)
         )
         f.task.add_done_callback(functools.partial(self._opened, f))
-        self.sf.plane.udp_flows_opened += 1
+        self.ctx.udp_flows_opened += 1
         return f
 
-    def _opened(self, f: _UdpFlow, fut: asyncio.Future[Any]) -> None:
+    def _opened(self, f: UdpFlow, fut: asyncio.Future[Any]) -> None:
         f.task = None
         if fut.cancelled():
             return
         if fut.exception() is not None:
             log.debug("UDP upstream for %s: %s", f.addr, fut.exception())
             f.ok = False
-            self.sf.plane.connect_failures += 1
+            self.ctx.connect_failures += 1
             if self.flows.get(f.addr) is f:
                 del self.flows[f.addr]
             return
         if not f.ok:  # closed meanwhile
             fut.result()[0].close()
 
-    def first_reply(self, f: _UdpFlow, length: int) -> None:
+    def proxy_header(self, f: UdpFlow) -> bytes:
+        """The PROXY protocol v2 header each datagram of ``f`` carries to its
+        real server (empty: none wanted)."""
+        ctx = self.ctx
+        if not ctx.proxy_protocol:
+            return b""
+        version = ctx.proxy_version(f.conn)
+        if not version:
+            return b""
+        service = self.service
+        return proxyproto.header(
+            version, service.af, socket.SOCK_DGRAM, f.addr[0], f.addr[1], service.host, service.vport
+        )
+
+    def first_reply(self, f: UdpFlow, length: int) -> None:
         """The core sees the first reply of a flow (which assures a
         persistence template); later ones are counted in batches."""
         cp = f.conn
         if cp.dest is not None:
-            plane = self.sf.plane
-            plane.director.process_out(cp, plane.now(), 0, length)
+            ctx = self.ctx
+            ctx.director.process_out(cp, ctx.now(), 0, length)
         else:
-            f.nout += length
-            f.pout += 1
+            f.out_bytes += length
+            f.out_packets += 1
 
     def close(self) -> None:
         for f in list(self.flows.values()) + list(self.ops.values()):
             f.close()
         self.flows.clear()
         self.ops.clear()
-        if self.t is not None:
-            self.t.close()
+        if self.transport is not None:
+            self.transport.close()

@@ -8,6 +8,7 @@ and the packet length, and the current virtual time ``now``.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 
 from .addr import v6_prefix_mask
@@ -25,9 +26,12 @@ from .conn import (
 from .conntab import INVALID_PORT, ConnTable
 from .constants import (
     AF_INET6,
+    CONN_F_FWD_MASK,
     CONN_F_INACTIVE,
+    CONN_F_MASQ,
     CONN_F_NOOUTPUT,
     CONN_F_ONE_PACKET,
+    CONN_F_SYNC,
     CONN_F_TEMPLATE,
     DEST_F_AVAILABLE,
     DEST_F_OVERLOAD,
@@ -44,12 +48,15 @@ from .pe_sip import fill_param as pe_sip_fill_param
 from .pe_sip import pe_key
 from .proto_tcp import ACK, DIR_INPUT, DIR_INPUT_ONLY, DIR_OUTPUT, RST, SYN, is_active, next_state
 from .stats import ESTIMATOR_PERIOD
+from .sync import BACKUP_UPD_MASK, HZ, SyncEntry, SyncMaster
 
 FTPPORT = 21
 #: how long an entry that cannot go yet is kept before the next try
 EXPIRE_RETRY = 60.0
 #: the timeout of a new entry before its first state transition
 INITIAL_TIMEOUT = 3.0
+#: MAX_SCHEDULE_TIMEOUT / HZ on 64 bits: the longest timeout a synced entry keeps
+MAX_SYNC_TIMEOUT = (2**63 - 1) // 250
 
 # Verdicts of process_in.
 ACCEPT = "accept"  # not ours: the packet goes on to the local stack
@@ -74,9 +81,12 @@ class Director:
         """``table_seed``: the connection table's hash secret (ConnTable)."""
         self.ipvs = ipvs or IPVS()
         self.conns = ConnTable(table_seed)
-        self.ipvs.conns = self.conns  # type: ignore[attr-defined]
+        self.ipvs.conns = self.conns
+        self.ipvs.nodest_flush = self.expire_nodest_conns
         self._next_estimate = 0.0
         self._next_sched_tick = 0.0
+        #: the sync daemon's master side (lvs.sync.SyncMaster) while one runs
+        self.sync: SyncMaster | None = None
 
     # ------------------------------------------------------------------------
     # entries
@@ -132,6 +142,133 @@ class Director:
             self._counts_changed(dest, overload != dest.flags & DEST_F_OVERLOAD)
         if not cp.flags & CONN_F_ONE_PACKET:
             self.conns.hash(cp)
+        if self.sync is not None:
+            cp.sync_mark = (int(now * HZ) & ~3) << 4  # sync_endtime = jiffies & ~3
+        return cp
+
+    # ------------------------------------------------------------------------
+    # entries learnt from a sync master (ip_vs_proc_conn)
+    # ------------------------------------------------------------------------
+    def sync_find_dest(self, e: SyncEntry) -> Dest | None:
+        """``ip_vs_find_dest``: this director's own real server for a synced
+        entry: the service of (fwmark | protocol, vaddr, vport), then its dest
+        at (daddr, dport); fwmark services of DR/TUN match the dest by
+        address alone (port 0), as the kernel does."""
+        svc = self.ipvs.find_service(e.af, e.protocol, e.vaddr, e.vport, e.fwmark)
+        if svc is None:
+            return None
+        port = e.dport
+        if e.fwmark and e.flags & CONN_F_FWD_MASK != CONN_F_MASQ:
+            port = 0
+        dest = svc.find_dest(e.af, e.daddr, port)
+        if dest is None and port != e.dport:
+            dest = svc.find_dest(e.af, e.daddr, port ^ e.dport)
+        return dest
+
+    def _sync_bind(self, cp: Conn, dest: Dest) -> None:
+        """``ip_vs_bind_dest`` for a SYNC entry: the forwarding method and
+        NOOUTPUT come from this director's dest; INACTIVE stays as sent."""
+        conn_flags = dest.conn_flags
+        if cp.protocol != IPPROTO_UDP:
+            conn_flags &= ~CONN_F_ONE_PACKET
+        if not cp.flags & CONN_F_TEMPLATE:
+            conn_flags &= ~CONN_F_INACTIVE
+        cp.flags = (cp.flags & ~(CONN_F_FWD_MASK | CONN_F_NOOUTPUT)) | conn_flags
+        cp.dest = dest
+        cp.svc = dest.svc
+        dest.refcnt += 1
+        if cp.flags & CONN_F_TEMPLATE:
+            dest.persistconns += 1
+        else:
+            if cp.flags & CONN_F_INACTIVE:
+                dest.inactconns += 1
+            else:
+                dest.activeconns += 1
+            overload = dest.flags & DEST_F_OVERLOAD
+            self.ipvs.dest_conn_bound(dest)
+            self._counts_changed(dest, overload != dest.flags & DEST_F_OVERLOAD)
+
+    def _sync_lookup_template(self, e: SyncEntry) -> Conn | None:
+        """``ip_vs_ct_in_get`` for a synced template (by its PE data when it
+        has some)."""
+        if e.pe_data:
+            return self.lookup_pe_template(e.protocol, e.af, e.caddr, e.vaddr, e.vport, e.pe_name, e.pe_data)
+        c = self.conns.chain(client_key(e.protocol, e.af, e.caddr, e.cport))
+        while c is not None:
+            if (
+                c.flags & CONN_F_TEMPLATE
+                and c.vport == e.vport
+                and c.vaddr == e.vaddr
+                and c.dport != INVALID_PORT
+            ):
+                return c
+            c = c.hnext
+        return None
+
+    def sync_apply(self, e: SyncEntry, now: float) -> Conn | None:
+        """``ip_vs_proc_conn``: create or update the entry a master sent.
+
+        A connection already here with another real server is expired and
+        replaced, unless the message is the old one's INACTIVE (then it is
+        ignored: None).  An existing entry takes only the INACTIVE and
+        sequence bits (its dest's counters follow INACTIVE), the state and
+        the timeout.  A new one is bound to this director's own real server
+        when it has one (``sync_find_dest``), else kept unbound.  Either way
+        the entry is marked SYNC, its packet count set to sync_threshold and
+        its timer armed with the sent timeout (v0: this director's protocol
+        timeout for the state; templates 3 minutes)."""
+        flags = e.flags | CONN_F_SYNC
+        cp: Conn | None
+        if not flags & CONN_F_TEMPLATE:
+            cp = self.conns.lookup_in(e.protocol, e.af, e.caddr, e.cport, e.vaddr, e.vport)
+            if cp is not None and (cp.dport != e.dport or cp.daddr != e.daddr):
+                if flags & CONN_F_INACTIVE:
+                    return None
+                self.expire_now(cp, now)
+                cp = None
+        else:
+            cp = self._sync_lookup_template(e)
+        if cp is not None:
+            dest = cp.dest
+            if (cp.flags ^ flags) & CONN_F_INACTIVE and not flags & CONN_F_TEMPLATE and dest is not None:
+                if flags & CONN_F_INACTIVE:
+                    dest.activeconns -= 1
+                    dest.inactconns += 1
+                else:
+                    dest.activeconns += 1
+                    dest.inactconns -= 1
+                self._counts_changed(dest)
+            cp.flags = (flags & BACKUP_UPD_MASK) | (cp.flags & ~BACKUP_UPD_MASK)
+            if dest is None:
+                dest = self.sync_find_dest(e)
+                if dest is not None:
+                    self._sync_bind(cp, dest)
+        else:
+            dest = self.sync_find_dest(e)
+            if e.pe_data:
+                cp = PeConn(
+                    e.af, e.protocol, e.caddr, e.cport, e.vaddr, e.vport, e.af, e.daddr, e.dport,
+                    flags, e.fwmark, pe_name=e.pe_name, pe_data=e.pe_data,
+                )  # fmt: skip
+            else:
+                cp = Conn(e.af, e.protocol, e.caddr, e.cport, e.vaddr, e.vport, e.af, e.daddr, e.dport, flags,
+                          e.fwmark)  # fmt: skip
+            if dest is not None:
+                self._sync_bind(cp, dest)
+            self.conns.hash(cp)
+        sysctl = self.ipvs.sysctl
+        cp.in_pkts = sysctl.sync_threshold
+        cp.state = e.state
+        cp.sync_mark = (cp.sync_mark & ~15) | (e.state & 15)
+        if e.timeout:
+            cp.timeout = float(min(e.timeout, MAX_SYNC_TIMEOUT))
+        elif not flags & CONN_F_TEMPLATE and e.protocol == IPPROTO_TCP:
+            cp.timeout = self.ipvs.timeouts.tcp[e.state]
+        elif not flags & CONN_F_TEMPLATE and e.protocol == IPPROTO_UDP:
+            cp.timeout = self.ipvs.timeouts.udp
+        else:
+            cp.timeout = 180.0
+        self._put(cp, now)
         return cp
 
     def _unbind(self, cp: Conn) -> None:
@@ -183,6 +320,33 @@ class Director:
             cp.control = None
         self._unbind(cp)
         return True
+
+    def conn_del(self, cp: Conn, now: float) -> None:
+        """``ip_vs_conn_del``: expire a hashed entry now; an entry that has a
+        controller drops it too when it was its last and the controller is
+        a connection or a template not yet ASSURED (the ``timeout = 0``
+        chain of ``ip_vs_conn_expire``)."""
+        if not cp.hashed:
+            return
+        ct = cp.control
+        if not self.expire(cp, now) or ct is None:
+            return
+        if not ct.n_control and (not ct.flags & CONN_F_TEMPLATE or not ct.state & CTPL_S_ASSURED):
+            self.conn_del(ct, now)
+
+    def expire_nodest_conns(self, now: float) -> None:
+        """``ip_vs_expire_nodest_conn_flush``, the work a real server's deletion
+        queues when ``expire_nodest_conn`` is set: every entry whose server is
+        no longer available and that controls nothing is deleted, and so is
+        its controller once it controls nothing more."""
+        for cp in list(self.conns):
+            dest = cp.dest
+            if dest is None or dest.flags & DEST_F_AVAILABLE or cp.n_control or not cp.hashed:
+                continue
+            ct = cp.control
+            self.conn_del(cp, now)
+            if ct is not None and not ct.n_control:
+                self.conn_del(ct, now)
 
     def expire_now(self, cp: Conn, now: float) -> None:
         """``ip_vs_conn_expire_now``: let the timer fire at once."""
@@ -435,6 +599,9 @@ class Director:
         else:
             cp.in_pkts += 1
             self._put(cp, now)
+        if self.sync is not None:
+            # ip_vs_in_hook: every client packet offers its entry to the master
+            self.sync.sync_conn(cp, cp.in_pkts, now)
         return Verdict(FORWARD, cp, new)
 
     def held_segment(self, cp: Conn, direction: int, tcp_flags: int, now: float) -> bool:
@@ -451,9 +618,11 @@ class Director:
         if dest is None or not dest.flags & DEST_F_AVAILABLE or not cp.hashed:
             return False
         self._set_tcp_state(cp, direction, tcp_flags)
+        self._put(cp, now)
         if direction != DIR_OUTPUT:
             cp.in_pkts += 1
-        self._put(cp, now)
+            if self.sync is not None:
+                self.sync.sync_conn(cp, cp.in_pkts, now)
         return True
 
     def account_in(self, cp: Conn, now: float, packets: int, nbytes: int) -> None:
@@ -470,6 +639,67 @@ class Director:
         cp.timeout = timeouts.tcp[cp.state] if cp.protocol == IPPROTO_TCP else timeouts.udp
         cp.in_pkts += packets
         self._put(cp, now)
+        if self.sync is not None:
+            self._sync_batch(cp, packets, now)
+
+    def _sync_batch(self, cp: Conn, packets: int, now: float) -> None:
+        """``packets`` client packets of ``cp`` counted at once (already in
+        ``in_pkts``): offer the entry to the sync master with the count at
+        which the kernel, seeing them one by one, would have sent it, if one
+        lies in the batch."""
+        sync = self.sync
+        if sync is None or packets <= 0:
+            return
+        period, threshold = sync.params.period, sync.params.threshold
+        pkts = cp.in_pkts
+        if period > 0 and packets > 1:
+            before = pkts - packets
+            hit = before + ((threshold - before - 1) % period) + 1
+            if hit <= pkts:
+                pkts = hit
+        sync.sync_conn(cp, pkts, now)
+
+    def refresh(self, cp: Conn, now: float) -> bool:
+        """Traffic of ``cp`` relayed since the last call (a forwarder that
+        batches, such as the NAT proxy's sweep): what ``ip_vs_conn_put`` does
+        for each packet, done once: the timer is pushed to ``now`` plus the
+        entry's timeout, never earlier than it already was.  False (and
+        nothing done) if the entry is no longer hashed."""
+        if not cp.hashed:
+            return False
+        if now + cp.timeout > cp.expires:
+            cp.expires = now + cp.timeout
+        self.conns.arm(cp)
+        return True
+
+    def in_icmp(
+        self,
+        protocol: int,
+        af: int,
+        caddr: int,
+        cport: int,
+        vaddr: int,
+        vport: int,
+        length: int,
+        csum_ok: bool,
+        methods: Container[int],
+    ) -> Verdict:
+        """``ip_vs_in_icmp``: an ICMP error whose quoted packet (read in the
+        client -> VIP direction, ``protocol``/``caddr``... here) may belong to
+        an entry.  ACCEPT (the local stack's) when no entry has that key or
+        its forwarding method is not in ``methods`` (another data plane's
+        entry); DROP for a bad ICMP checksum; else the error counts as one
+        inbound packet of ``length`` bytes for the entry (``ip_vs_in_stats``,
+        ``in_pkts``; no state change, no timer) and is to be forwarded to its
+        real server (FORWARD)."""
+        cp = self.conns.lookup_in(protocol, af, caddr, cport, vaddr, vport)
+        if cp is None or cp.flags & CONN_F_FWD_MASK not in methods:
+            return Verdict(ACCEPT)
+        if not csum_ok:
+            return Verdict(DROP, cp)
+        self._count(cp, 1, length, 0, 0)
+        cp.in_pkts += 1
+        return Verdict(FORWARD, cp)
 
     def _tcp_may_schedule(self, tcp_flags: int) -> bool:
         """``tcp_conn_schedule``: only a SYN opens a connection (any non-RST
@@ -588,11 +818,35 @@ class Director:
         self._count(cp, 0, 0, 1, length)
 
     def add_bytes(
-        self, cp: Conn, inbytes: int = 0, outbytes: int = 0, inpkts: int = 0, outpkts: int = 0
+        self,
+        cp: Conn,
+        inbytes: int = 0,
+        outbytes: int = 0,
+        inpkts: int = 0,
+        outpkts: int = 0,
+        now: float | None = None,
     ) -> None:
         """Count traffic a forwarder moved without per-packet calls (the NAT
-        proxy relays byte streams, not packets)."""
+        proxy relays byte streams, not packets).  With ``now`` the client
+        packets also count in ``in_pkts`` as the kernel's per-packet path
+        counts them, and a sync master hears of them (the UDP proxy's
+        datagrams after the first)."""
         self._count(cp, inpkts, inbytes, outpkts, outbytes)
+        if now is not None and inpkts > 0:
+            cp.in_pkts += inpkts
+            if self.sync is not None:
+                self._sync_batch(cp, inpkts, now)
+
+    def add_bytes_unbound(self, dest: Dest, inbytes: int, outbytes: int, inpkts: int, outpkts: int) -> None:
+        """Traffic a forwarder batched for an entry that has meanwhile been
+        unbound from ``dest`` (it expired with counts still in the batch):
+        counted for ``dest``, its service and the totals, whatever the
+        server's state (the packets did pass while the entry lived)."""
+        dest.stats.add(inpkts, inbytes, outpkts, outbytes)
+        svc = dest.svc
+        if svc is not None:
+            svc.stats.add(inpkts, inbytes, outpkts, outbytes)
+        self.ipvs.stats.add(inpkts, inbytes, outpkts, outbytes)
 
     # ------------------------------------------------------------------------
     # time

@@ -47,13 +47,17 @@ class Sysctls:
     sync_refresh_period: int = 0
     sync_retries: int = 0
     sync_sock_size: int = 0
+    #: sync_threshold is the vector "threshold period" ("3 50"): the period
+    #: is kept beside it, in sync_period (no sysctl of its own)
+    sync_threshold: int = 3
+    sync_period: int = 50
     sync_version: int = 1
     run_estimation: int = 1
     lblc_expiration: int = 86400
     lblcr_expiration: int = 86400
 
     def names(self) -> list[str]:
-        return [f.name for f in fields(self)]
+        return [f.name for f in fields(self) if f.name != "sync_period"]
 
     def get(self, name: str) -> int:
         """The value of a known sysctl; KeyError for any other name (so
@@ -67,7 +71,16 @@ class Sysctls:
         does; raises KeyError (no such file) or SysctlError (EINVAL)."""
         if name not in _RULES:
             raise KeyError(name)
-        setattr(self, name, check_value(name, value))
+        number = check_value(name, value)
+        if name == "sync_threshold":
+            # proc_do_sync_threshold: "threshold period", threshold < period
+            # unless the period is 0
+            words = str(value).split()
+            period = check_value("sync_threshold", words[1]) if len(words) > 1 else self.sync_period
+            if number < 0 or period < 0 or (period and number >= period):
+                raise SysctlError("sync_threshold must be below sync_period")
+            self.sync_period = period
+        setattr(self, name, number)
 
 
 class SysctlError(ValueError):
@@ -113,6 +126,7 @@ _RULES: dict[str, tuple[str, int, int]] = {
     "sync_refresh_period": ("jiffies", INT_MIN // HZ, INT_MAX // HZ),
     "sync_retries": ("minmax", 0, 3),
     "sync_sock_size": ("int", INT_MIN, INT_MAX),
+    "sync_threshold": ("int", INT_MIN, INT_MAX),
     "sync_version": ("minmax", 0, 1),
     "run_estimation": ("int", INT_MIN, INT_MAX),
     "lblc_expiration": ("jiffies", INT_MIN // HZ, INT_MAX // HZ),

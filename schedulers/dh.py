@@ -25,10 +25,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lvs.addr import fold
+from lvs.addr import fold, format_ip
 from lvs.constants import AF_INET, DEST_F_AVAILABLE, DEST_F_OVERLOAD
+from lvs.model import SchedContext, Scheduler
 
-from .base import SchedContext, Scheduler
+from .account import Account, new_account, unusable_reason
 from .hashing import GOLDEN_RATIO_32
 
 if TYPE_CHECKING:
@@ -97,6 +98,29 @@ class DHScheduler(Scheduler):
     def explain(self) -> str:
         n = len(self.svc.destinations)
         return f"dh: {TAB_SIZE} buckets over {n} servers (cyclic, weights ignored)"
+
+    def account(self, flow: Flow, now: float) -> Account:
+        """The bucket of the destination address and its owner, as data."""
+        addr = flow.vaddr if self._v4 else fold(self._af, flow.vaddr)
+        bucket = self.bucket_of(flow.vaddr)
+        dest = self.table[bucket]
+        acc = new_account(
+            self,
+            address=format_ip(flow.af, flow.vaddr),
+            hash_input=addr,
+            bucket=bucket,
+            table_size=TAB_SIZE,
+            owner=None if dest is None else dest.endpoint(),
+        )
+        if dest is None:
+            acc["refused"] = "the table is empty"
+            return acc
+        reason = unusable_reason(dest, available=True)
+        if reason:
+            acc["refused"] = f"{dest.endpoint()} is {reason}; dh has no fallback"
+            return acc
+        acc["chosen"] = dest.endpoint()
+        return acc
 
 
 SCHEDULER = DHScheduler

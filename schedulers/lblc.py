@@ -56,10 +56,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lvs.addr import fold
+from lvs.addr import fold, format_ip
 from lvs.constants import AF_INET, DEST_F_AVAILABLE, DEST_F_OVERLOAD
+from lvs.model import SchedContext, Scheduler
+from lvs.sched import conn_overhead
 
-from .base import SchedContext, Scheduler
+from .account import (
+    Account,
+    least_walk,
+    locality_overload,
+    new_account,
+    overhead_form,
+    server_row,
+    unusable_reason,
+)
 from .hashing import GOLDEN_RATIO_32
 
 if TYPE_CHECKING:
@@ -91,7 +101,7 @@ def wlc_pick(svc: Service, classic: bool) -> Dest | None:
 
     First non-OVERLOAD server with weight > 0, then each later non-OVERLOAD
     server replaces it when ``loh·w_d > doh·w_least`` (earlier wins ties).
-    The overhead is :func:`schedulers.base.conn_overhead`, written out inline
+    The overhead is :func:`lvs.sched.conn_overhead`, written out inline
     here (active×257 + inactive, classic active×256 + inactive) because this
     walk runs over every server on each cache miss.
     """
@@ -252,6 +262,44 @@ class LBLCScheduler(CacheGC, Scheduler):
 
     def explain(self) -> str:
         return f"lblc: {len(self.entries)} cached destinations"
+
+    def account(self, flow: Flow, now: float) -> Account:
+        """Cache hit or miss for the destination address, the overload
+        heuristic on a hit, and the wlc walk when the cache does not decide."""
+        classic = self.ctx.classic
+        svc = self.svc
+        en = self.entries.get(flow.vaddr)
+        acc = new_account(
+            self,
+            overhead_form=overhead_form(classic),
+            address=format_ip(flow.af, flow.vaddr),
+            bucket=self.bucket_of(flow.vaddr),
+            cache="hit" if en is not None else "miss",
+            cached=None if en is None else en.dest.endpoint(),
+        )
+        if en is not None:
+            dest = en.dest
+            acc["cached_row"] = server_row(dest, classic)
+            check = locality_overload(dest, svc.destinations)
+            acc["overload_check"] = check
+            reason = unusable_reason(dest, available=True)
+            if reason == "overloaded (above its upper threshold)":
+                reason = None  # lblc does not look at OVERLOAD on a hit (kernel quirk)
+            if reason is None and not check["overloaded"]:
+                acc["chosen"] = dest.endpoint()
+                acc["cache_used"] = True
+                return acc
+            acc["cache_refused"] = reason or "overloaded by the locality rule"
+        least = least_walk(acc, svc.destinations, lambda d: conn_overhead(d, classic))
+        acc["chosen"] = None if least is None else least.endpoint()
+        if least is not None:
+            if en is not None and en.dest is least:
+                acc["cache_write"] = "entry kept"
+            elif not classic and self.count - (1 if en is not None else 0) >= HARD_CAP:
+                acc["cache_write"] = "no new entry: the cache is full"
+            else:
+                acc["cache_write"] = f"cache now maps {acc['address']} to {least.endpoint()}"
+        return acc
 
 
 SCHEDULER = LBLCScheduler

@@ -45,9 +45,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from lvs.addr import format_ip
 from lvs.constants import DEST_F_AVAILABLE, DEST_F_OVERLOAD
+from lvs.model import Scheduler
+from lvs.sched import conn_overhead
 
-from .base import Scheduler, conn_overhead
+from .account import (
+    Account,
+    add_step,
+    least_walk,
+    locality_overload,
+    new_account,
+    overhead_form,
+    server_row,
+    skip,
+)
 from .lblc import (
     CHECK_EXPIRE_INTERVAL,
     HARD_CAP,
@@ -194,6 +206,59 @@ class LBLCRScheduler(CacheGC, Scheduler):
     # -- garbage collection (same timer rules as lblc) ----------------------------
     def _expiration(self) -> float:
         return self.ctx.lblcr_expiration
+
+    def account(self, flow: Flow, now: float) -> Account:
+        """Cache hit or miss, the set's least-loaded member, the shrink rule, the
+        overload heuristic and the wlc walk over the service, as data."""
+        classic = self.ctx.classic
+        svc = self.svc
+        en = self.entries.get(flow.vaddr)
+        acc = new_account(
+            self,
+            overhead_form=overhead_form(classic),
+            address=format_ip(flow.af, flow.vaddr),
+            bucket=self.bucket_of(flow.vaddr),
+            cache="hit" if en is not None else "miss",
+            set=[] if en is None else [m.endpoint() for m in en.set.members],
+        )
+        if en is None:
+            least = least_walk(acc, svc.destinations, lambda d: conn_overhead(d, classic))
+            acc["chosen"] = None if least is None else least.endpoint()
+            if least is not None:
+                full = not classic and self.count >= HARD_CAP
+                acc["cache_write"] = (
+                    "no new entry: the cache is full" if full else f"new set {{{least.endpoint()}}}"
+                )
+            return acc
+        dset = en.set
+        acc["set_rows"] = [server_row(m, classic) for m in dset.members]
+        add_step(acc, {"kind": "note", "text": "least loaded member of the set"})
+        usable = [m for m in dset.members if m.flags & DEST_F_AVAILABLE]
+        for m in dset.members:
+            if not m.flags & DEST_F_AVAILABLE:
+                skip(acc, m, "unavailable (deleted)")
+        member = least_walk(acc, usable, lambda d: conn_overhead(d, classic), skip_zero=False)
+        acc["set_least"] = None if member is None else member.endpoint()
+        if len(dset.members) > 1 and now > dset.lastmod + self.ctx.lblcr_expiration:
+            most = dset.most(classic)
+            acc["shrink"] = {
+                "unchanged_for": now - dset.lastmod,
+                "expiration": self.ctx.lblcr_expiration,
+                "removed": None if most is None else most.endpoint(),
+            }
+        if member is not None:
+            check = locality_overload(member, svc.destinations)
+            acc["overload_check"] = check
+            if not check["overloaded"]:
+                acc["chosen"] = member.endpoint()
+                return acc
+        add_step(acc, {"kind": "note", "text": "weighted least-connection over the whole service"})
+        least = least_walk(acc, svc.destinations, lambda d: conn_overhead(d, classic))
+        acc["chosen"] = None if least is None else least.endpoint()
+        if least is not None:
+            joined = any(m is least for m in dset.members)
+            acc["cache_write"] = "already in the set" if joined else f"{least.endpoint()} joins the set"
+        return acc
 
     def explain(self) -> str:
         sizes = sum(len(e.set.members) for e in self.entries.values())

@@ -45,7 +45,7 @@ import errno
 from math import gcd
 from typing import TYPE_CHECKING
 
-from lvs.addr import fold
+from lvs.addr import fold, format_ip
 from lvs.constants import (
     AF_INET,
     DEST_F_OVERLOAD,
@@ -56,8 +56,9 @@ from lvs.constants import (
     SVC_F_SCHED2,
 )
 from lvs.errors import OP_EDIT_SERVICE, IPVSError
+from lvs.model import SchedContext, Scheduler
 
-from .base import SchedContext, Scheduler
+from .account import Account, new_account, unusable_reason
 from .hashing import make_hsiphash_u32
 
 if TYPE_CHECKING:
@@ -278,6 +279,63 @@ class MHScheduler(Scheduler):
 
     def done(self) -> None:
         self._lookup = [None] * TAB_SIZE
+
+    def account(self, flow: Flow, now: float) -> Account:
+        """The client's slot, its owner in the Maglev table and the fallback
+        probes, as data; each server's turns and slot count."""
+        self._refresh()
+        flags = self.svc.flags
+        addr = flow.caddr if self._v4 else fold(self._af, flow.caddr)
+        port = flow.cport if flags & MH_PORT and flow.protocol in PORT_PROTOCOLS else 0
+        value = (addr + port) & 0xFFFFFFFF
+        ihash = _slot(value)
+        lookup = self._lookup
+        dest = lookup[ihash]
+        owned: dict[str, int] = {}
+        for d in lookup:
+            if d is not None:
+                owned[d.endpoint()] = owned.get(d.endpoint(), 0) + 1
+        acc = new_account(
+            self,
+            address=format_ip(flow.af, flow.caddr),
+            port=port,
+            hash_input=value,
+            slot=ihash,
+            table_size=TAB_SIZE,
+            gcd=self._gcd,
+            rshift=self._rshift,
+            slots_owned=owned,
+            owner=None if dest is None else dest.endpoint(),
+            fallback=bool(flags & MH_FALLBACK),
+            probes=[],
+        )
+        if dest is None:
+            acc["refused"] = "the table is empty"
+            return acc
+        reason = unusable_reason(dest)
+        if reason is None:
+            acc["chosen"] = dest.endpoint()
+            return acc
+        if not flags & MH_FALLBACK:
+            acc["refused"] = f"{dest.endpoint()} is {reason}; no mh-fallback"
+            return acc
+        for offset in range(TAB_SIZE):
+            roffset = (offset + ihash) % TAB_SIZE
+            slot = _hash1((roffset + value) & 0xFFFFFFFF) % TAB_SIZE
+            probe = lookup[slot]
+            why = "empty slot" if probe is None else unusable_reason(probe)
+            acc["probes"].append(
+                {"offset": offset, "roffset": roffset, "slot": slot, "owner": probe and probe.endpoint(),
+                 "reason": why}
+            )
+            if probe is None:
+                acc["refused"] = "a probe met an empty slot"
+                return acc
+            if why is None:
+                acc["chosen"] = probe.endpoint()
+                return acc
+        acc["refused"] = "every probed server is unavailable"
+        return acc
 
     def explain(self) -> str:
         self._refresh()

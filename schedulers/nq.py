@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import is_overloaded
+from lvs.sched import is_overloaded
+
+from .account import Account, add_step, least_walk, new_account, pick, skip, unusable_reason
 from .keyindex import Key, RatioKeyScheduler
 
 if TYPE_CHECKING:
-    from lvs.model import Dest
+    from lvs.model import Dest, Flow
 
 
 def nq_pick(dests: list[Dest]) -> Dest | None:
@@ -60,6 +62,22 @@ class NeverQueue(RatioKeyScheduler):
         if active == 0:
             return (0, 0.0, dest.pos)
         return (1, (active + 1) / weight, dest.pos)
+
+    def account(self, flow: Flow, now: float) -> Account:
+        """:func:`nq_pick` as data: the first idle server, else sed's comparison."""
+        acc = new_account(self, load_form="active + 1")
+        dests = self.svc.destinations
+        for dest in dests:
+            if unusable_reason(dest) is None and dest.activeconns == 0:
+                for before in dests[: dest.pos]:
+                    skip(acc, before, unusable_reason(before) or f"busy ({before.activeconns} active)")
+                pick(acc, dest, "first server with no active connection (never queue)")
+                acc["chosen"] = dest.endpoint()
+                return acc
+        add_step(acc, {"kind": "note", "text": "every usable server is busy: shortest expected delay"})
+        least = least_walk(acc, dests, lambda d: d.activeconns + 1, skip_zero=True)
+        acc["chosen"] = None if least is None else least.endpoint()
+        return acc
 
 
 SCHEDULER = NeverQueue

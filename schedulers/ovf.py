@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import is_overloaded
+from lvs.sched import is_overloaded
+
+from .account import Account, compare, new_account, skip, start, unusable_reason
 from .keyindex import Key, KeyIndexScheduler
 
 if TYPE_CHECKING:
-    from lvs.model import Dest
+    from lvs.model import Dest, Flow
 
 
 def ovf_pick(dests: list[Dest]) -> Dest | None:
@@ -48,6 +50,28 @@ class Overflow(KeyIndexScheduler):
         if weight <= 0 or is_overloaded(dest) or dest.activeconns > weight:
             return None
         return (-weight, dest.pos)
+
+    def account(self, flow: Flow, now: float) -> Account:
+        """:func:`ovf_pick` as data: skip full servers, the challenger wins on ``weight_d > weight_best``."""
+        acc = new_account(self)
+        best = None
+        hw = 0
+        for dest in self.svc.destinations:
+            reason = unusable_reason(dest)
+            if reason is None and dest.activeconns > dest.weight:
+                reason = f"full: {dest.activeconns} active > weight {dest.weight}"
+            if reason:
+                skip(acc, dest, reason)
+                continue
+            if best is None:
+                start(acc, dest, "first server with room (active <= weight)")
+            else:
+                compare(acc, best, dest, [dest.weight], [hw], dest.weight > hw)
+            if best is None or dest.weight > hw:
+                best = dest
+                hw = dest.weight
+        acc["chosen"] = None if best is None else best.endpoint()
+        return acc
 
 
 SCHEDULER = Overflow

@@ -27,13 +27,13 @@ from bisect import bisect_left, bisect_right, insort
 from typing import TYPE_CHECKING
 
 from lvs.constants import DEST_F_OVERLOAD
+from lvs.model import Scheduler
+from lvs.sched import is_overloaded
 
-from .base import Scheduler, is_overloaded
+from .account import Account, new_account, pick, skip, unusable_reason
 
 if TYPE_CHECKING:
-    from lvs.model import Dest, Flow, Service
-
-    from .base import SchedContext
+    from lvs.model import Dest, Flow, SchedContext, Service
 
 
 def _eligible(dest: Dest) -> bool:
@@ -124,6 +124,24 @@ class RoundRobin(Scheduler):
     def explain(self) -> str:
         where = "head" if self.cursor is None else self.cursor.endpoint()
         return f"rr: cursor at {where}"
+
+    def account(self, flow: Flow, now: float) -> Account:
+        """The walk from the cursor, as data (see :mod:`schedulers.account`)."""
+        dests = self.svc.destinations
+        cursor = self.cursor
+        acc = new_account(self, cursor=None if cursor is None else cursor.endpoint())
+        first = 0 if cursor is None else cursor.pos + 1
+        order = list(range(first, len(dests))) + (list(range(0, first)) if cursor is not None else [])
+        for i in order:
+            dest = dests[i]
+            reason = unusable_reason(dest)
+            if reason:
+                skip(acc, dest, reason)
+                continue
+            pick(acc, dest, "next server after the cursor that is not overloaded and has weight > 0")
+            acc["chosen"] = dest.endpoint()
+            break
+        return acc
 
 
 SCHEDULER = RoundRobin

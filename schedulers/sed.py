@@ -22,11 +22,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import is_overloaded
+from lvs.sched import is_overloaded
+
+from .account import Account, least_walk, new_account
 from .keyindex import RatioKeyScheduler
 
 if TYPE_CHECKING:
-    from lvs.model import Dest
+    from lvs.model import Dest, Flow
 
 
 def sed_pick(dests: list[Dest]) -> Dest | None:
@@ -58,6 +60,13 @@ class ShortestExpectedDelay(RatioKeyScheduler):
 
     def _load(self, dest: Dest) -> int:
         return dest.activeconns + 1
+
+    def account(self, flow: Flow, now: float) -> Account:
+        """:func:`sed_pick` as data: ``(active_cand+1) * weight_d > (active_d+1) * weight_cand``."""
+        acc = new_account(self, load_form="active + 1")
+        least = least_walk(acc, self.svc.destinations, lambda d: d.activeconns + 1)
+        acc["chosen"] = None if least is None else least.endpoint()
+        return acc
 
 
 SCHEDULER = ShortestExpectedDelay

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lvs.addr import fold
+from lvs.addr import fold, format_ip
 from lvs.constants import (
     AF_INET,
     DEST_F_OVERLOAD,
@@ -40,8 +40,9 @@ from lvs.constants import (
     SVC_F_SCHED1,
     SVC_F_SCHED2,
 )
+from lvs.model import SchedContext, Scheduler
 
-from .base import SchedContext, Scheduler
+from .account import Account, new_account, unusable_reason
 from .hashing import GOLDEN_RATIO_32
 
 if TYPE_CHECKING:
@@ -137,6 +138,53 @@ class SHScheduler(Scheduler):
 
     def done(self) -> None:
         self.table = [None] * TAB_SIZE
+
+    def account(self, flow: Flow, now: float) -> Account:
+        """The client's bucket, its owner and the fallback probes, as data."""
+        flags = self.svc.flags
+        addr = flow.caddr if self._v4 else fold(self._af, flow.caddr)
+        port = flow.cport if flags & SH_PORT and flow.protocol in PORT_PROTOCOLS else 0
+        value = (addr + port) & 0xFFFFFFFF
+        ihash = ((value * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> _SHIFT
+        table = self.table
+        dest = table[ihash]
+        acc = new_account(
+            self,
+            address=format_ip(flow.af, flow.caddr),
+            port=port,
+            hash_input=value,
+            bucket=ihash,
+            table_size=TAB_SIZE,
+            owner=None if dest is None else dest.endpoint(),
+            fallback=bool(flags & SH_FALLBACK),
+            probes=[],
+        )
+        if dest is None:
+            acc["refused"] = "the table is empty"
+            return acc
+        reason = unusable_reason(dest)
+        if reason is None:
+            acc["chosen"] = dest.endpoint()
+            return acc
+        if not flags & SH_FALLBACK:
+            acc["refused"] = f"{dest.endpoint()} is {reason}; no sh-fallback"
+            return acc
+        start_bucket = ihash << 1
+        for offset in range(TAB_SIZE):
+            bucket = (start_bucket + offset) & TAB_MASK
+            probe = table[bucket]
+            why = "empty bucket" if probe is None else unusable_reason(probe)
+            acc["probes"].append(
+                {"offset": offset, "bucket": bucket, "owner": probe and probe.endpoint(), "reason": why}
+            )
+            if probe is None:
+                acc["refused"] = "a probe met an empty bucket"
+                return acc
+            if why is None:
+                acc["chosen"] = probe.endpoint()
+                return acc
+        acc["refused"] = "every bucket's server is unavailable"
+        return acc
 
     def explain(self) -> str:
         counts: dict[str, int] = {}

@@ -10,7 +10,7 @@ which ``r1`` (``r2``) has dropped to 0 or below.  So the first eligible server
 is chosen with probability (w + 1) / (total + 1), every other one with
 w / (total + 1).  The result is choice 2 if
 ``weight2 · overhead1 > weight1 · overhead2`` (overhead =
-:func:`~schedulers.base.conn_overhead`), else choice 1.
+:func:`~lvs.sched.conn_overhead`), else choice 1.
 
 Tie-break: choice 1 (the first draw) wins ties.
 
@@ -33,12 +33,13 @@ from bisect import bisect_left
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
-from .base import Scheduler, conn_overhead, is_overloaded
+from lvs.model import Scheduler
+from lvs.sched import conn_overhead, is_overloaded
+
+from .account import Account, compare, new_account, overhead_form, skip, start, unusable_reason
 
 if TYPE_CHECKING:
-    from lvs.model import Dest, Flow, Service
-
-    from .base import SchedContext
+    from lvs.model import Dest, Flow, SchedContext, Service
 
 
 def s32(x: int) -> int:
@@ -121,6 +122,36 @@ class PowerOfTwoChoices(Scheduler):
         if s32(weight2 * overhead1) > s32(weight1 * overhead2):
             return choice2
         return choice1
+
+    def account(self, flow: Flow, now: float) -> Account:
+        """The two draws, the servers they land on and the comparison, as data;
+        the random source is put back as it was, so ``schedule`` draws the same."""
+        acc = new_account(self, overhead_form=overhead_form(self.ctx.classic))
+        eligible = [d for d in self.svc.destinations if _eligible(d)]
+        for d in self.svc.destinations:
+            if not _eligible(d):
+                skip(acc, d, unusable_reason(d) or "not eligible")
+        running = list(accumulate(d.weight for d in eligible))
+        acc["running"] = [[d.endpoint(), d.weight, r] for d, r in zip(eligible, running)]
+        if not running:
+            return acc
+        total = running[-1]
+        rng = self.ctx.rng
+        state = rng.getstate()
+        r1 = rng.randrange(total + 1)
+        r2 = rng.randrange(total + 1)
+        rng.setstate(state)
+        i1 = bisect_left(running, r1)
+        i2 = bisect_left(running, r2)
+        c1, c2 = eligible[i1], eligible[i2]
+        classic = self.ctx.classic
+        oh1, oh2 = conn_overhead(c1, classic), conn_overhead(c2, classic)
+        acc.update(total=total, draws=[r1, r2], choice1=c1.endpoint(), choice2=c2.endpoint())
+        left, right = c2.weight * oh1, c1.weight * oh2
+        start(acc, c1, f"choice 1, drawn by r1={r1}")
+        compare(acc, c1, c2, [oh1, c2.weight], [oh2, c1.weight], left > right)
+        acc["chosen"] = (c2 if left > right else c1).endpoint()
+        return acc
 
     def schedule_walk(self, flow: Flow | None = None, now: float = 0.0) -> Dest | None:
         """The kernel's loop with 32-bit int arithmetic (reference, and the path

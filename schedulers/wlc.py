@@ -1,7 +1,7 @@
 """wlc: weighted least-connection scheduling (``ip_vs_wlc.c``), the default.
 
 Rule: the load of a real server is its connection overhead
-(:func:`~schedulers.base.conn_overhead`) divided by its weight.  The kernel
+(:func:`~lvs.sched.conn_overhead`) divided by its weight.  The kernel
 takes the first server that is not OVERLOADed and has weight > 0 as the
 candidate, then looks at every later server that is not OVERLOADed and
 replaces the candidate when ``overhead_candidate · weight_d >
@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import conn_overhead, is_overloaded
+from lvs.sched import conn_overhead, is_overloaded
+
+from .account import Account, least_walk, new_account, overhead_form
 from .keyindex import RatioKeyScheduler
 
 if TYPE_CHECKING:
-    from lvs.model import Dest
+    from lvs.model import Dest, Flow
 
 
 def wlc_pick(dests: list[Dest], classic: bool) -> Dest | None:
@@ -55,6 +57,14 @@ class WeightedLeastConnection(RatioKeyScheduler):
 
     def _load(self, dest: Dest) -> int:
         return conn_overhead(dest, self.ctx.classic)
+
+    def account(self, flow: Flow, now: float) -> Account:
+        """:func:`wlc_pick` as data: ``overhead_cand * weight_d > overhead_d * weight_cand``."""
+        classic = self.ctx.classic
+        acc = new_account(self, overhead_form=overhead_form(classic))
+        least = least_walk(acc, self.svc.destinations, lambda d: conn_overhead(d, classic))
+        acc["chosen"] = None if least is None else least.endpoint()
+        return acc
 
 
 SCHEDULER = WeightedLeastConnection

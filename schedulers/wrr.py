@@ -43,13 +43,13 @@ from math import gcd
 from typing import TYPE_CHECKING
 
 from lvs.constants import DEST_F_OVERLOAD
+from lvs.model import Scheduler
+from lvs.sched import is_overloaded
 
-from .base import Scheduler, is_overloaded
+from .account import Account, add_step, new_account, pick, skip
 
 if TYPE_CHECKING:
-    from lvs.model import Dest, Flow, Service
-
-    from .base import SchedContext
+    from lvs.model import Dest, Flow, SchedContext, Service
 
 
 def gcd_weight(dests: list[Dest]) -> int:
@@ -259,6 +259,61 @@ class WeightedRoundRobin(Scheduler):
     def explain(self) -> str:
         where = "head" if self.cl is None else self.cl.endpoint()
         return f"wrr: cursor at {where}, cw={self.cw} mw={self.mw} di={self.di}"
+
+    def account(self, flow: Flow, now: float) -> Account:
+        """The kernel's loop (:meth:`schedule_walk`) on copies of the cursor and
+        cw, recording each pass and each server tried."""
+        dests = self.svc.destinations
+        acc = new_account(
+            self,
+            cursor=None if self.cl is None else self.cl.endpoint(),
+            cw=self.cw,
+            mw=self.mw,
+            di=self.di,
+            max_weight=max_weight(dests),
+        )
+        acc["cw_after"] = self.cw
+        if self.mw == 0:
+            acc["gave_up"] = "every weight is 0"
+            return acc
+        n = len(dests)
+        cw = self.cw
+        last = -1 if self.cl is None else self.cl.pos
+        i = last
+        stop = -1
+        last_pass = restarted = False
+        add_step(acc, {"kind": "pass", "cw": cw})
+        while True:
+            i += 1
+            while i < n:
+                dest = dests[i]
+                if is_overloaded(dest):
+                    skip(acc, dest, "overloaded (above its upper threshold)")
+                elif dest.weight >= cw:
+                    pick(acc, dest, f"weight {dest.weight} >= current weight {cw}")
+                    acc["chosen"] = dest.endpoint()
+                    acc["cw_after"] = cw
+                    return acc
+                else:
+                    skip(acc, dest, f"weight {dest.weight} < current weight {cw}")
+                if i == stop:
+                    acc["gave_up"] = "the last pass came back to the starting server"
+                    acc["cw_after"] = cw
+                    return acc
+                i += 1
+            i = -1
+            cw -= self.di
+            if cw <= 0:
+                cw = self.mw
+                if last_pass or last < 0:
+                    acc["gave_up"] = "a whole round found no server"
+                    acc["cw_after"] = cw
+                    return acc
+                restarted = True
+            add_step(acc, {"kind": "pass", "cw": cw})
+            last_pass = cw <= self.di
+            if last_pass and restarted and last >= 0:
+                stop = last
 
 
 SCHEDULER = WeightedRoundRobin

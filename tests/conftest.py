@@ -10,7 +10,6 @@ import pytest
 
 from .test_nat_e2e import Backends
 
-
 # every lvsd a test starts (autostarted ones too) keeps its state file and
 # default log in this session's own directory, never in /var/lib/pylvs
 if "LVSD_STATE_DIR" not in os.environ:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from lvs.daemon.names import socket_address
+from lvsd.names import socket_address
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -53,7 +53,7 @@ def lvsadm(
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LVSD_SOCKET": socket_name, "LVSADM_NO_AUTOSTART": "1"}
     return subprocess.run(
-        [*(prefix or []), PY, "-m", "lvs.cli", *args],
+        [*(prefix or []), PY, "-m", "lvsd.cli", *args],
         input=stdin, capture_output=True, text=True, env=env, timeout=timeout, check=False, cwd=ROOT,
     )  # fmt: skip
 
@@ -82,7 +82,7 @@ def running_lvsd(
     own_log = tempfile.TemporaryFile() if stderr is None else None  # noqa: SIM115 - closed below
     stderr = own_log if own_log is not None else stderr
     proc = subprocess.Popen(
-        [*(prefix or []), PY, "-m", "lvs.daemon.main", "--foreground", "--socket", name, *extra],
+        [*(prefix or []), PY, "-m", "lvsd.main", "--foreground", "--socket", name, *extra],
         stdout=subprocess.DEVNULL, stderr=stderr, text=True, cwd=ROOT, env={**os.environ, **(env or {})},
     )  # fmt: skip
     try:

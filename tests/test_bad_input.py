@@ -39,9 +39,9 @@ from typing import Any
 
 import pytest
 
-from lvs.daemon.client import Client
-from lvs.daemon.names import socket_address
-from lvs.daemon.protocol import MAX_MESSAGE
+from lvs.protocol import MAX_MESSAGE
+from lvsd.client import Client
+from lvsd.names import socket_address
 
 from .helpers import PY, ROOT, control_exchange, running_lvsd, unique_socket
 
@@ -158,7 +158,7 @@ def run_lvsadm(name: str, argv: list[str | bytes], stdin: bytes = b"") -> subpro
     """``lvsadm ARGV`` as a process; arguments and output as bytes."""
     env = {**os.environ, "LVSD_SOCKET": name, "LVSADM_NO_AUTOSTART": "1"}
     return subprocess.run(
-        [PY, "-m", "lvs.cli", *argv], input=stdin, capture_output=True, env=env, timeout=60, check=False, cwd=ROOT
+        [PY, "-m", "lvsd.cli", *argv], input=stdin, capture_output=True, env=env, timeout=60, check=False, cwd=ROOT
     )  # fmt: skip
 
 
@@ -341,7 +341,7 @@ def _start(config: Path, socket_name: str) -> tuple[int | None, bytes]:
     """Start lvsd on ``config``; (exit status, stderr), or (None, stderr so
     far) if it came up and answered instead of refusing."""
     proc = subprocess.Popen(
-        [PY, "-m", "lvs.daemon.main", "--foreground", "--socket", socket_name, "--no-nat", "--no-dr",
+        [PY, "-m", "lvsd.main", "--foreground", "--socket", socket_name, "--no-nat", "--no-dr",
          "--config", str(config)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
     )  # fmt: skip

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 from lvs.addr import parse_ip
-from lvs.config import ConfigError, apply_config, load_config, parse_config
+from lvs.config import ConfigError, apply_config, parse_config
 from lvs.constants import CONN_F_MASQ, IPPROTO_UDP
 from lvs.core import FORWARD, Director
 from lvs.model import Flow, ServiceKey
+from lvsd.config import load_config
 
 BASE = """
 sysctl:

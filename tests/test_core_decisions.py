@@ -867,3 +867,58 @@ def test_held_segment_matches_a_table_hit_and_drops_for_a_deleted_server() -> No
     held.delete(dest)
     assert not held.d.held_segment(cp, DIR_INPUT, RST, 4.0)
     assert (cp.state, cp.expires) == (state, expires)
+
+
+# -- the doors a data plane uses instead of touching entries (Director) -----------------
+def test_refresh_pushes_the_timer_like_conn_put_and_never_back() -> None:
+    """A batching forwarder's traffic: ``ip_vs_conn_put`` once, at the sweep."""
+    lab = Lab(n=1)
+    cp = handshake(lab, lab.flow())
+    timeout = cp.timeout
+    lab.now = 10.0
+    assert lab.d.refresh(cp, lab.now)
+    assert cp.expires == 10.0 + timeout
+    cp.expires = 10.0 + 2 * timeout  # a later expiry stays
+    assert lab.d.refresh(cp, 11.0)
+    assert cp.expires == 10.0 + 2 * timeout
+    lab.sleep_until(10.0 + 2 * timeout + 1)  # the timer fires when the entry says
+    assert not cp.hashed
+    assert not lab.d.refresh(cp, lab.now)
+
+
+def test_add_bytes_unbound_counts_for_a_server_the_entry_left() -> None:
+    """Traffic batched before the entry expired still counts, for the real
+    server it went to, its service and the totals."""
+    lab = Lab(proto=IPPROTO_UDP, n=1)
+    dest = lab.dests[0]
+    cp = lab.send(lab.flow()).conn
+    assert cp is not None
+    before = (dest.stats.inbytes, lab.svc.stats.inbytes, lab.ipvs.stats.inbytes)
+    lab.delete(dest)  # unavailable: add_bytes would count nothing
+    lab.d.add_bytes(cp, 100, 0, 1, 0)
+    assert dest.stats.inbytes == before[0]
+    lab.d.add_bytes_unbound(dest, 100, 30, 1, 2)
+    assert (dest.stats.inbytes, lab.svc.stats.inbytes, lab.ipvs.stats.inbytes) == tuple(b + 100 for b in before)
+    assert dest.stats.outpkts == lab.ipvs.stats.outpkts == 2
+
+
+def test_in_icmp_counts_a_related_error_for_its_entry() -> None:
+    """ip_vs_in_icmp: the quoted connection's entry gets one inbound packet
+    (stats, in_pkts), no state change; a bad checksum drops; no entry, or an
+    entry of another data plane's method, is the local stack's."""
+    lab = Lab(fwd=CONN_F_DROUTE, n=1)
+    flow = lab.flow()
+    cp = handshake(lab, flow)
+    dest = lab.dests[0]
+    state, expires, in_pkts = cp.state, cp.expires, cp.in_pkts
+    inpkts, inbytes = dest.stats.inpkts, dest.stats.inbytes
+    direct = (CONN_F_DROUTE,)
+    key = (IPPROTO_TCP, AF_INET, CLIENT, 40000, VIP, 80)
+    assert lab.d.in_icmp(*key[:3], 40001, *key[4:], 56, True, direct).action == ACCEPT
+    assert lab.d.in_icmp(*key, 56, True, (CONN_F_MASQ,)).action == ACCEPT
+    v = lab.d.in_icmp(*key, 56, False, direct)
+    assert v.action == DROP and (cp.in_pkts, dest.stats.inpkts) == (in_pkts, inpkts)
+    v = lab.d.in_icmp(*key, 56, True, direct)
+    assert v.action == FORWARD and v.conn is cp
+    assert (cp.in_pkts, dest.stats.inpkts, dest.stats.inbytes) == (in_pkts + 1, inpkts + 1, inbytes + 56)
+    assert (cp.state, cp.expires) == (state, expires)

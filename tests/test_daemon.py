@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from lvs.ctl import IPVS
-from lvs.daemon.client import Client
 from lvs.ipvsadm.commands import run
+from lvs.ipvsadm.names import NullResolver
+from lvsd.client import Client
 
 from .helpers import PY, ROOT, can_netns, control_exchange, is_root, lvsadm, running_lvsd, unique_socket
 
@@ -135,10 +136,10 @@ def test_concurrent_clients_equal_serial_replay(daemon: str) -> None:
     ipvs = IPVS()
     for _, argv, rc, stderr in acked:
         out, err = io.StringIO(), io.StringIO()
-        assert run(argv, ipvs, 0.0, out, err) == rc
+        assert run(argv, ipvs, 0.0, out, err, NullResolver()) == rc
         assert err.getvalue() == stderr
     serial = io.StringIO()
-    run(["-S", "-n"], ipvs, 0.0, serial, io.StringIO())
+    run(["-S", "-n"], ipvs, 0.0, serial, io.StringIO(), NullResolver())
     assert lvsadm(daemon, "-S", "-n").stdout == serial.getvalue()
 
 
@@ -153,7 +154,7 @@ def test_autostart_starts_a_daemon() -> None:
     name = unique_socket()
     env = {**os.environ, "LVSD_SOCKET": name, "LVSD_ARGS": "--no-nat"}
     env.pop("LVSADM_NO_AUTOSTART", None)
-    r = subprocess.run([PY, "-m", "lvs.cli", "-L", "-n"], env=env, capture_output=True, text=True, timeout=30,
+    r = subprocess.run([PY, "-m", "lvsd.cli", "-L", "-n"], env=env, capture_output=True, text=True, timeout=30,
                        check=False, cwd=ROOT)  # fmt: skip
     try:
         assert r.returncode == 0, r.stderr
@@ -170,7 +171,7 @@ def test_unprivileged_user_is_refused(daemon: str) -> None:
     interpreter) gets ipvsadm's permission error and changes nothing."""
     import pwd
 
-    from lvs import cli
+    from lvsd import cli
 
     nobody = pwd.getpwnam("nobody")
     rfd, wfd = os.pipe()
@@ -274,7 +275,7 @@ def test_restore_treats_comments_as_ipvsadm_does(daemon: str) -> None:
     assert r.returncode == 255
     assert "10.0.0.2:53" not in lvsadm(daemon, "-L", "-n").stdout
     env = {**os.environ, "LVSD_SOCKET": daemon, "LVSADM_NO_AUTOSTART": "1"}
-    code = "import sys; from lvs.cli import restore_main; sys.exit(restore_main())"
+    code = "import sys; from lvsd.cli import restore_main; sys.exit(restore_main())"
     r = subprocess.run([PY, "-c", code], input=rules, env=env, capture_output=True, text=True, timeout=30,
                        check=False, cwd=ROOT)  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -314,7 +315,7 @@ def test_proxy_protocol_option_reaches_the_nat_plane() -> None:
 
 
 def test_bad_proxy_protocol_option_is_a_usage_error() -> None:
-    r = subprocess.run([PY, "-m", "lvs.daemon.main", "--foreground", "--proxy-protocol", "nonsense"],
+    r = subprocess.run([PY, "-m", "lvsd.main", "--foreground", "--proxy-protocol", "nonsense"],
                        capture_output=True, text=True, timeout=30, check=False, cwd=ROOT)  # fmt: skip
     assert r.returncode == 2
     assert "bad PROXY protocol spec 'nonsense'" in r.stderr

@@ -200,7 +200,7 @@ def test_fwmark_rules_lifecycle() -> None:
 
         # a crash leaves the rules; the next lvsd on that socket removes them
         proc = subprocess.Popen(
-            [*pre, PY, "-m", "lvs.daemon.main", "--foreground", "--socket", crash, "--no-vip"],
+            [*pre, PY, "-m", "lvsd.main", "--foreground", "--socket", crash, "--no-vip"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:

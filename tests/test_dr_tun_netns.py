@@ -287,7 +287,7 @@ def test_clean_teardown(flag: str) -> None:
         assert after == before, (before, after)
         # a crash leaves the table; the next start removes it
         proc = subprocess.Popen(
-            [*pre, PY, "-m", "lvs.daemon.main", "--foreground", "--socket", crash, "--no-vip"],
+            [*pre, PY, "-m", "lvsd.main", "--foreground", "--socket", crash, "--no-vip"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:

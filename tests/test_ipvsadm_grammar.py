@@ -47,8 +47,8 @@ from lvs.ipvsadm.commands import run
 from lvs.ipvsadm.names import FilesResolver, NullResolver
 from lvs.ipvsadm.restore import MAX_WORD, read_invocations
 from lvs.ipvsadm.usage import help_text, version_text
-from lvs.model import ServiceKey
-from schedulers.base import Scheduler
+from lvs.model import Scheduler, ServiceKey
+from lvsd.resolver import files_resolver
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"
@@ -545,12 +545,7 @@ def test_service_addresses(args: str, key: ServiceKey) -> None:
 
 
 def test_names_through_the_resolver() -> None:
-    resolver = FilesResolver(
-        None,
-        None,
-        hosts_text="10.9.8.7 web www\n2001:db8::7 web6\n",
-        services_text="http 80/tcp\ndomain 53/udp\n",
-    )
+    resolver = FilesResolver("10.9.8.7 web www\n2001:db8::7 web6\n", "http 80/tcp\ndomain 53/udp\n")
     assert parse("-A -t WWW:http", resolver).key == ServiceKey(AF_INET, IPPROTO_TCP, 0x0A090807, 80)
     assert parse("-A -u web:domain", resolver).key == ServiceKey(AF_INET, IPPROTO_UDP, 0x0A090807, 53)
     for bad in ("-A -u web:http", "-A -t web6:http", "-A -t nosuch:80"):
@@ -949,7 +944,7 @@ class TestAgainstRealIpvsadm:
     def _compare(self, real, args: list[str]) -> None:
         rc, _out, err, calls = real(args)
         try:
-            cmd = g.parse(args, FilesResolver())
+            cmd = g.parse(args, files_resolver())
             ours = None
         except g.UsageError as e:
             ours = (e.rc, e.message)

@@ -48,7 +48,7 @@ from lvs.constants import (
     TUN_TYPE_GUE,
     TUN_TYPE_IPIP,
 )
-from lvs.ctl import IPVS, DestSpec, ServiceSpec, SyncDaemon
+from lvs.ctl import IPVS, DestSpec, ServiceSpec, SyncDaemon, unicast_dest
 from lvs.errors import IPVSError
 from lvs.ipvsadm import proc
 from lvs.ipvsadm.listing import (
@@ -67,6 +67,7 @@ from lvs.ipvsadm.listing import (
 from lvs.ipvsadm.names import FilesResolver, NullResolver
 from lvs.ipvsadm.proc import proc_ip_vs, proc_ip_vs_conn, proc_ip_vs_conn_sync, proc_ip_vs_stats
 from lvs.model import ServiceKey
+from lvsd.resolver import files_resolver
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 
@@ -87,7 +88,7 @@ def golden(name: str) -> str:
 
 
 def resolver() -> FilesResolver:
-    return FilesResolver(None, None, hosts_text=HOSTS, services_text=SERVICES)
+    return FilesResolver(HOSTS, SERVICES)
 
 
 def v4(text: str) -> int:
@@ -498,7 +499,7 @@ def test_ipv4_truncation_widths() -> None:
     hosts = "10.0.0.1 a-very-long-host-name-for-the-virtual-service.example.org\n" + (
         "10.1.0.1 another-very-long-real-server-name.example.org\n"
     )
-    res = FilesResolver(None, None, hosts_text=hosts, services_text=SERVICES)
+    res = FilesResolver(hosts, SERVICES)
     ipvs = IPVS()
     ipvs.add_service(ServiceSpec(TCP80, "rr"))
     _dest(ipvs, TCP80, "10.1.0.1", 80, CONN_F_MASQ, 1)
@@ -516,7 +517,7 @@ def test_ipv4_truncation_widths() -> None:
 
 def test_addrport_buffer_is_60_bytes() -> None:
     name = "h" * 70
-    res = FilesResolver(None, None, hosts_text=f"10.0.0.1 {name}\n", services_text="")
+    res = FilesResolver(f"10.0.0.1 {name}\n", "")
     ipvs = IPVS()
     ipvs.add_service(ServiceSpec(TCP80, "rr"))
     assert save_rules(ipvs, numeric=False, resolver=res) == f"-A -t {'h' * 59} -s rr\n"
@@ -556,10 +557,12 @@ def test_service_options_in_listing_and_save() -> None:
     ipvs.add_service(ServiceSpec(k2, "sh", SVC_F_SCHED3))
     text = L(ipvs)
     assert "UDP  10.9.0.1:5060 wrr (flag-3) persistent 30 pe sip ops\n" in text
-    assert "FWM  4294967295 IPv6 sh ()\n" in text
+    # ipvsadm prints the u32 mark with "%d" (the lab kernel's captures show
+    # "FWM  -294967296" for mark 4000000000, and "-A -f -294967296" in -S)
+    assert "FWM  -1 IPv6 sh ()\n" in text
     save = save_rules(ipvs, numeric=True)
     assert "-A -u 10.9.0.1:5060 -s wrr -p 30 --pe sip -o -b flag-3\n" in save
-    assert "-A -f 4294967295 -6 -s sh -b \n" in save
+    assert "-A -f -1 -6 -s sh -b \n" in save
     assert "UDP  0A090001:13C4 wrr ops  persistent 7500 FFFFFFFF\n" in proc_ip_vs(ipvs)
     assert "FWM  FFFFFFFF sh \n" in proc_ip_vs(ipvs)
 
@@ -594,7 +597,7 @@ def test_sctp_and_fwmark_port_names() -> None:
     _dest(ipvs, key, "10.1.0.5", 80, CONN_F_MASQ, 1)
     ipvs.add_service(ServiceSpec(FWM7, "rr"))
     _dest(ipvs, FWM7, "10.1.0.7", 80, CONN_F_MASQ, 1)
-    res = FilesResolver(None, None, hosts_text="", services_text=SERVICES + "sctpweb 80/sctp\n")
+    res = FilesResolver("", SERVICES + "sctpweb 80/sctp\n")
     text = L(ipvs, numeric=False, resolver=res)
     assert "SCTP 10.0.0.5:sctpweb rr\n" in text
     # a fwmark service is TCP to the kernel, so its real servers' ports are TCP names
@@ -753,7 +756,7 @@ def test_resolver_both_ways(tmp_path: Path) -> None:
     hosts.write_text("# c\n10.0.0.1  Web web.example  # x\n10.0.0.1 other\n2001:db8::1 v6host\nbad line\n")
     services = tmp_path / "services"
     services.write_text("http 80/tcp www\nhttp 80/udp\nfoo 80/tcp\ndomain 53/udp\nbroken x/tcp\n")
-    r = FilesResolver(str(hosts), str(services))
+    r = files_resolver(str(hosts), str(services))
     assert r.host("WEB.example") == (AF_INET, v4("10.0.0.1"))
     assert r.host("v6host") is None  # gethostbyname answers IPv4 only
     assert r.host("nothing") is None
@@ -762,7 +765,7 @@ def test_resolver_both_ways(tmp_path: Path) -> None:
     assert r.service("www", IPPROTO_TCP) == 80 and r.service("WWW", IPPROTO_TCP) is None
     assert r.service("domain", IPPROTO_TCP) is None and r.service("domain", IPPROTO_UDP) == 53
     assert r.port_name(80, IPPROTO_TCP) == "http" and r.port_name(80, IPPROTO_SCTP) is None
-    assert FilesResolver(str(tmp_path / "missing"), None).host("x") is None
+    assert files_resolver(str(tmp_path / "missing"), None).host("x") is None
 
 
 # -- property: any table lists --------------------------------------------------------------------
@@ -805,7 +808,7 @@ def tables(draw):
                 fwd=draw(st.sampled_from([CONN_F_MASQ, CONN_F_DROUTE, CONN_F_TUNNEL])),
                 weight=draw(st.integers(0, 2**31 - 1)),
             )
-            if ipvs.services[key].find_dest(daf, daddr, spec.port) is None:
+            if ipvs.services[key].find_dest(daf, daddr, spec.port) is None and unicast_dest(daf, daddr):
                 ipvs.add_dest(key, spec)
         svc = ipvs.services[key]
         _set_stats(svc.stats, tuple(draw(st.integers(0, 2**64 - 1)) for _ in range(5)))

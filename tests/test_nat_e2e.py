@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from forwarding import proxyproto
-from lvs.daemon.client import Client
+from lvsd.client import Client
 
 from .helpers import is_root, lvsadm, running_lvsd
 

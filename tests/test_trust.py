@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from lvs.daemon.client import Client
-from lvs.daemon.names import socket_address
+from lvsd.client import Client
+from lvsd.names import socket_address
 
 from .helpers import PY, ROOT, is_root, lvsadm, running_lvsd, unique_socket
 
@@ -147,7 +147,7 @@ def test_lvsadm_refuses_a_socket_held_by_another_user(open_tmp: Path) -> None:
 def test_a_second_lvsd_is_refused_and_the_first_keeps_its_socket() -> None:
     with running_lvsd("--no-nat", "--no-dr") as name:
         r = subprocess.run(
-            [PY, "-m", "lvs.daemon.main", "--foreground", "--no-nat", "--no-dr", "--socket", name],
+            [PY, "-m", "lvsd.main", "--foreground", "--no-nat", "--no-dr", "--socket", name],
             capture_output=True, text=True, timeout=30, check=False, cwd=ROOT,
         )  # fmt: skip
         assert r.returncode == 1 and "another lvsd (pid" in r.stderr, r.stderr

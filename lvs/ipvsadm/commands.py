@@ -85,18 +85,14 @@ def run(
     now: float,
     out: TextIO,
     err: TextIO,
-    resolver: Resolver | None = None,
+    resolver: Resolver,
     stdin: TextIO | str | None = None,
 ) -> int:
     """Run ``ipvsadm ARGV...`` (``argv`` without the program name) against
     ``ipvs`` at virtual time ``now``; stdout goes to ``out``, stderr to
     ``err``; ``-R`` reads ``stdin`` (a text stream or a string; nothing if
-    None).  Returns the exit status.  ``resolver`` resolves names (default:
-    /etc/hosts and /etc/services only, see :mod:`lvs.ipvsadm.names`)."""
-    if resolver is None:
-        from .names import default_resolver
-
-        resolver = default_resolver()
+    None).  Returns the exit status.  ``resolver`` resolves names (lvsd's
+    reads /etc/hosts and /etc/services only, see :mod:`lvs.ipvsadm.names`)."""
     ctx = _Context(ipvs, now, out, err, resolver, stdin)
     try:
         return _process(list(argv), ctx, reading_stdin=False)

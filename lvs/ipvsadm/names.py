@@ -16,19 +16,19 @@ following glibc's files backend:
 * ``/etc/services``: ``name port/proto [aliases...]``.  Names compare
   case-sensitively; the first line with the right port and protocol wins.
 
-The files are read lazily and cached per resolver; tests inject their own
-paths (or text).
+Pure: a resolver is given the files' text (or a function that reads it, called
+once, on first use); ``lvsd.resolver`` reads the real files.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..addr import parse_ip
 from ..constants import AF_INET, AF_INET6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
 
-__all__ = ["PROTO_SERVICE_NAMES", "FilesResolver", "NullResolver", "default_resolver"]
+__all__ = ["PROTO_SERVICE_NAMES", "FilesResolver", "NullResolver", "TextSource"]
 
 #: The protocol names ipvsadm hands to getservby*; other protocols never resolve.
 PROTO_SERVICE_NAMES = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_SCTP: "sctp"}
@@ -39,14 +39,12 @@ def _strip_comment(line: str) -> str:
     return line if cut < 0 else line[:cut]
 
 
-def _read(path: str | None) -> str:
-    if path is None:
-        return ""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError:
-        return ""
+#: A file's text, or a function returning it (called once, when first needed).
+TextSource = str | Callable[[], str]
+
+
+def _text(source: TextSource) -> str:
+    return source if isinstance(source, str) else source()
 
 
 @dataclass
@@ -92,24 +90,12 @@ class _ServicesTable:
 
 
 class FilesResolver:
-    """Resolve host and service names from ``/etc/hosts`` and ``/etc/services`` only.
+    """Resolve host and service names from the text of ``/etc/hosts`` and
+    ``/etc/services`` only (empty text: no names)."""
 
-    ``hosts_path``/``services_path`` select other files; ``hosts_text`` and
-    ``services_text`` supply the contents directly (they win over paths).
-    """
-
-    def __init__(
-        self,
-        hosts_path: str | None = "/etc/hosts",
-        services_path: str | None = "/etc/services",
-        *,
-        hosts_text: str | None = None,
-        services_text: str | None = None,
-    ) -> None:
-        self._hosts_path = hosts_path
-        self._services_path = services_path
-        self._hosts_text = hosts_text
-        self._services_text = services_text
+    def __init__(self, hosts: TextSource = "", services: TextSource = "") -> None:
+        self._hosts_source = hosts
+        self._services_source = services
         self._hosts: _HostsTable | None = None
         self._services: _ServicesTable | None = None
 
@@ -117,18 +103,13 @@ class FilesResolver:
     @property
     def hosts_table(self) -> _HostsTable:
         if self._hosts is None:
-            text = self._hosts_text if self._hosts_text is not None else _read(self._hosts_path)
-            self._hosts = _HostsTable.parse(text)
+            self._hosts = _HostsTable.parse(_text(self._hosts_source))
         return self._hosts
 
     @property
     def services_table(self) -> _ServicesTable:
         if self._services is None:
-            if self._services_text is not None:
-                text = self._services_text
-            else:
-                text = _read(self._services_path)
-            self._services = _ServicesTable.parse(text)
+            self._services = _ServicesTable.parse(_text(self._services_source))
         return self._services
 
     # -- forward lookups (used by the command-line grammar) ------------------
@@ -182,21 +163,4 @@ class NullResolver(FilesResolver):
     """A resolver that knows no names (as if both files were empty)."""
 
     def __init__(self) -> None:
-        super().__init__(None, None, hosts_text="", services_text="")
-
-
-_default: FilesResolver | None = None
-
-
-def default_resolver() -> FilesResolver:
-    """The process-wide resolver over the real ``/etc/hosts`` and ``/etc/services``.
-
-    ``PYLVS_HOSTS`` and ``PYLVS_SERVICES`` in the environment point it elsewhere.
-    """
-    global _default
-    if _default is None:
-        _default = FilesResolver(
-            os.environ.get("PYLVS_HOSTS", "/etc/hosts"),
-            os.environ.get("PYLVS_SERVICES", "/etc/services"),
-        )
-    return _default
+        super().__init__("", "")
