@@ -656,7 +656,7 @@ def _changes_table(argv: list[str]) -> bool:
     from lvs.ipvsadm.grammar import CMD_HELP, CMD_LIST, CMD_SAVE, CMD_VERSION, UsageError, parse
 
     try:
-        cmd = parse(list(argv))
+        cmd = parse(list(argv), default_resolver())
     except (UsageError, ValueError, OSError):
         return False
     return cmd.kind not in (CMD_LIST, CMD_SAVE, CMD_HELP, CMD_VERSION)

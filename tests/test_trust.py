@@ -3,21 +3,26 @@ does not lose the table, and every change leaves a line in the log."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lvsd.client import Client
 from lvsd.names import socket_address
 
-from .helpers import PY, ROOT, is_root, lvsadm, running_lvsd, unique_socket
+from .helpers import PY, ROOT, is_root, lvsadm, running_lvsd, unique_socket, wait_ready
 
 NOBODY = 65534
 SYSTEM_PY = shutil.which("python3", path="/usr/bin:/bin")
@@ -152,3 +157,100 @@ def test_a_second_lvsd_is_refused_and_the_first_keeps_its_socket() -> None:
         )  # fmt: skip
         assert r.returncode == 1 and "another lvsd (pid" in r.stderr, r.stderr
         assert lvsadm(name, "-L", "-n").returncode == 0
+
+
+def _vip_count(vip: str) -> int:
+    out = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True,
+                         check=False).stdout  # fmt: skip
+    return sum(1 for line in out.splitlines() if f" {vip}/" in line)
+
+
+def _without_counters(listing: str) -> str:
+    """``-L -n`` without ActiveConn/InActConn (connections die with lvsd)."""
+    return "\n".join(" ".join(line.split()[:4]) if line.startswith("  ->") else line for line in listing.splitlines())
+
+
+@pytest.mark.skipif(not is_root(), reason="needs root to add VIPs to lo")
+def test_kill_9_under_load_loses_nothing_of_the_table(backends: Any) -> None:
+    """Test point 2: lvsd killed with SIGKILL while TCP and UDP traffic flows;
+    the next lvsadm -L -n (which starts a new lvsd) shows the same table,
+    weights, timeouts and sysctls, says that the previous lvsd died, and each
+    VIP is on lo exactly once; traffic flows again."""
+    name = unique_socket()
+    rnd = int.from_bytes(os.urandom(2), "little")
+    vip_t, vip_u = f"10.{200 + rnd % 50}.{rnd >> 8}.{1 + rnd % 200}", f"10.{200 + rnd % 50}.{rnd >> 8}.{201 + rnd % 50}"
+    http = [backends.http(0), backends.http(0)]
+    udp = [backends.udp_echo(), backends.udp_echo()]
+    env = {**os.environ, "LVSD_SOCKET": name, "LVSD_ARGS": "--no-dr"}
+    first = subprocess.Popen([PY, "-m", "lvsd.main", "--foreground", "--no-dr", "--socket", name],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)  # fmt: skip
+    stop = threading.Event()
+    sent = {"tcp": 0, "udp": 0}
+    try:
+        wait_ready(name)
+        for argv in (
+            ["-A", "-t", f"{vip_t}:80", "-s", "wrr"],
+            ["-a", "-t", f"{vip_t}:80", "-r", f"127.0.0.1:{http[0]}", "-m", "-w", "3"],
+            ["-a", "-t", f"{vip_t}:80", "-r", f"127.0.0.1:{http[1]}", "-m", "-w", "1"],
+            ["-A", "-u", f"{vip_u}:53", "-s", "rr", "-p", "60"],
+            ["-a", "-u", f"{vip_u}:53", "-r", f"127.0.0.1:{udp[0]}", "-m", "-w", "2"],
+            ["-a", "-u", f"{vip_u}:53", "-r", f"127.0.0.1:{udp[1]}", "-m", "-w", "0"],
+            ["--set", "111", "22", "33"],
+        ):
+            r = lvsadm(name, *argv)
+            assert r.returncode == 0, (argv, r.stderr)
+        with Client(autostart=False, name=name) as c:
+            assert c.call("sysctl", name="expire_nodest_conn", value="1")["value"] == 1
+            assert c.call("sysctl", name="sloppy_tcp", value="1")["value"] == 1
+
+        def load() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    with socket.create_connection((vip_t, 80), timeout=2) as s:
+                        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                        s.recv(100)
+                    sent["tcp"] += 1
+                with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.sendto(b"q", (vip_u, 53))
+                    sent["udp"] += 1
+                time.sleep(0.005)
+
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        time.sleep(1.0)
+        before = lvsadm(name, "-L", "-n")
+        timeouts = lvsadm(name, "-L", "--timeout").stdout
+        assert "ActiveConn" in before.stdout and sent["tcp"] > 0
+        assert _vip_count(vip_t) == 1 and _vip_count(vip_u) == 1
+        first.kill()
+        first.wait(timeout=10)
+        time.sleep(0.3)
+        stop.set()
+        loader.join(timeout=10)
+        after = subprocess.run([PY, "-m", "lvsd.cli", "-L", "-n"], capture_output=True, text=True, env=env,
+                               cwd=ROOT, timeout=60, check=False)  # fmt: skip
+        assert after.returncode == 0, after.stderr
+        assert _without_counters(after.stdout) == _without_counters(before.stdout)
+        assert f"the previous lvsd (pid {first.pid}) did not stop cleanly" in after.stderr
+        assert "restored 2 services and 4 real servers" in after.stderr
+        assert lvsadm(name, "-L", "--timeout").stdout == timeouts
+        with Client(autostart=False, name=name) as c:
+            assert c.call("sysctl", name="expire_nodest_conn")["value"] == 1
+            assert c.call("sysctl", name="sloppy_tcp")["value"] == 1
+            second_pid = c.call("status")["data"]["pid"]
+        assert _vip_count(vip_t) == 1 and _vip_count(vip_u) == 1
+        with socket.create_connection((vip_t, 80), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            assert b"Hello" in s.recv(100)
+        os.kill(second_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while _vip_count(vip_t) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _vip_count(vip_t) == 0 and _vip_count(vip_u) == 0  # a clean stop removes them
+    finally:
+        stop.set()
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        for vip in (vip_t, vip_u):
+            subprocess.run(["ip", "addr", "del", f"{vip}/32", "dev", "lo"], capture_output=True, check=False)
