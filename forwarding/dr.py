@@ -124,7 +124,7 @@ class DirectPlane(FastPath, Receive, Fragments, Transmit):
         self.filter_kind = "none"
         self._started = False
         self.ring_drops = 0
-        #: the fast path (see process_block): raw key bytes -> _Fast
+        #: the fast path (forwarding.dr_fast): raw key bytes -> entry
         self.fast_path = fast_path
         self._fast: dict[bytes, FastEntry] = {}
         self._touched: list[FastEntry] = []
@@ -212,9 +212,7 @@ class DirectPlane(FastPath, Receive, Fragments, Transmit):
         if self._on_change in self.ipvs.listeners:
             self.ipvs.listeners.remove(self._on_change)
         if self.ring is not None:
-            if self.loop is not None and not self.loop.is_closed():
-                with contextlib.suppress(ValueError, OSError):
-                    self.loop.remove_reader(self.ring.fileno())
+            self._stop_reading(self.ring.fileno())
             self.ring.close()
             self.ring = None
         if self.guard is not None:
@@ -225,15 +223,18 @@ class DirectPlane(FastPath, Receive, Fragments, Transmit):
                 log.error("removing nftables table: %s", exc)
             self.guard = None
         if self.queue is not None:
-            if self.loop is not None and not self.loop.is_closed():
-                with contextlib.suppress(ValueError, OSError):
-                    self.loop.remove_reader(self.queue.fileno())
+            self._stop_reading(self.queue.fileno())
             self.queue.close()
             self.queue = None
         self._marks = frozenset()
         self.tx.close()
         if self.resolver is not None:
             self.resolver.close()
+
+    def _stop_reading(self, fd: int) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(fd)
 
     def describe(self) -> str:
         s = self.stats

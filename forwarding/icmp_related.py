@@ -32,7 +32,7 @@ packet is looked up as traffic of its own):
 Then the packet is counted for the connection (``ip_vs_in_stats``, and
 ``in_pkts``) and sent on as ``ip_vs_icmp_xmit`` does for DR and TUN: through
 the connection's own transmitter, unchanged (no address to translate back),
-i.e. MAC rewrite for DR, encapsulated for TUN (see :mod:`forwarding.dr`).
+i.e. MAC rewrite for DR, encapsulated for TUN (see :mod:`forwarding.dr_xmit`).
 """
 
 from __future__ import annotations

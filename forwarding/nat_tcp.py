@@ -302,14 +302,10 @@ class TcpSession(asyncio.Protocol):
 
     def proxy_header(self) -> bytes:
         """The PROXY protocol header for the real server (empty: none wanted)."""
-        ctx = self.ctx
-        if not ctx.proxy_protocol:
-            return b""
-        version = ctx.proxy_version(self.conn)
-        if not version:
-            return b""
+        version = self.ctx.proxy_version(self.conn)
         flow = self.flow
-        assert flow is not None
+        if not version or flow is None:
+            return b""
         af = flow.af
         return proxyproto.header(
             version,
