@@ -4,20 +4,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean netdeps
+.PHONY: venv test lint demo bench clean netdeps obsdeps
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py lvs/_intmap.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,teach]'
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check lvs lvsd schedulers forwarding tests benchmarks examples
+	$(VENV)/bin/ruff check lvs lvsd schedulers forwarding checkers teaching tests benchmarks examples
 
-test: venv lint netdeps
+test: venv lint netdeps obsdeps
 	$(PY) -m pytest -q
 
 demo: venv
@@ -27,12 +27,25 @@ bench: venv
 	$(PY) benchmarks/core.py
 
 # Tools the DR/TUN plane and its namespace tests use (root only; Debian packages):
-# nft (nftables) for the director's rules, trafgen (netsniff-ng) for benchmarks.
+# nft (nftables) for the director's rules, trafgen (netsniff-ng) for benchmarks,
+# openssl for the SSL_GET checker test's self-signed certificate.
 netdeps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	    { ! command -v nft >/dev/null || ! command -v trafgen >/dev/null; }; then \
+	    { ! command -v nft >/dev/null || ! command -v trafgen >/dev/null || ! command -v openssl >/dev/null; }; then \
 	  apt-get update -qq >/dev/null && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables netsniff-ng >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables netsniff-ng openssl >/dev/null; \
+	fi
+
+# Tools the observability tests run (root only; Debian packages): promtool
+# (prometheus) checks /metrics, prometheus-node-exporter reads lvsd --procfs,
+# chromium renders the status page.
+obsdeps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { ! command -v promtool >/dev/null || ! command -v prometheus-node-exporter >/dev/null || \
+	      ! command -v chromium >/dev/null; }; then \
+	  apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-node-exporter chromium >/dev/null; \
 	fi
 
 clean:

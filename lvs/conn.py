@@ -150,6 +150,7 @@ class Conn(_LookupFields):
         "n_control",
         "state",
         "svc",
+        "sync_mark",
         "timeout",
         "timer_slot",
     )
@@ -186,6 +187,9 @@ class Conn(_LookupFields):
         #: how many connections this (template) entry controls
         self.n_control = 0
         self.in_pkts = 0
+        #: the sync master's bookkeeping (lvs.sync.SyncMaster): sync_endtime
+        #: in jiffies << 4 | old_state
+        self.sync_mark = 0
         #: bookkeeping of the timer wheel (see lvs.timerwheel)
         self.timer_slot: object = None
         self.hashed = False

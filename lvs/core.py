@@ -28,8 +28,10 @@ from .constants import (
     AF_INET6,
     CONN_F_FWD_MASK,
     CONN_F_INACTIVE,
+    CONN_F_MASQ,
     CONN_F_NOOUTPUT,
     CONN_F_ONE_PACKET,
+    CONN_F_SYNC,
     CONN_F_TEMPLATE,
     DEST_F_AVAILABLE,
     DEST_F_OVERLOAD,
@@ -46,12 +48,15 @@ from .pe_sip import fill_param as pe_sip_fill_param
 from .pe_sip import pe_key
 from .proto_tcp import ACK, DIR_INPUT, DIR_INPUT_ONLY, DIR_OUTPUT, RST, SYN, is_active, next_state
 from .stats import ESTIMATOR_PERIOD
+from .sync import BACKUP_UPD_MASK, HZ, SyncEntry, SyncMaster
 
 FTPPORT = 21
 #: how long an entry that cannot go yet is kept before the next try
 EXPIRE_RETRY = 60.0
 #: the timeout of a new entry before its first state transition
 INITIAL_TIMEOUT = 3.0
+#: MAX_SCHEDULE_TIMEOUT / HZ on 64 bits: the longest timeout a synced entry keeps
+MAX_SYNC_TIMEOUT = (2**63 - 1) // 250
 
 # Verdicts of process_in.
 ACCEPT = "accept"  # not ours: the packet goes on to the local stack
@@ -79,6 +84,8 @@ class Director:
         self.ipvs.conns = self.conns
         self._next_estimate = 0.0
         self._next_sched_tick = 0.0
+        #: the sync daemon's master side (lvs.sync.SyncMaster) while one runs
+        self.sync: SyncMaster | None = None
 
     # ------------------------------------------------------------------------
     # entries
@@ -134,6 +141,133 @@ class Director:
             self._counts_changed(dest, overload != dest.flags & DEST_F_OVERLOAD)
         if not cp.flags & CONN_F_ONE_PACKET:
             self.conns.hash(cp)
+        if self.sync is not None:
+            cp.sync_mark = (int(now * HZ) & ~3) << 4  # sync_endtime = jiffies & ~3
+        return cp
+
+    # ------------------------------------------------------------------------
+    # entries learnt from a sync master (ip_vs_proc_conn)
+    # ------------------------------------------------------------------------
+    def sync_find_dest(self, e: SyncEntry) -> Dest | None:
+        """``ip_vs_find_dest``: this director's own real server for a synced
+        entry: the service of (fwmark | protocol, vaddr, vport), then its dest
+        at (daddr, dport); fwmark services of DR/TUN match the dest by
+        address alone (port 0), as the kernel does."""
+        svc = self.ipvs.find_service(e.af, e.protocol, e.vaddr, e.vport, e.fwmark)
+        if svc is None:
+            return None
+        port = e.dport
+        if e.fwmark and e.flags & CONN_F_FWD_MASK != CONN_F_MASQ:
+            port = 0
+        dest = svc.find_dest(e.af, e.daddr, port)
+        if dest is None and port != e.dport:
+            dest = svc.find_dest(e.af, e.daddr, port ^ e.dport)
+        return dest
+
+    def _sync_bind(self, cp: Conn, dest: Dest) -> None:
+        """``ip_vs_bind_dest`` for a SYNC entry: the forwarding method and
+        NOOUTPUT come from this director's dest; INACTIVE stays as sent."""
+        conn_flags = dest.conn_flags
+        if cp.protocol != IPPROTO_UDP:
+            conn_flags &= ~CONN_F_ONE_PACKET
+        if not cp.flags & CONN_F_TEMPLATE:
+            conn_flags &= ~CONN_F_INACTIVE
+        cp.flags = (cp.flags & ~(CONN_F_FWD_MASK | CONN_F_NOOUTPUT)) | conn_flags
+        cp.dest = dest
+        cp.svc = dest.svc
+        dest.refcnt += 1
+        if cp.flags & CONN_F_TEMPLATE:
+            dest.persistconns += 1
+        else:
+            if cp.flags & CONN_F_INACTIVE:
+                dest.inactconns += 1
+            else:
+                dest.activeconns += 1
+            overload = dest.flags & DEST_F_OVERLOAD
+            self.ipvs.dest_conn_bound(dest)
+            self._counts_changed(dest, overload != dest.flags & DEST_F_OVERLOAD)
+
+    def _sync_lookup_template(self, e: SyncEntry) -> Conn | None:
+        """``ip_vs_ct_in_get`` for a synced template (by its PE data when it
+        has some)."""
+        if e.pe_data:
+            return self.lookup_pe_template(e.protocol, e.af, e.caddr, e.vaddr, e.vport, e.pe_name, e.pe_data)
+        c = self.conns.chain(client_key(e.protocol, e.af, e.caddr, e.cport))
+        while c is not None:
+            if (
+                c.flags & CONN_F_TEMPLATE
+                and c.vport == e.vport
+                and c.vaddr == e.vaddr
+                and c.dport != INVALID_PORT
+            ):
+                return c
+            c = c.hnext
+        return None
+
+    def sync_apply(self, e: SyncEntry, now: float) -> Conn | None:
+        """``ip_vs_proc_conn``: create or update the entry a master sent.
+
+        A connection already here with another real server is expired and
+        replaced, unless the message is the old one's INACTIVE (then it is
+        ignored: None).  An existing entry takes only the INACTIVE and
+        sequence bits (its dest's counters follow INACTIVE), the state and
+        the timeout.  A new one is bound to this director's own real server
+        when it has one (``sync_find_dest``), else kept unbound.  Either way
+        the entry is marked SYNC, its packet count set to sync_threshold and
+        its timer armed with the sent timeout (v0: this director's protocol
+        timeout for the state; templates 3 minutes)."""
+        flags = e.flags | CONN_F_SYNC
+        cp: Conn | None
+        if not flags & CONN_F_TEMPLATE:
+            cp = self.conns.lookup_in(e.protocol, e.af, e.caddr, e.cport, e.vaddr, e.vport)
+            if cp is not None and (cp.dport != e.dport or cp.daddr != e.daddr):
+                if flags & CONN_F_INACTIVE:
+                    return None
+                self.expire_now(cp, now)
+                cp = None
+        else:
+            cp = self._sync_lookup_template(e)
+        if cp is not None:
+            dest = cp.dest
+            if (cp.flags ^ flags) & CONN_F_INACTIVE and not flags & CONN_F_TEMPLATE and dest is not None:
+                if flags & CONN_F_INACTIVE:
+                    dest.activeconns -= 1
+                    dest.inactconns += 1
+                else:
+                    dest.activeconns += 1
+                    dest.inactconns -= 1
+                self._counts_changed(dest)
+            cp.flags = (flags & BACKUP_UPD_MASK) | (cp.flags & ~BACKUP_UPD_MASK)
+            if dest is None:
+                dest = self.sync_find_dest(e)
+                if dest is not None:
+                    self._sync_bind(cp, dest)
+        else:
+            dest = self.sync_find_dest(e)
+            if e.pe_data:
+                cp = PeConn(
+                    e.af, e.protocol, e.caddr, e.cport, e.vaddr, e.vport, e.af, e.daddr, e.dport,
+                    flags, e.fwmark, pe_name=e.pe_name, pe_data=e.pe_data,
+                )  # fmt: skip
+            else:
+                cp = Conn(e.af, e.protocol, e.caddr, e.cport, e.vaddr, e.vport, e.af, e.daddr, e.dport, flags,
+                          e.fwmark)  # fmt: skip
+            if dest is not None:
+                self._sync_bind(cp, dest)
+            self.conns.hash(cp)
+        sysctl = self.ipvs.sysctl
+        cp.in_pkts = sysctl.sync_threshold
+        cp.state = e.state
+        cp.sync_mark = (cp.sync_mark & ~15) | (e.state & 15)
+        if e.timeout:
+            cp.timeout = float(min(e.timeout, MAX_SYNC_TIMEOUT))
+        elif not flags & CONN_F_TEMPLATE and e.protocol == IPPROTO_TCP:
+            cp.timeout = self.ipvs.timeouts.tcp[e.state]
+        elif not flags & CONN_F_TEMPLATE and e.protocol == IPPROTO_UDP:
+            cp.timeout = self.ipvs.timeouts.udp
+        else:
+            cp.timeout = 180.0
+        self._put(cp, now)
         return cp
 
     def _unbind(self, cp: Conn) -> None:
@@ -437,6 +571,9 @@ class Director:
         else:
             cp.in_pkts += 1
             self._put(cp, now)
+        if self.sync is not None:
+            # ip_vs_in_hook: every client packet offers its entry to the master
+            self.sync.sync_conn(cp, cp.in_pkts, now)
         return Verdict(FORWARD, cp, new)
 
     def held_segment(self, cp: Conn, direction: int, tcp_flags: int, now: float) -> bool:
@@ -453,9 +590,11 @@ class Director:
         if dest is None or not dest.flags & DEST_F_AVAILABLE or not cp.hashed:
             return False
         self._set_tcp_state(cp, direction, tcp_flags)
+        self._put(cp, now)
         if direction != DIR_OUTPUT:
             cp.in_pkts += 1
-        self._put(cp, now)
+            if self.sync is not None:
+                self.sync.sync_conn(cp, cp.in_pkts, now)
         return True
 
     def account_in(self, cp: Conn, now: float, packets: int, nbytes: int) -> None:
@@ -470,8 +609,20 @@ class Director:
         self._count(cp, packets, nbytes, 0, 0)
         timeouts = self.ipvs.timeouts
         cp.timeout = timeouts.tcp[cp.state] if cp.protocol == IPPROTO_TCP else timeouts.udp
+        before = cp.in_pkts
         cp.in_pkts += packets
         self._put(cp, now)
+        sync = self.sync
+        if sync is not None:
+            # the packets counted at once: offer the entry with the count at
+            # which the kernel would have sent it, if one lies in the batch
+            period, threshold = sync.params.period, sync.params.threshold
+            pkts = cp.in_pkts
+            if period > 0 and packets > 1:
+                hit = before + ((threshold - before - 1) % period) + 1
+                if hit <= pkts:
+                    pkts = hit
+            sync.sync_conn(cp, pkts, now)
 
     def refresh(self, cp: Conn, now: float) -> bool:
         """Traffic of ``cp`` relayed since the last call (a forwarder that

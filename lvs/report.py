@@ -122,7 +122,7 @@ class Report:
         for rs, n in self.counts.items():
             row = rows.get(rs)
             if row is None:
-                row = rows[rs] = ServerTotal(rs, f"(gone; flows to {self.vips.get(rs, '?')})")
+                row = rows[rs] = ServerTotal(rs, "(removed)")
             row.flows = n
         routed = sum(self.counts.values())
         for row in rows.values():

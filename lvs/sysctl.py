@@ -47,13 +47,17 @@ class Sysctls:
     sync_refresh_period: int = 0
     sync_retries: int = 0
     sync_sock_size: int = 0
+    #: sync_threshold is the vector "threshold period" ("3 50"): the period
+    #: is kept beside it, in sync_period (no sysctl of its own)
+    sync_threshold: int = 3
+    sync_period: int = 50
     sync_version: int = 1
     run_estimation: int = 1
     lblc_expiration: int = 86400
     lblcr_expiration: int = 86400
 
     def names(self) -> list[str]:
-        return [f.name for f in fields(self)]
+        return [f.name for f in fields(self) if f.name != "sync_period"]
 
     def set(self, name: str, value: str) -> None:
         """Set one sysctl from its text; raises KeyError or ValueError."""
@@ -65,6 +69,15 @@ class Sysctls:
         number = int(words[0])
         if number < 0:
             raise ValueError(f"negative value for {name}")
+        if name == "sync_threshold":
+            # proc_do_sync_threshold: "threshold period", threshold < period
+            # unless the period is 0
+            period = int(words[1]) if len(words) > 1 else self.sync_period
+            if period < 0 or (period and number >= period):
+                raise ValueError("sync_threshold must be below sync_period")
+            self.sync_period = period
+        elif name == "sync_version" and number > 1:
+            raise ValueError("sync_version is 0 or 1")
         setattr(self, name, number)
 
 

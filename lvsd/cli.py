@@ -56,6 +56,7 @@ def _extras(argv: list[str], client: Client) -> int | None:
             print(f"data plane: {plane}")
         for warning in data["warnings"]:
             print(f"warning: {warning}")
+        print_health(data.get("health"))
         return 0
     if head == "--reload":
         reply = client.call("reload")
@@ -65,6 +66,21 @@ def _extras(argv: list[str], client: Client) -> int | None:
         print(f"reloaded: {reply.get('changes')}")
         return 0
     return None
+
+
+def print_health(health: list[dict] | None) -> None:
+    """``--status``: one line per checked real server (keepalived.conf)."""
+    if not health:
+        return
+    for vs in health:
+        quorum = "up" if vs["quorum_up"] else "DOWN"
+        print(f"virtual server {vs['virtual_server']} (quorum {quorum}):")
+        for rs in vs["real_servers"]:
+            line = f"  {rs['server']} {rs['state']} since {rs['since']:.1f}s, weight {rs['weight']}"
+            line += f", checkers {'+'.join(rs['checkers']) or 'none'}"
+            if rs["state"] == "down" and rs["failed_checker"]:
+                line += f", failed: {rs['failed_checker']}: {rs['last_failure']}"
+            print(line)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from lvs.ctl import IPVS
 from lvs.protocol import Request
 
 from .names import socket_address
+from .observe import Observer
 from .resolver import default_resolver
 from .server import AccessPolicy, ControlServer
 
@@ -51,10 +52,14 @@ class Daemon:
         self.worker_plane: Any = None
         self.warnings: list[str] = []
         self.config = None
+        #: keepalived.conf health checking (--keepalived-conf), if any
+        self.health: Any = None
         #: how many ipvsadm commands ran: replies carry it, so clients can
         #: tell the order in which the table changed
         self.seq = 0
         self._stop = asyncio.Event()
+        #: history, events, counts; the HTTP listener and procfs writer (lvsd/observe.py)
+        self.observer = Observer(self)
         self.server = ControlServer(self.handle, AccessPolicy(opts.allow_group), opts.socket)
 
     def now(self) -> float:
@@ -71,11 +76,18 @@ class Daemon:
         if pool is not None:
             conns = _needs_workers(req)
             if conns is not None:
-                return self.gathered(pool, req, conns)
+                return self._observed(req, self.gathered(pool, req, conns))
         try:
-            return self._handle(req)
+            reply = self._handle(req)
         finally:
             self.flush_planes()
+        self.observer.on_reply(req, reply)
+        return reply
+
+    async def _observed(self, req: Request, pending: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        reply = await pending
+        self.observer.on_reply(req, reply)
+        return reply
 
     async def gathered(self, pool: Any, req: Request, conns: bool) -> dict[str, Any]:
         """One director's view with ``--workers``: ask every worker for its
@@ -123,6 +135,10 @@ class Daemon:
             return self.reload()
         if op == "sysctl":
             return self.sysctl(req.args)
+        if op == "shutdown":
+            log.info("shutdown asked for by lvsadm --shutdown")
+            asyncio.get_running_loop().call_soon(self._stop.set)
+            return {"pid": os.getpid()}
         return {"ok": False, "error": f"unsupported operation {op}"}
 
     def run_ipvsadm(self, argv: list[str], stdin: str = "") -> dict[str, Any]:
@@ -143,13 +159,17 @@ class Daemon:
             "connections": len(self.director.conns) + (pool.connections() if pool is not None else 0),
             "planes": [p.describe() for p in self.planes],
             "warnings": list(self.warnings) + [w for p in self.planes for w in p.warnings()],
+            "health": self.health.status() if self.health is not None else None,
         }
 
     def json_view(self, what: str) -> Any:
         from lvs.ipvsadm import listing
 
         if what == "services":
-            return listing.services_json(self.ipvs, self.now())
+            data = listing.services_json(self.ipvs, self.now())
+            if self.health is not None:
+                self.health.annotate(data)
+            return data
         if what == "conns":
             return listing.conns_json(self.ipvs, self.now())
         if what == "timeouts":
@@ -175,6 +195,13 @@ class Daemon:
         return views[name]()
 
     def reload(self) -> dict[str, Any]:
+        if self.health is not None:
+            from lvs.keepalived_conf import KeepalivedConfError
+
+            try:
+                return {"changes": self.health.reload()}
+            except KeepalivedConfError as exc:
+                return {"ok": False, "error": str(exc)}
         if not self.opts.config:
             return {"ok": False, "error": "lvsd runs without --config: nothing to reload"}
         from lvs.config import ConfigError, apply_config
@@ -220,6 +247,17 @@ class Daemon:
                 raise SystemExit(f"lvsd: {exc}") from None
         if self.opts.state and os.path.exists(self.opts.state):
             self.restore_state(self.opts.state)
+        if self.opts.keepalived_conf:
+            from lvs.keepalived_conf import KeepalivedConfError
+
+            from .healthd import HealthRunner
+
+            self.health = HealthRunner(self.ipvs, self.now, self.opts.keepalived_conf, self.flush_planes)
+            self.health.on_log = self.observer.health_log
+            try:
+                self.health.load()
+            except KeepalivedConfError as exc:
+                raise SystemExit(f"lvsd: {exc}") from None
         self.start_planes()
         self.flush_planes()
         await self.server.start()
@@ -229,8 +267,14 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info("lvsd listening on %r", socket_address(self.opts.socket))
         ticker = asyncio.create_task(self.ticker())
+        if self.health is not None:
+            self.health.start()
+        await self.observer.start()
         await self._stop.wait()
         ticker.cancel()
+        await self.observer.close()
+        if self.health is not None:
+            await self.health.close()
         await self.server.close()
         for plane in self.planes:
             await plane.close()
@@ -334,6 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--foreground", "-F", action="store_true", help="stay in the foreground (for service managers)"
     )
     ap.add_argument("--config", "-c", help="YAML configuration to load (SIGHUP reloads it)")
+    ap.add_argument(
+        "--keepalived-conf",
+        metavar="FILE",
+        help="read an unmodified keepalived.conf: its virtual servers become the table and its health "
+        "checkers (TCP_CHECK, HTTP_GET, SSL_GET, UDP_CHECK, DNS_CHECK, MISC_CHECK, PING_CHECK, SMTP_CHECK) "
+        "remove failed real servers and add them back when they recover (SIGHUP / lvsadm --reload re-reads "
+        "it; vrrp_* blocks are left to `keepalived --vrrp`)",
+    )
     ap.add_argument("--state", help="save the table here on exit and restore it on start (ipvsadm -S format)")
     ap.add_argument(
         "--socket", help="control socket name (abstract) or path; default from LVSD_SOCKET or 'pylvs'"
@@ -354,6 +406,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--transparent", action="store_true", help="NAT: connect to real servers from the client's address"
     )
     ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
+    ap.add_argument(
+        "--http",
+        metavar="ADDR:PORT",
+        help="serve /metrics (Prometheus, node_exporter's IPVS names) and the live status page "
+        "here (read-only; e.g. 127.0.0.1:9108)",
+    )
+    ap.add_argument(
+        "--procfs",
+        metavar="DIR",
+        help="keep DIR/net/ip_vs and DIR/net/ip_vs_stats in the kernel's format "
+        "(for prometheus-node-exporter --path.procfs DIR)",
+    )
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ap.add_argument("--log-file", help="log here instead of stderr")
     return ap
@@ -367,6 +431,13 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             parse_specs(opts.proxy_protocol)
+        except ValueError as exc:
+            parser.error(str(exc))
+    if opts.http:
+        from .http import parse_listen
+
+        try:
+            parse_listen(opts.http)
         except ValueError as exc:
             parser.error(str(exc))
     logging.basicConfig(

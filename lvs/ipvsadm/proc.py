@@ -46,6 +46,7 @@ __all__ = [
     "proc_ip_vs_conn",
     "proc_ip_vs_conn_rows",
     "proc_ip_vs_conn_sync",
+    "proc_ip_vs_pieces",
     "proc_ip_vs_stats",
     "proto_name",
     "remaining_seconds",
@@ -179,13 +180,20 @@ def proc_ip_vs(ipvs: Any, salt: int | None = None) -> str:
     little-endian host (128 prints as ``80000000``).  Real servers follow in
     list order (newest first), addresses in hex, weight and counters as ``%d``.
     """
+    return "".join(proc_ip_vs_pieces(ipvs, salt))
+
+
+def proc_ip_vs_pieces(ipvs: Any, salt: int | None = None) -> Iterator[str]:
+    """``/proc/net/ip_vs`` piece by piece: the header, then one piece per
+    service (its row and its real servers'), so a caller can render a big
+    table in steps, as the kernel's seq_file hands it out page by page."""
     version = getattr(ipvs, "version", IPVS_VERSION)
     size = getattr(ipvs, "conn_tab_size", CONN_TAB_SIZE)
-    out = [
-        f"IP Virtual Server version {version[0]}.{version[1]}.{version[2]} (size={size})\n",
-        "Prot LocalAddress:Port Scheduler Flags\n",
-        "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n",
-    ]
+    yield (
+        f"IP Virtual Server version {version[0]}.{version[1]}.{version[2]} (size={size})\n"
+        "Prot LocalAddress:Port Scheduler Flags\n"
+        "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
+    )
     for svc in kernel_service_order(ipvs, salt):
         sched = svc.sched_name or "none"
         ops = "ops " if svc.flags & SVC_F_ONEPACKET else ""
@@ -203,9 +211,7 @@ def proc_ip_vs(ipvs: Any, salt: int | None = None) -> str:
             line += f"persistent {_int32(svc.timeout * HZ)} {mask:08X}\n"
         else:
             line += "\n"
-        out.append(line)
-        out.extend(_dest_row(d) for d in svc.destinations)
-    return "".join(out)
+        yield line + "".join(_dest_row(d) for d in svc.destinations)
 
 
 # -- /proc/net/ip_vs_stats ---------------------------------------------------------------

@@ -1,0 +1,254 @@
+"""lvsd's health checking: loads keepalived.conf, runs the checkers' probes
+in the daemon's event loop, hands their outcomes to the policy
+(:class:`lvs.health.HealthMonitor`), logs transitions, runs notify scripts.
+
+Probes run concurrently, at most ``max_parallel`` at a time, each bounded by
+its own timeout (connect_timeout, or misc_timeout for scripts) plus a safety
+margin, so a silent server or a hung script never holds the loop: the data
+planes share it, and a probe only ever awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import logging
+import os
+import random
+import shlex
+from collections.abc import Callable
+from typing import Any
+
+from lvs.config import Config, apply_config
+from lvs.health import Checker, HealthMonitor
+from lvs.keepalived_conf import KeepalivedConfError, KeepalivedConfig, parse_keepalived
+
+log = logging.getLogger("lvsd.health")
+
+MAX_PARALLEL = 256
+#: how long beyond its own timeout a probe may take before the runner gives up on it
+SAFETY_MARGIN = 5.0
+#: scripts (notify_up/down, quorum_up/down) get this long before SIGKILL
+SCRIPT_TIMEOUT = 30.0
+
+
+def read_keepalived(path: str) -> KeepalivedConfig:
+    """Read ``path`` and its includes (globs, relative to the including file's
+    directory, in sorted order, as keepalived resolves them)."""
+
+    def include(pattern: str, parent: str) -> list[tuple[str, str]]:
+        base = os.path.dirname(os.path.abspath(parent))
+        full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
+        out = []
+        for name in sorted(glob.glob(full)):
+            out.append((name, _read(name)))
+        return out
+
+    return parse_keepalived(_read(path), path, include)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise KeepalivedConfError(f"{path}: {exc.strerror}") from None
+
+
+class HealthRunner:
+    """The checkers of one keepalived.conf, run in lvsd's loop."""
+
+    def __init__(
+        self,
+        ipvs: Any,
+        now: Callable[[], float],
+        path: str,
+        on_change: Callable[[], None] = lambda: None,
+        max_parallel: int = MAX_PARALLEL,
+    ) -> None:
+        self.ipvs = ipvs
+        self.now = now
+        self.path = path
+        self.on_change = on_change
+        self.max_parallel = max_parallel
+        self.monitor: HealthMonitor | None = None
+        self.running: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.probes_run = 0
+        #: told each line the monitor logs (kind "log"/"warning", text): lvsd's event list
+        self.on_log: Callable[[str, str], None] | None = None
+        #: per checker (Checker.ident): [passed, failed, seconds the last probe took]
+        self.check_stats: dict[int, list[float]] = {}
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def load(self) -> None:
+        """Read the file and build the table (start-up).  Raises KeepalivedConfError."""
+        cfg = read_keepalived(self.path)
+        self._report(cfg)
+        self.monitor = HealthMonitor(self.ipvs, cfg.services, random.Random())
+        self.monitor.start(self.now())
+        self._drain()
+
+    def reload(self) -> list[str]:
+        """Re-read the file; keep the state of unchanged real servers.  A file
+        with errors changes nothing (KeepalivedConfError)."""
+        cfg = read_keepalived(self.path)
+        self._report(cfg)
+        now = self.now()
+        monitor = HealthMonitor(self.ipvs, cfg.services, random.Random())
+        if self.monitor is not None:
+            monitor.adopt(self.monitor, now)
+        else:
+            monitor.adopt(HealthMonitor(self.ipvs, []), now)
+        changes = apply_config(self.ipvs, Config(services=monitor.desired_table()), now)
+        monitor.resync_flags()
+        self.monitor = monitor
+        self._drain()
+        self._wake.set()
+        return changes
+
+    def _report(self, cfg: KeepalivedConfig) -> None:
+        for line in cfg.skipped:
+            log.info("%s", line)
+        for line in cfg.warnings:
+            log.warning("%s", line)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self.running):
+            task.cancel()
+        if self.running:
+            await asyncio.gather(*self.running, return_exceptions=True)
+
+    # -- the loop -----------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            monitor = self.monitor
+            wait = 1.0
+            if monitor is not None:
+                free = self.max_parallel - len(self.running)
+                if free > 0:
+                    for chk in monitor.due(self.now(), free):
+                        task = asyncio.create_task(self._probe(monitor, chk))
+                        self.running.add(task)
+                        task.add_done_callback(self.running.discard)
+                nxt = monitor.next_due()
+                if nxt is not None:
+                    wait = max(0.0, min(wait, nxt - self.now()))
+                if len(self.running) >= self.max_parallel:
+                    wait = 1.0  # woken when a probe finishes
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _probe(self, monitor: HealthMonitor, chk: Checker) -> None:
+        from checkers import Outcome, probe_for
+
+        limit = chk.connect_timeout
+        if chk.kind == "MISC_CHECK":
+            limit = float(chk.conf.options.get("misc_timeout") or chk.delay_loop) + 2.0
+        started = self.now()
+        try:
+            outcome = await asyncio.wait_for(probe_for(chk.kind)(chk), limit + SAFETY_MARGIN)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            outcome = Outcome(False, "probe did not finish in time")
+        except Exception as exc:  # a probe's own bug must not stop health checking
+            log.exception("%s probe of %s raised", chk.kind, chk.describe())
+            outcome = Outcome(False, f"probe error: {exc}")
+        self.probes_run += 1
+        stats = self.check_stats.setdefault(chk.ident, [0, 0, 0.0])
+        stats[0 if outcome.ok else 1] += 1
+        stats[2] = self.now() - started
+        if monitor is not self.monitor:
+            return  # reloaded meanwhile: the new monitor has its own schedule
+        monitor.result(chk, outcome.ok, outcome.reason, self.now(), outcome.exit_code)
+        self._drain()
+        self._wake.set()
+
+    def _drain(self) -> None:
+        monitor = self.monitor
+        if monitor is None or not monitor.outbox:
+            return
+        items, monitor.outbox = monitor.outbox, []
+        changed = False
+        for item in items:
+            if item.kind == "script":
+                task = asyncio.get_running_loop().create_task(run_script(item.text))
+                self.running.add(task)
+                task.add_done_callback(self.running.discard)
+            elif item.kind == "warning":
+                log.warning("%s", item.text)
+            else:
+                log.info("%s", item.text)
+                changed = True
+            if item.kind != "script" and self.on_log is not None:
+                self.on_log(item.kind, item.text)
+        if changed:
+            self.on_change()
+
+    # -- views ---------------------------------------------------------------------------------
+    def status(self) -> list[dict[str, Any]]:
+        return self.monitor.status() if self.monitor is not None else []
+
+    def annotate(self, services_json: dict[str, Any]) -> None:
+        """Add each real server's health to ``--json services``."""
+        from lvs.addr import parse_ip
+        from lvs.constants import AF_INET6
+        from lvs.model import ServiceKey
+
+        monitor = self.monitor
+        if monitor is None:
+            return
+        protos = {"tcp": 6, "udp": 17, "sctp": 132}
+        for svc in services_json.get("services", []):
+            af = AF_INET6 if svc.get("af") == "inet6" else 2
+            if svc.get("fwmark"):
+                key = ServiceKey(af, 0, 0, 0, int(svc["fwmark"]))
+            else:
+                key = ServiceKey(
+                    af, protos.get(svc.get("protocol") or "", 0), parse_ip(svc["address"])[1], svc["port"]
+                )
+            for dest in svc.get("destinations", []):
+                d_af, d_addr = parse_ip(dest["address"])
+                rs = monitor.find(key, d_af, d_addr, dest["port"])
+                dest["health"] = monitor.health_of(rs) if rs is not None else None
+            for vs in monitor.vss:
+                if key in vs.conf.keys:
+                    svc["health"] = {
+                        "quorum_up": vs.quorum_state_up,
+                        "real_servers": [
+                            {"server": r.describe(), **monitor.health_of(r)}
+                            for r in [*vs.rs, *([vs.sorry] if vs.sorry else [])]
+                        ],
+                    }
+
+
+async def run_script(command: str) -> None:
+    """Run a notify/quorum script (split as keepalived does, no shell)."""
+    try:
+        argv = shlex.split(command)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+        )
+    except (OSError, ValueError) as exc:
+        log.warning("cannot run script %s: %s", command, exc)
+        return
+    try:
+        status = await asyncio.wait_for(proc.wait(), SCRIPT_TIMEOUT)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        log.warning("script %s timed out and was killed", command)
+        return
+    if status:
+        log.info("script %s exited with status %d", command, status)

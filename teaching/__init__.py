@@ -1,0 +1,3 @@
+"""Teaching with pylvs: plots of simulated scenarios and the scheduler lab in
+the browser (``lvsadm lab``).  The pure halves (reports, explanations) are in
+``lvs/``; this package draws and serves them."""
