@@ -302,7 +302,10 @@ class TcpSession(asyncio.Protocol):
 
     def proxy_header(self) -> bytes:
         """The PROXY protocol header for the real server (empty: none wanted)."""
-        version = self.ctx.proxy_version(self.conn)
+        ctx = self.ctx
+        if not ctx.proxy_protocol:  # the common case, per connection: no call
+            return b""
+        version = ctx.proxy_version(self.conn)
         flow = self.flow
         if not version or flow is None:
             return b""
