@@ -167,15 +167,15 @@ class Daemon:
         }
 
     def json_view(self, what: str) -> Any:
-        from lvs.ipvsadm import listing
+        from lvs import json_views
 
         if what == "services":
-            data = listing.services_json(self.ipvs, self.now())
+            data = json_views.services_json(self.ipvs, self.now())
             if self.health is not None:
                 self.health.annotate(data)
             return data
         if what == "conns":
-            return listing.conns_json(self.ipvs, self.now())
+            return json_views.conns_json(self.ipvs, self.now())
         if what == "timeouts":
             tcp, tcpfin, udp = self.ipvs.get_timeouts()
             return {"tcp": tcp, "tcpfin": tcpfin, "udp": udp}
