@@ -22,6 +22,7 @@ OPS = (
     "proc",  # name: ip_vs|ip_vs_conn|ip_vs_conn_sync|ip_vs_stats -> text
     "reload",  # re-read the YAML config and apply the difference
     "sysctl",  # name, value? -> value
+    "drain",  # service (argv), server, timeout? -> progress; or status: true -> progress of that drain
     "ping",
 )
 

@@ -9,8 +9,12 @@ tables and sends back what ipvsadm would print.  pylvs extras:
 * ``lvsadm --json [services|conns|timeouts|daemons|sysctl]``: listings as
   JSON, for scripts (services carry their real servers, counters and rates);
 * ``lvsadm --proc ip_vs|ip_vs_conn|ip_vs_conn_sync|ip_vs_stats``: the kernel's /proc views;
-* ``lvsadm --status``, ``lvsadm --reload``;
+* ``lvsadm --status`` (with each checked real server's health under
+  ``lvsd --keepalived-conf``), ``lvsadm --reload``;
 * ``lvsadm --sysctl NAME [VALUE]``: read or set a net.ipv4.vs sysctl of lvsd's table;
+* ``lvsadm --drain -t|-u|-f SERVICE -r SERVER [--timeout S]``: weight 0 at
+  once, the server deleted when its active connections reach 0 or at the
+  timeout, progress printed;
 * ``--no-autostart`` (or ``LVSADM_NO_AUTOSTART=1``): never start lvsd.
 """
 
@@ -65,6 +69,8 @@ def _extras(argv: list[str], client: Client) -> int | None:
             print(f"sync counters: {json.dumps(sync['counters'], sort_keys=True)}")
         print_health(data.get("health"))
         return 0
+    if head == "--drain":
+        return drain(argv[1:], client)
     if head == "--sysctl":
         # lvsadm --sysctl NAME [VALUE]: net.ipv4.vs.NAME of lvsd's table
         if len(argv) < 2:
@@ -87,6 +93,73 @@ def _extras(argv: list[str], client: Client) -> int | None:
         print(f"reloaded: {reply.get('changes')}")
         return 0
     return None
+
+
+DRAIN_USAGE = "usage: lvsadm --drain -t|-u|-f SERVICE -r SERVER [--timeout SECONDS]"
+
+
+def drain(args: list[str], client: Client) -> int:
+    """``--drain``: weight 0 at once, the server deleted when its active
+    connections reach 0 or at the timeout (default 300 s); lvsd does the
+    work (it goes on if lvsadm is interrupted), lvsadm prints the progress."""
+    import time
+
+    service: list[str] = []
+    server = ""
+    timeout: float | None = None
+    i = 0
+    while i < len(args):
+        opt = args[i]
+        val = args[i + 1] if i + 1 < len(args) else None
+        if val is None:
+            print(DRAIN_USAGE, file=sys.stderr)
+            return 2
+        if opt in ("-t", "-u", "-f", "--tcp-service", "--udp-service", "--fwmark-service", "--sctp-service"):
+            service = [opt, val]
+        elif opt in ("-r", "--real-server"):
+            server = val
+        elif opt == "--timeout":
+            try:
+                timeout = float(val)
+            except ValueError:
+                print(f"lvsadm: --timeout {val}: not a number of seconds", file=sys.stderr)
+                return 2
+        else:
+            print(DRAIN_USAGE, file=sys.stderr)
+            return 2
+        i += 2
+    if not service or not server:
+        print(DRAIN_USAGE, file=sys.stderr)
+        return 2
+    extra = {} if timeout is None else {"timeout": timeout}
+    reply = client.call("drain", service=service, server=server, **extra)
+    if not reply.get("ok", True):
+        print(f"lvsadm: {reply.get('error')}", file=sys.stderr)
+        return 1
+    last = None
+    while True:
+        p = reply["progress"]
+        line = (
+            f"{server}: {p['state']}, weight 0, {p['active']} active / {p['inactive']} inactive connections,"
+            f" {p['elapsed']:g} s elapsed, {p['left']:g} s left"
+        )
+        if p["state"] != "draining":
+            done = {
+                "deleted": "deleted: no active connections left",
+                "timeout": f"deleted at the timeout with {p['active']} active connections",
+                "gone": "already gone from the table",
+            }[p["state"]]
+            print(f"{server}: {done} after {p['elapsed']:g} s", flush=True)
+            return 0
+        key = (p["active"], p["inactive"], int(p["left"]) // 10)
+        if key != last:
+            print(line, flush=True)
+            last = key
+        time.sleep(0.5)
+        reply = client.call("drain", service=service, server=server, status=True)
+        if not reply.get("ok", True):
+            print(f"lvsadm: {reply.get('error')}", file=sys.stderr)
+            return 1
 
 
 def print_health(health: list[dict] | None) -> None:
