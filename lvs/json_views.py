@@ -26,8 +26,9 @@ from .constants import (
     SVC_F_PERSISTENT,
     TUN_TYPE_NAMES,
 )
-from .ipvsadm.listing import cmp_dests, merge_sort, ordered_services, sched_flag_names
+from .ipvsadm.listing import ordered_services, sched_flag_names
 from .ipvsadm.proc import proto_name, remaining_seconds, table_conns
+from .ipvsadm.sort import sort_dests
 
 if TYPE_CHECKING:
     from .model import Dest, Service
@@ -87,7 +88,7 @@ def service_json(svc: Service) -> dict[str, Any]:
         netmask: Any = svc.netmask
     else:
         netmask = format_ip(AF_INET, svc.netmask & 0xFFFFFFFF)
-    dests = merge_sort(list(svc.destinations), cmp_dests)
+    dests = sort_dests(svc.destinations)
     return {
         "af": _af_name(svc.af),
         "protocol": None if svc.fwmark else PROTO_NAMES.get(svc.protocol, "?").lower(),
