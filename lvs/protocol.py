@@ -21,7 +21,8 @@ OPS = (
     "json",  # what: services|conns|stats -> data
     "proc",  # name: ip_vs|ip_vs_conn|ip_vs_stats -> text
     "reload",  # re-read the YAML config and apply the difference
-    "sysctl",  # name, value? -> value
+    "sysctl",  # name, value? -> value, text (as /proc/sys shows it)
+    "shutdown",  # -> pid; lvsd then stops as on SIGTERM
     "ping",
 )
 
