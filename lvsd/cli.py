@@ -126,10 +126,12 @@ def _sysctl(args: list[str], client: Client) -> int:
         key = key.strip().replace("/", ".")
         name = key[len(SYSCTL_PREFIX) :] if key.startswith(SYSCTL_PREFIX) else key
         full = SYSCTL_PREFIX + name
-        reply = client.call("sysctl", name=name, **({"value": value.strip()} if eq else {}))
+        reply = client.call("sysctl", name=name)  # an unknown key is "cannot stat", set or read
+        if eq and reply.get("ok", True):
+            reply = client.call("sysctl", name=name, value=value.strip())
         if reply.get("ok", True):
             print(f"{full} = {reply['text']}")
-        elif reply.get("unknown"):
+        elif str(reply.get("error", "")).startswith("unknown sysctl"):
             path = "/proc/sys/" + full.replace(".", "/")
             print(f"sysctl: cannot stat {path}: No such file or directory", file=sys.stderr)
             rc = 255
@@ -209,10 +211,12 @@ def _unknown_option(argv: list[str]) -> str | None:
 
     if not argv or not argv[0].startswith("-") or argv[0] == "-":
         return None
+    popt = grammar._Popt(list(argv))
     try:
-        grammar._Popt([argv[0]]).next_opt()
-    except grammar._PoptError:
-        return argv[0].split("=", 1)[0]
+        popt.next_opt()
+    except grammar._PoptError as exc:
+        if exc.code == grammar._POPT_BADOPT:
+            return popt.bad_option().split("=", 1)[0]
     return None
 
 

@@ -222,7 +222,7 @@ class Daemon:
         name = str(args.get("name", ""))
         sysctls = self.ipvs.sysctl
         if name not in sysctls.names():
-            return {"ok": False, "error": f"unknown sysctl {name}", "unknown": True}
+            return {"ok": False, "error": f"{'bad' if 'value' in args else 'unknown'} sysctl {name}"}
         if "value" in args:
             try:
                 sysctls.set(name, str(args["value"]))
