@@ -63,7 +63,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from schedulers import SCHEDULER_NAMES  # noqa: E402
+from lvs.sched import SCHEDULER_NAMES  # noqa: E402
 
 PY = sys.executable
 Completed = subprocess.CompletedProcess[bytes]

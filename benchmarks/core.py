@@ -61,7 +61,7 @@ from lvs.constants import AF_INET, CONN_F_MASQ, IPPROTO_IP, IPPROTO_TCP, IPPROTO
 from lvs.core import Director  # noqa: E402
 from lvs.ctl import IPVS, DestSpec, ServiceSpec  # noqa: E402
 from lvs.model import Flow, ServiceKey  # noqa: E402
-from schedulers import SCHEDULER_NAMES, get_scheduler  # noqa: E402
+from lvs.sched import SCHEDULER_NAMES, get_scheduler  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 HEADING = "## Core (benchmarks/core.py)"

@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lvs.constants import AF_INET, IPPROTO_TCP
-from lvs.model import Dest, Service, ServiceKey
-from schedulers import SchedContext, get_scheduler
+from lvs.model import Dest, SchedContext, Service, ServiceKey
+from lvs.sched import get_scheduler
 
 NAMES = ("rr", "wrr", "lc", "wlc", "sed", "nq", "fo", "ovf", "twos")
 WEIGHTS: dict[str, Callable[[int], int]] = {

@@ -1,5 +1,5 @@
 """MISC_CHECK (check_misc.c): run ``misc_path`` (split into arguments as
-keepalived does, no shell) in its own process group.  Exit 0: up; exit 1:
+keepalived does: quotes and backslash escapes, no shell) in its own process group.  Exit 0: up; exit 1:
 down; 2-255: down, or with ``misc_dynamic`` up with weight status - 2 (the
 policy applies that).  A script still running at ``misc_timeout`` (default:
 the delay loop) gets SIGTERM, and SIGKILL two seconds later; that attempt
@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shlex
 import signal
 from typing import Any
+
+from lvs.keepalived_conf import split_command
 
 from .base import Outcome
 
@@ -26,10 +27,9 @@ def _kill_group(pid: int, sig: int) -> None:
 
 async def probe(chk: Any) -> Outcome:
     opts = chk.conf.options
-    try:
-        argv = shlex.split(opts["misc_path"])
-    except ValueError as exc:
-        return Outcome(False, f"misc_path cannot be split: {exc}")
+    argv = split_command(opts["misc_path"])
+    if not argv:
+        return Outcome(False, "misc_path is empty or has an unterminated quote")
     timeout = opts.get("misc_timeout") or chk.delay_loop
     try:
         proc = await asyncio.create_subprocess_exec(

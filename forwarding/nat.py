@@ -310,7 +310,7 @@ class NatPlane(NatServices):
         timeout = director.ipvs.timeouts.udp
         for addr, f in list(front.flows.items()):
             cp = f.conn
-            if flush and f.flush(director):
+            if flush and f.flush(director, now):
                 refresh(cp, now)
             if not cp.hashed:
                 f.close()

@@ -7,10 +7,10 @@ between the core's integer addresses and their text."""
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 from typing import Any
 
+from lvs.addr import format_ip, inet_pton
 from lvs.constants import AF_INET6, IPPROTO_UDP
 from lvs.core import Director
 from lvs.model import ServiceKey
@@ -27,13 +27,15 @@ def ip_int(af: int, host: str) -> int:
         if len(_ipcache) > 65536:
             _ipcache.clear()
         text = host.split("%", 1)[0]
-        v = _ipcache[host] = int.from_bytes(socket.inet_pton(af, text), "big")
+        value = inet_pton(af, text)
+        if value is None:
+            raise OSError(f"illegal IP address string passed to inet_pton: {text!r}")
+        v = _ipcache[host] = value
     return v
 
 
-def ip_text(af: int, value: int) -> str:
-    """The core's integer address as text."""
-    return socket.inet_ntop(af, value.to_bytes(16 if af == AF_INET6 else 4, "big"))
+#: the core's integer address as text
+ip_text = format_ip
 
 
 def endpoint(af: int, host: str, port: int) -> str:

@@ -116,7 +116,9 @@ class UdpFlow(asyncio.DatagramProtocol):
             self.transport.close()
             self.transport = None
 
-    def flush(self, director: Director) -> bool:
+    def flush(self, director: Director, now: float | None = None) -> bool:
+        """Hand the batched counters to the core (with ``now``: the client
+        datagrams count toward the entry's sync threshold too)."""
         if not (self.in_packets or self.out_packets):
             return False
         conn = self.conn
@@ -131,7 +133,7 @@ class UdpFlow(asyncio.DatagramProtocol):
                 self.dest, self.in_bytes, self.out_bytes, self.in_packets, self.out_packets
             )
         else:
-            director.add_bytes(conn, self.in_bytes, self.out_bytes, self.in_packets, self.out_packets)
+            director.add_bytes(conn, self.in_bytes, self.out_bytes, self.in_packets, self.out_packets, now)
         self.in_bytes = self.out_bytes = self.in_packets = self.out_packets = 0
         return True
 

@@ -25,6 +25,21 @@ no sockets.  Format (every key optional unless marked)::
             upper: 0              # -x
             lower: 0              # -y
             tunnel: {type: gue, port: 6080, csum: csum}   # ipip|gue|gre, csum|nocsum|remcsum
+            health: {inhibit_on_failure: true, notify_down: /usr/local/bin/down}
+            checks:               # keepalived's checkers, with keepalived's option names
+              - HTTP_GET:
+                  url: [{path: /healthz, status_code: 200-299}]
+                  connect_timeout: 1
+              - TCP_CHECK: {connect_port: 8081}
+        health:                   # keepalived's virtual_server options
+          delay_loop: 1
+          quorum: 2
+          sorry_server: 10.1.0.9:8080
+
+A service with ``health`` or a real server with ``checks`` is run by the
+health checker exactly as the same keepalived.conf would be (the mapping
+becomes keepalived's blocks: :mod:`lvs.keepalived_conf` reads them, with
+keepalived's defaults and words); the others go into the table as written.
 """
 
 from __future__ import annotations
@@ -34,9 +49,7 @@ from typing import Any
 
 import yaml
 
-from schedulers import get_scheduler
-
-from .addr import parse_ip, v4_mask_from_text
+from .addr import format_ip, parse_ip, v4_mask_from_text
 from .constants import (
     AF_INET,
     AF_INET6,
@@ -64,7 +77,10 @@ from .constants import (
 )
 from .ctl import IPVS, KNOWN_PE, DestSpec, ServiceSpec
 from .errors import IPVSError
+from .health import VirtualServerConf
+from .keepalived_conf import KeepalivedConfError, Node, health_from_nodes
 from .model import ServiceKey
+from .sched import get_scheduler
 from .sysctl import Sysctls
 
 METHODS = {
@@ -91,6 +107,9 @@ class Config:
     services: list[tuple[ServiceSpec, list[DestSpec]]] = field(default_factory=list)
     sysctl: dict[str, int] = field(default_factory=dict)
     timeouts: tuple[int, int, int] | None = None
+    #: services whose real servers the health checker adds and removes
+    health: list[VirtualServerConf] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 class _Node:
@@ -204,8 +223,107 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         if spec.key in seen:
             raise ctx.fail(node.line, where, "service listed twice")
         seen.add(spec.key)
-        cfg.services.append((spec, dests))
+        rs_list = node.data.get("realservers") or []
+        if "health" in node.data or any(isinstance(r, _Node) and "checks" in r.data for r in rs_list):
+            cfg.health.append(_health(ctx, node, spec, dests, cfg.warnings))
+        else:
+            cfg.services.append((spec, dests))
     return cfg
+
+
+_FWD_WORDS = {CONN_F_MASQ: "NAT", CONN_F_DROUTE: "DR", CONN_F_TUNNEL: "TUN"}
+_TUN_WORDS = {TUN_TYPE_IPIP: "ipip", TUN_TYPE_GUE: "gue", TUN_TYPE_GRE: "gre"}
+_CSUM_WORDS = {TUN_F_NOCSUM: "nocsum", TUN_F_CSUM: "csum", TUN_F_REMCSUM: "remcsum"}
+_FLAG_WORDS = {SVC_F_SCHED1: "flag-1", SVC_F_SCHED2: "flag-2", SVC_F_SCHED3: "flag-3"}
+
+
+def _yaml_nodes(ctx: _Ctx, node: _Node) -> list[Node]:
+    """A YAML mapping as keepalived statements: ``key: value`` is ``key
+    value``, ``key: true`` a bare keyword, a mapping a block, a list of
+    mappings one block per item, ``sorry_server: ADDR:PORT`` two words."""
+    out: list[Node] = []
+    for key, value in node.data.items():
+        line = node.lines[key]
+        if isinstance(value, _Node):
+            out.append(Node(key, [], ctx.path, line, _yaml_nodes(ctx, value)))
+        elif isinstance(value, list) and value and all(isinstance(v, _Node) for v in value):
+            out.extend(Node(key, [], ctx.path, v.line, _yaml_nodes(ctx, v)) for v in value)
+        elif isinstance(value, list):
+            out.append(Node(key, [str(v) for v in value], ctx.path, line))
+        elif value is True:
+            out.append(Node(key, [], ctx.path, line))
+        elif value is False or value is None:
+            continue
+        elif key == "sorry_server":
+            af, addr, port = _endpoint(ctx, value, line, key)
+            out.append(Node(key, [format_ip(af, addr), str(port)], ctx.path, line))
+        else:
+            out.append(Node(key, [str(value)], ctx.path, line))
+    return out
+
+
+def _health(
+    ctx: _Ctx, node: _Node, spec: ServiceSpec, dests: list[DestSpec], warnings: list[str]
+) -> VirtualServerConf:
+    """A YAML service with checks, as keepalived's virtual_server block."""
+    key = spec.key
+    line = node.line
+    head = ["fwmark", str(key.fwmark)] if key.fwmark else [format_ip(key.af, key.addr), str(key.port)]
+    body = [Node("lb_algo", [spec.sched_name], ctx.path, line)]
+    if key.fwmark:
+        body.append(Node("ip_family", ["inet6" if key.af == AF_INET6 else "inet"], ctx.path, line))
+    else:
+        body.append(Node("protocol", [{IPPROTO_TCP: "TCP", IPPROTO_UDP: "UDP"}.get(key.protocol, "SCTP")],
+                         ctx.path, line))  # fmt: skip
+    if spec.flags & SVC_F_PERSISTENT:
+        body.append(Node("persistence_timeout", [str(spec.timeout)], ctx.path, line))
+    if spec.netmask is not None:
+        mask = str(spec.netmask) if key.af == AF_INET6 else format_ip(AF_INET, spec.netmask)
+        body.append(Node("persistence_granularity", [mask], ctx.path, line))
+    if spec.flags & SVC_F_ONEPACKET:
+        body.append(Node("ops", [], ctx.path, line))
+    body.extend(Node(word, [], ctx.path, line) for bit, word in _FLAG_WORDS.items() if spec.flags & bit)
+    if spec.pe_name:
+        body.append(Node("persistence_engine", [spec.pe_name], ctx.path, line))
+    health = node.data.get("health")
+    if health is not None:
+        if not isinstance(health, _Node):
+            raise ctx.fail(
+                node.lines["health"], "health", "must be a mapping of keepalived virtual_server options"
+            )
+        body.extend(_yaml_nodes(ctx, health))
+    for rs, dest in zip(node.data.get("realservers") or [], dests, strict=True):
+        rs_body = [Node("weight", [str(dest.weight)], ctx.path, rs.line)]
+        method = [_FWD_WORDS[dest.fwd & CONN_F_FWD_MASK]]
+        if dest.fwd & CONN_F_FWD_MASK == CONN_F_TUNNEL:
+            method += ["type", _TUN_WORDS[dest.tun_type]]
+            if dest.tun_type == TUN_TYPE_GUE:
+                method += ["port", str(dest.tun_port)]
+            if dest.tun_type != TUN_TYPE_IPIP:
+                method.append(_CSUM_WORDS[dest.tun_flags])
+        rs_body.append(Node("lvs_method", method, ctx.path, rs.line))
+        if dest.u_threshold:
+            rs_body.append(Node("uthreshold", [str(dest.u_threshold)], ctx.path, rs.line))
+        if dest.l_threshold:
+            rs_body.append(Node("lthreshold", [str(dest.l_threshold)], ctx.path, rs.line))
+        for extra in ("health", "checks"):
+            value = rs.data.get(extra)
+            if value is None:
+                continue
+            if extra == "health" and isinstance(value, _Node):
+                rs_body.extend(_yaml_nodes(ctx, value))
+            elif extra == "checks" and isinstance(value, list) and all(isinstance(c, _Node) for c in value):
+                for check in value:
+                    rs_body.extend(_yaml_nodes(ctx, check))
+            else:
+                what = "a mapping" if extra == "health" else "a list of {CHECKER: {options}}"
+                raise ctx.fail(rs.lines[extra], extra, f"must be {what}")
+        rs_head = [format_ip(dest.af, dest.addr), str(dest.port)]
+        body.append(Node("real_server", rs_head, ctx.path, rs.line, rs_body))
+    try:
+        return health_from_nodes(Node("virtual_server", head, ctx.path, line, body), warnings)
+    except KeepalivedConfError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _service(ctx: _Ctx, node: _Node, where: str) -> tuple[ServiceSpec, list[DestSpec]]:
@@ -213,7 +331,7 @@ def _service(ctx: _Ctx, node: _Node, where: str) -> tuple[ServiceSpec, list[Dest
         ctx,
         node,
         {"tcp", "udp", "sctp", "fwmark", "af", "scheduler", "persistent", "netmask", "flags", "ops", "pe",
-         "realservers"},
+         "realservers", "health"},
         where,
     )  # fmt: skip
     kinds = [k for k in ("tcp", "udp", "sctp", "fwmark") if k in node.data]
@@ -281,7 +399,9 @@ def _service(ctx: _Ctx, node: _Node, where: str) -> tuple[ServiceSpec, list[Dest
 def _dest(ctx: _Ctx, rs: Any, where: str, key: ServiceKey, parent: _Node) -> DestSpec:
     if not isinstance(rs, _Node):
         raise ctx.fail(parent.lines["realservers"], where, "must be a mapping")
-    _check_keys(ctx, rs, {"address", "method", "weight", "upper", "lower", "tunnel"}, where)
+    _check_keys(
+        ctx, rs, {"address", "method", "weight", "upper", "lower", "tunnel", "health", "checks"}, where
+    )
     if "address" not in rs.data:
         raise ctx.fail(rs.line, where, "address is required")
     af, addr, port = _endpoint(ctx, rs.data["address"], rs.lines["address"], f"{where}.address")
@@ -347,8 +467,10 @@ def apply_config(ipvs: IPVS, cfg: Config, now: float) -> list[str]:
         ipvs.set_timeouts(*cfg.timeouts)
         changes.append("timeouts {} {} {}".format(*cfg.timeouts))
     wanted = {spec.key: (spec, dests) for spec, dests in cfg.services}
+    #: the health checker's services: it makes them and their real servers
+    checked = {key for vs in cfg.health for key in vs.keys}
     try:
-        for key in [k for k in ipvs.services if k not in wanted]:
+        for key in [k for k in ipvs.services if k not in wanted and k not in checked]:
             ipvs.del_service(key, now)
             changes.append(f"delete service {key.describe()}")
         for key, (spec, dests) in wanted.items():

@@ -3,10 +3,9 @@ and include/net/ip_vs.h, spelled the way the rest of pylvs uses them."""
 
 from __future__ import annotations
 
-import socket
-
-AF_INET = socket.AF_INET
-AF_INET6 = socket.AF_INET6
+#: Linux's address family numbers (include/linux/socket.h)
+AF_INET = 2
+AF_INET6 = 10
 
 IPPROTO_IP = 0
 IPPROTO_TCP = 6

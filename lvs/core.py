@@ -82,6 +82,7 @@ class Director:
         self.ipvs = ipvs or IPVS()
         self.conns = ConnTable(table_seed)
         self.ipvs.conns = self.conns
+        self.ipvs.nodest_flush = self.expire_nodest_conns
         self._next_estimate = 0.0
         self._next_sched_tick = 0.0
         #: the sync daemon's master side (lvs.sync.SyncMaster) while one runs
@@ -319,6 +320,33 @@ class Director:
             cp.control = None
         self._unbind(cp)
         return True
+
+    def conn_del(self, cp: Conn, now: float) -> None:
+        """``ip_vs_conn_del``: expire a hashed entry now; an entry that has a
+        controller drops it too when it was its last and the controller is
+        a connection or a template not yet ASSURED (the ``timeout = 0``
+        chain of ``ip_vs_conn_expire``)."""
+        if not cp.hashed:
+            return
+        ct = cp.control
+        if not self.expire(cp, now) or ct is None:
+            return
+        if not ct.n_control and (not ct.flags & CONN_F_TEMPLATE or not ct.state & CTPL_S_ASSURED):
+            self.conn_del(ct, now)
+
+    def expire_nodest_conns(self, now: float) -> None:
+        """``ip_vs_expire_nodest_conn_flush``, the work a real server's deletion
+        queues when ``expire_nodest_conn`` is set: every entry whose server is
+        no longer available and that controls nothing is deleted, and so is
+        its controller once it controls nothing more."""
+        for cp in list(self.conns):
+            dest = cp.dest
+            if dest is None or dest.flags & DEST_F_AVAILABLE or cp.n_control or not cp.hashed:
+                continue
+            ct = cp.control
+            self.conn_del(cp, now)
+            if ct is not None and not ct.n_control:
+                self.conn_del(ct, now)
 
     def expire_now(self, cp: Conn, now: float) -> None:
         """``ip_vs_conn_expire_now``: let the timer fire at once."""
@@ -609,20 +637,27 @@ class Director:
         self._count(cp, packets, nbytes, 0, 0)
         timeouts = self.ipvs.timeouts
         cp.timeout = timeouts.tcp[cp.state] if cp.protocol == IPPROTO_TCP else timeouts.udp
-        before = cp.in_pkts
         cp.in_pkts += packets
         self._put(cp, now)
+        if self.sync is not None:
+            self._sync_batch(cp, packets, now)
+
+    def _sync_batch(self, cp: Conn, packets: int, now: float) -> None:
+        """``packets`` client packets of ``cp`` counted at once (already in
+        ``in_pkts``): offer the entry to the sync master with the count at
+        which the kernel, seeing them one by one, would have sent it, if one
+        lies in the batch."""
         sync = self.sync
-        if sync is not None:
-            # the packets counted at once: offer the entry with the count at
-            # which the kernel would have sent it, if one lies in the batch
-            period, threshold = sync.params.period, sync.params.threshold
-            pkts = cp.in_pkts
-            if period > 0 and packets > 1:
-                hit = before + ((threshold - before - 1) % period) + 1
-                if hit <= pkts:
-                    pkts = hit
-            sync.sync_conn(cp, pkts, now)
+        if sync is None or packets <= 0:
+            return
+        period, threshold = sync.params.period, sync.params.threshold
+        pkts = cp.in_pkts
+        if period > 0 and packets > 1:
+            before = pkts - packets
+            hit = before + ((threshold - before - 1) % period) + 1
+            if hit <= pkts:
+                pkts = hit
+        sync.sync_conn(cp, pkts, now)
 
     def refresh(self, cp: Conn, now: float) -> bool:
         """Traffic of ``cp`` relayed since the last call (a forwarder that
@@ -783,11 +818,24 @@ class Director:
         self._count(cp, 0, 0, 1, length)
 
     def add_bytes(
-        self, cp: Conn, inbytes: int = 0, outbytes: int = 0, inpkts: int = 0, outpkts: int = 0
+        self,
+        cp: Conn,
+        inbytes: int = 0,
+        outbytes: int = 0,
+        inpkts: int = 0,
+        outpkts: int = 0,
+        now: float | None = None,
     ) -> None:
         """Count traffic a forwarder moved without per-packet calls (the NAT
-        proxy relays byte streams, not packets)."""
+        proxy relays byte streams, not packets).  With ``now`` the client
+        packets also count in ``in_pkts`` as the kernel's per-packet path
+        counts them, and a sync master hears of them (the UDP proxy's
+        datagrams after the first)."""
         self._count(cp, inpkts, inbytes, outpkts, outbytes)
+        if now is not None and inpkts > 0:
+            cp.in_pkts += inpkts
+            if self.sync is not None:
+                self._sync_batch(cp, inpkts, now)
 
     def add_bytes_unbound(self, dest: Dest, inbytes: int, outbytes: int, inpkts: int, outpkts: int) -> None:
         """Traffic a forwarder batched for an entry that has meanwhile been

@@ -227,6 +227,8 @@ class RsState:
     last_failure: str = ""
     failed_checker: str = ""
     sorry: bool = False
+    #: handed to the operator (``lvsadm --drain``): checks go on, the table is left alone
+    released: bool = False
 
     def describe(self) -> str:
         proto = self.vs.conf.keys[0].protocol if self.vs.conf.keys else 0
@@ -342,6 +344,8 @@ class HealthMonitor:
         """ipvswrapper.c ipvs_cmd for a real server: a delete of an inhibited
         server is an edit to weight 0, an add of an inhibited server already
         in the table an edit back to its weight.  False if the table refused."""
+        if rs.released:
+            return True
         weight = real_weight(rs.effective_weight)
         if cmd == "del" and rs.inhibit:
             cmd, weight = "edit", 0
@@ -552,7 +556,7 @@ class HealthMonitor:
             f" of VS {vs.conf.name}"
         )
         sorry_in = vs.sorry is not None and vs.sorry.alive
-        if rs.set and rs.alive and (vs.quorum_state_up or not sorry_in):
+        if rs.set and rs.alive and not rs.released and (vs.quorum_state_up or not sorry_in):
             for key in vs.conf.keys:
                 try:
                     self.ipvs.edit_dest(key, self._dest_spec(vs, rs, key, new), now)
@@ -621,6 +625,14 @@ class HealthMonitor:
                     return rs
         return None
 
+    def release(self, key: ServiceKey, af: int, addr: int, port: int) -> bool:
+        """Stop changing the table for this real server (it is being drained)."""
+        rs = self.find(key, af, addr, port)
+        if rs is None:
+            return False
+        rs.released = True
+        return True
+
     def health_of(self, rs: RsState) -> dict[str, Any]:
         """What ``lvsadm --status`` and ``--json services`` show for a real server."""
         if rs.sorry:
@@ -654,6 +666,7 @@ class HealthMonitor:
         the new configuration still has, so they are neither re-added nor
         re-checked from scratch (check_daemon.c reload, migrate_checkers)."""
         old_vs = {tuple(v.conf.keys): v for v in old.vss}
+        adopted: set[int] = set()
         for vs in self.vss:
             prev = old_vs.get(tuple(vs.conf.keys))
             if prev is None:
@@ -664,6 +677,7 @@ class HealthMonitor:
                 p = by_ident.get(rs.conf.ident())
                 if p is None:
                     continue
+                adopted.add(id(rs))
                 rs.alive, rs.set, rs.since = p.alive, p.set, p.since
                 rs.last_failure, rs.failed_checker = p.last_failure, p.failed_checker
                 pchk = {(c.kind, c.af, c.host, c.port): c for c in p.checkers}
@@ -687,6 +701,22 @@ class HealthMonitor:
                     prev.sorry.set,
                     prev.sorry.since,
                 )
+        # new real servers start as at start-up: in the pool unless alpha (init_service_rs)
+        for vs in self.vss:
+            fresh_vs = tuple(vs.conf.keys) not in old_vs
+            for rs in vs.rs:
+                if id(rs) in adopted:
+                    continue
+                for chk in rs.checkers:
+                    if chk.alpha:
+                        self._set_checker_state(chk, False)
+                    chk.retry_it = chk.retry
+                rs.alive = rs.num_failed_checkers == 0
+                rs.since = now
+            if fresh_vs:
+                vs.quorum_state_up = self._weigh_live(vs) >= vs.quorum + vs.hysteresis
+                if not vs.quorum_state_up and vs.sorry is not None:
+                    vs.sorry.alive, vs.sorry.since = True, now
         scheduled = {c.ident for c in self.checkers if c.due}
         for chk in self.checkers:
             if chk.ident not in scheduled:
@@ -703,6 +733,8 @@ class HealthMonitor:
             for spec in self.service_specs(vs):
                 dests = []
                 for rs in vs.rs:
+                    if rs.released:
+                        continue
                     in_pool = rs.alive and (vs.quorum_state_up or not sorry_in)
                     if in_pool:
                         dests.append(self._dest_spec(vs, rs, spec.key, real_weight(rs.effective_weight)))

@@ -24,8 +24,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from schedulers import get_scheduler
-
 from .addr import parse_ip, v4_mask_from_text
 from .constants import (
     AF_INET,
@@ -52,6 +50,7 @@ from .constants import (
 )
 from .health import CHECKER_KINDS, CheckerConf, RealServerConf, VirtualServerConf, fmt_vs
 from .model import ServiceKey
+from .sched import get_scheduler
 
 #: (pattern, the including file) -> [(path, text), ...] in glob order
 Includer = Callable[[str, str], list[tuple[str, str]]]
@@ -241,9 +240,75 @@ def _bool(node: Node) -> bool:
 
 
 def _script(node: Node) -> str:
+    """A script keyword's command: its first word (quoted when it has
+    spaces); :func:`split_command` makes the argument list, as keepalived's
+    set_script_params_array does."""
     if not node.args:
         raise _fail(node, f"{node.keyword} needs a script")
-    return " ".join(node.args)
+    if split_command(node.args[0]) is None:
+        raise _fail(node, f"String '{node.args[0]}': missing terminating quote")
+    return node.args[0]
+
+
+_ESCAPES = {"a": "\a", "b": "\b", "E": "\x1b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def split_command(text: str) -> list[str] | None:
+    """keepalived's alloc_strvec_quoted_escaped: words split on white space,
+    ``'`` and ``"`` quote (and are removed), backslash escapes (``\\xHH``,
+    ``\\cX``, octal, ``\\n`` and the like, else the character itself).
+    None for an unterminated quote or a trailing backslash."""
+    words: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i] in " \t\f\n\r\v":
+            i += 1
+        if i >= n:
+            return words
+        word: list[str] = []
+        quote = ""
+        while i < n:
+            ch = text[i]
+            if ch == "\\":
+                i += 1
+                if i >= n:
+                    return None
+                ch = text[i]
+                if ch == "x" and i + 1 < n and text[i + 1] in "0123456789abcdefABCDEF":
+                    j = i + 1
+                    while j < n and text[j] in "0123456789abcdefABCDEF":
+                        j += 1
+                    word.append(chr(int(text[i + 1 : j], 16) & 0xFF))
+                    i = j
+                elif ch == "c" and i + 1 < n:
+                    word.append(chr(ord(text[i + 1]) & 0x1F))
+                    i += 2
+                elif ch in "01234567":
+                    j = i
+                    while j < n and j < i + 3 and text[j] in "01234567":
+                        j += 1
+                    word.append(chr(int(text[i:j], 8) & 0xFF))
+                    i = j
+                else:
+                    word.append(_ESCAPES[ch].encode().decode("unicode_escape") if ch in _ESCAPES else ch)
+                    i += 1
+            elif quote:
+                if ch == quote:
+                    quote = ""
+                else:
+                    word.append(ch)
+                i += 1
+            elif ch in "'\"":
+                quote = ch
+                i += 1
+            elif ch in " \t\f\n\r\v":
+                break
+            else:
+                word.append(ch)
+                i += 1
+        if quote:
+            return None
+        words.append("".join(word))
 
 
 def _ip(node: Node, text: str) -> tuple[int, int]:
@@ -304,6 +369,15 @@ def parse_keepalived(
             seen[key] = vs.where
     cfg.warnings = ctx.warnings
     return cfg
+
+
+def health_from_nodes(node: Node, warnings: list[str]) -> VirtualServerConf:
+    """One ``virtual_server`` statement tree (as lvsd's YAML config builds it)
+    read with keepalived's rules; warnings are appended to ``warnings``."""
+    ctx = _Ctx()
+    vs = _vs(ctx, node)
+    warnings.extend(ctx.warnings)
+    return vs
 
 
 def _vsg(ctx: _Ctx, node: Node) -> None:
@@ -443,11 +517,11 @@ def _vs(ctx: _Ctx, node: Node) -> VirtualServerConf:
         elif kw == "warmup":
             vs.warmup = _timer(child)
         elif kw == "inhibit_on_failure":
-            vs.inhibit = _bool(child)
+            vs.inhibit = True  # at this level keepalived takes no argument
         elif kw == "alpha":
-            vs.alpha = _bool(child)
+            vs.alpha = True
         elif kw == "omega":
-            vs.omega = _bool(child)
+            vs.omega = True
         elif kw == "quorum":
             vs.quorum = _uint(child, 1, 2**31 - 1)
         elif kw == "hysteresis":

@@ -1,7 +1,7 @@
-"""Virtual services, real servers (destinations) and flow keys.
+"""Virtual services, real servers (destinations), flow keys and the scheduler hooks.
 
-These mirror ``struct ip_vs_service`` and ``struct ip_vs_dest``
-(include/net/ip_vs.h).  A service keeps its destinations in the kernel's
+These mirror ``struct ip_vs_service``, ``struct ip_vs_dest`` and ``struct
+ip_vs_scheduler`` (include/net/ip_vs.h).  A service keeps its destinations in the kernel's
 order: a newly added real server is linked at the *head* of the list
 (``list_add_rcu`` in ``__ip_vs_update_dest``), so iteration is newest first,
 and every scheduler's tie-break depends on that order.
@@ -9,8 +9,9 @@ and every scheduler's tie-break depends on that order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import random
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from .addr import format_endpoint, format_ip
 from .constants import (
@@ -25,9 +26,6 @@ from .constants import (
     TUN_TYPE_IPIP,
 )
 from .stats import Stats
-
-if TYPE_CHECKING:
-    from schedulers.base import Scheduler
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,11 +270,99 @@ class Service:
         return f"Service({self.describe()} {self.sched_name} dests={len(self.destinations)})"
 
 
+@dataclass
+class SchedContext:
+    """What a scheduler may read besides its service: the random source (twos),
+    the kernel generation (``classic`` selects pre-2025 behaviour) and the
+    sysctls (lblc/lblcr expiration)."""
+
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    classic: bool = False
+    #: the table's sysctls (``lvs.sysctl.Sysctls``); None outside a table
+    sysctl: Any = None
+
+    @property
+    def lblc_expiration(self) -> float:
+        """sysctl net.ipv4.vs.lblc_expiration, seconds (default 24 h)."""
+        return float(self.sysctl.lblc_expiration) if self.sysctl is not None else 24 * 60 * 60.0
+
+    @property
+    def lblcr_expiration(self) -> float:
+        """sysctl net.ipv4.vs.lblcr_expiration, seconds (default 24 h)."""
+        return float(self.sysctl.lblcr_expiration) if self.sysctl is not None else 24 * 60 * 60.0
+
+
+class Scheduler:
+    """``struct ip_vs_scheduler``: the hooks every scheduler implements, bound
+    to one service.  The table calls:
+
+    * ``Scheduler(svc, ctx)`` when a service gets the scheduler
+      (``init_service``), with ``svc.destinations`` already in kernel order;
+    * ``add_dest(dest)`` after a real server was linked at the head of the list;
+    * ``del_dest(dest, index)`` after it was unlinked (``index`` is where it was);
+    * ``upd_dest(dest)`` after a real server was edited (weight, thresholds...);
+    * ``counts_changed(dest)`` after the connection table changed a real
+      server's counters or its OVERLOAD flag (pylvs only: it keeps the
+      incremental indexes exact);
+    * ``schedule(flow, now)`` to pick a real server for a new connection, or None;
+    * ``done()`` when the service drops the scheduler (``done_service``);
+    * ``tick(now)`` now and then, for schedulers with timers (lblc, lblcr).
+
+    A destination is *eligible* for a new connection when its weight is above
+    0 and its OVERLOAD flag is clear; each scheduler spells out its own
+    variations of that rule where the kernel has them.
+    """
+
+    name: ClassVar[str] = ""
+    #: False: the choice reads no connection counter, only OVERLOAD (and
+    #: weights), so ``counts_changed`` is called only when OVERLOAD flips
+    watches_counts: ClassVar[bool] = True
+
+    def __init__(self, svc: Service, ctx: SchedContext) -> None:
+        self.svc = svc
+        self.ctx = ctx
+
+    def add_dest(self, dest: Dest) -> None:
+        """A real server was linked at the head of the list."""
+
+    def del_dest(self, dest: Dest, index: int) -> None:
+        """A real server was unlinked from position ``index``."""
+
+    def upd_dest(self, dest: Dest) -> None:
+        """A real server's weight, thresholds or flags were edited."""
+
+    def counts_changed(self, dest: Dest) -> None:
+        """``dest``'s connection counters (activeconns, inactconns) or its
+        OVERLOAD flag just changed.
+
+        The connection table calls ``svc.scheduler.counts_changed(dest)``
+        after every such change (bind, unbind, active/inactive transition,
+        threshold flag flip).  Schedulers with an incremental index refresh
+        the dest's key here; the kernel has no such hook because it walks
+        the list on every decision.
+        """
+
+    def schedule(self, flow: Flow, now: float) -> Dest | None:
+        raise NotImplementedError
+
+    def done(self) -> None:
+        """The service drops this scheduler."""
+
+    def tick(self, now: float) -> None:
+        """Periodic work (garbage collection of caches)."""
+
+    def explain(self) -> str:
+        """A one-line description of the scheduler's state, for teaching."""
+        return self.name
+
+
 __all__ = [
     "AF_INET",
     "AF_INET6",
     "Dest",
     "Flow",
+    "SchedContext",
+    "Scheduler",
     "Service",
     "ServiceKey",
     "format_ip",

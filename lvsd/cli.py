@@ -5,12 +5,17 @@ codes): the arguments travel to lvsd, which parses and runs them against its
 tables and sends back what ipvsadm would print.  pylvs extras:
 
 * ``lvsadm simulate SCENARIO``: replay an oracle scenario in-process;
+* ``lvsadm lab [--listen ADDR:PORT]``: the scheduler lab in the browser;
 * ``lvsadm --json [services|conns|timeouts|daemons|sysctl]``: listings as
   JSON, for scripts (services carry their real servers, counters and rates);
-* ``lvsadm --proc ip_vs|ip_vs_conn|ip_vs_stats``: the kernel's /proc views;
-* ``lvsadm --status``, ``lvsadm --reload``, ``lvsadm --shutdown``;
-* ``lvsadm --sysctl [net.ipv4.vs.NAME[=VALUE]]``: IPVS's sysctls, printed
-  as ``sysctl`` prints them;
+* ``lvsadm --proc ip_vs|ip_vs_conn|ip_vs_conn_sync|ip_vs_stats``: the kernel's /proc views;
+* ``lvsadm --status`` (with each checked real server's health under
+  ``lvsd --keepalived-conf``), ``lvsadm --reload``, ``lvsadm --shutdown``;
+* ``lvsadm --sysctl [net.ipv4.vs.NAME[=VALUE]]`` (or ``--sysctl NAME VALUE``):
+  IPVS's sysctls of lvsd's table, printed as ``sysctl`` prints them;
+* ``lvsadm --drain -t|-u|-f SERVICE -r SERVER [--timeout S]``: weight 0 at
+  once, the server deleted when its active connections reach 0 or at the
+  timeout, progress printed;
 * ``--no-autostart`` (or ``LVSADM_NO_AUTOSTART=1``): never start lvsd.
 
 ``-h``/``--help`` and ``-v``/``--version`` need no daemon: ipvsadm's text
@@ -40,6 +45,7 @@ pylvs {__version__} extras (lvsadm talks to lvsd, this namespace's userspace IPV
   lvsadm --status                     lvsd's pid, data planes, warnings, health
   lvsadm --reload                     re-read lvsd's --config/--keepalived-conf (as SIGHUP)
   lvsadm --sysctl [net.ipv4.vs.NAME[=VALUE]]  read or set IPVS's sysctls
+  lvsadm --drain -t|-u|-f SERVICE -r SERVER [--timeout S]  drain a real server, then delete it
   lvsadm --shutdown                   stop lvsd (its VIPs and nftables tables go with it)
   --no-autostart                      never start lvsd (also LVSADM_NO_AUTOSTART=1)
 lvsd --http ADDR:PORT serves /metrics (node_exporter's IPVS names) and a live status page.
@@ -82,8 +88,15 @@ def _extras(argv: list[str], client: Client) -> int | None:
             print(f"data plane: {plane}")
         for warning in data["warnings"]:
             print(f"warning: {warning}")
+        sync = data.get("sync") or {}
+        for state, d in sorted((sync.get("daemons") or {}).items()):
+            print(f"sync {state}: {json.dumps(d, sort_keys=True)}")
+        if sync.get("counters"):
+            print(f"sync counters: {json.dumps(sync['counters'], sort_keys=True)}")
         print_health(data.get("health"))
         return 0
+    if head == "--drain":
+        return drain(argv[1:], client)
     if head == "--sysctl":
         return _sysctl(argv[1:], client)
     if head == "--reload":
@@ -94,6 +107,73 @@ def _extras(argv: list[str], client: Client) -> int | None:
         print(f"reloaded: {reply.get('changes')}")
         return 0
     return None
+
+
+DRAIN_USAGE = "usage: lvsadm --drain -t|-u|-f SERVICE -r SERVER [--timeout SECONDS]"
+
+
+def drain(args: list[str], client: Client) -> int:
+    """``--drain``: weight 0 at once, the server deleted when its active
+    connections reach 0 or at the timeout (default 300 s); lvsd does the
+    work (it goes on if lvsadm is interrupted), lvsadm prints the progress."""
+    import time
+
+    service: list[str] = []
+    server = ""
+    timeout: float | None = None
+    i = 0
+    while i < len(args):
+        opt = args[i]
+        val = args[i + 1] if i + 1 < len(args) else None
+        if val is None:
+            print(DRAIN_USAGE, file=sys.stderr)
+            return 2
+        if opt in ("-t", "-u", "-f", "--tcp-service", "--udp-service", "--fwmark-service", "--sctp-service"):
+            service = [opt, val]
+        elif opt in ("-r", "--real-server"):
+            server = val
+        elif opt == "--timeout":
+            try:
+                timeout = float(val)
+            except ValueError:
+                print(f"lvsadm: --timeout {val}: not a number of seconds", file=sys.stderr)
+                return 2
+        else:
+            print(DRAIN_USAGE, file=sys.stderr)
+            return 2
+        i += 2
+    if not service or not server:
+        print(DRAIN_USAGE, file=sys.stderr)
+        return 2
+    extra = {} if timeout is None else {"timeout": timeout}
+    reply = client.call("drain", service=service, server=server, **extra)
+    if not reply.get("ok", True):
+        print(f"lvsadm: {reply.get('error')}", file=sys.stderr)
+        return 1
+    last = None
+    while True:
+        p = reply["progress"]
+        line = (
+            f"{server}: {p['state']}, weight 0, {p['active']} active / {p['inactive']} inactive connections,"
+            f" {p['elapsed']:g} s elapsed, {p['left']:g} s left"
+        )
+        if p["state"] != "draining":
+            done = {
+                "deleted": "deleted: no active connections left",
+                "timeout": f"deleted at the timeout with {p['active']} active connections",
+                "gone": "already gone from the table",
+            }[p["state"]]
+            print(f"{server}: {done} after {p['elapsed']:g} s", flush=True)
+            return 0
+        key = (p["active"], p["inactive"], int(p["left"]) // 10)
+        if key != last:
+            print(line, flush=True)
+            last = key
+        time.sleep(0.5)
+        reply = client.call("drain", service=service, server=server, status=True)
+        if not reply.get("ok", True):
+            print(f"lvsadm: {reply.get('error')}", file=sys.stderr)
+            return 1
 
 
 def print_health(health: list[dict] | None) -> None:
@@ -117,6 +197,8 @@ def _sysctl(args: list[str], client: Client) -> int:
     every IPVS sysctl without a name, status 255 for an unknown key or a
     value the kernel refuses."""
     words = [a for a in args if a != "-w"]
+    if len(words) > 1 and not any("=" in w or w.startswith(SYSCTL_PREFIX) for w in words):
+        words = [f"{words[0]}={' '.join(words[1:])}"]  # the older form: --sysctl NAME VALUE
     if not words:
         data = client.call("json", what="sysctl")["data"]
         words = [SYSCTL_PREFIX + name for name in sorted(data)]
@@ -238,6 +320,10 @@ def _main(argv: list[str] | None = None) -> int:
         from .simulate import main as simulate_main
 
         return simulate_main(argv[1:])
+    if argv and argv[0] == "lab":
+        from teaching.lab import main as lab_main
+
+        return lab_main(argv[1:])
     autostart = os.environ.get("LVSADM_NO_AUTOSTART", "") not in ("1", "yes", "true")
     if "--no-autostart" in argv:
         argv.remove("--no-autostart")

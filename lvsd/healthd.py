@@ -16,13 +16,12 @@ import glob
 import logging
 import os
 import random
-import shlex
 from collections.abc import Callable
 from typing import Any
 
 from lvs.config import Config, apply_config
-from lvs.health import Checker, HealthMonitor
-from lvs.keepalived_conf import KeepalivedConfError, KeepalivedConfig, parse_keepalived
+from lvs.health import Checker, HealthMonitor, VirtualServerConf
+from lvs.keepalived_conf import KeepalivedConfError, KeepalivedConfig, parse_keepalived, split_command
 
 log = logging.getLogger("lvsd.health")
 
@@ -57,7 +56,8 @@ def _read(path: str) -> str:
 
 
 class HealthRunner:
-    """The checkers of one keepalived.conf, run in lvsd's loop."""
+    """The checkers of one configuration file (keepalived.conf, or lvsd's YAML
+    with ``checks``), run in lvsd's loop."""
 
     def __init__(
         self,
@@ -66,10 +66,12 @@ class HealthRunner:
         path: str,
         on_change: Callable[[], None] = lambda: None,
         max_parallel: int = MAX_PARALLEL,
+        yaml: bool = False,
     ) -> None:
         self.ipvs = ipvs
         self.now = now
         self.path = path
+        self.yaml = yaml
         self.on_change = on_change
         self.max_parallel = max_parallel
         self.monitor: HealthMonitor | None = None
@@ -82,27 +84,44 @@ class HealthRunner:
         #: per checker (Checker.ident): [passed, failed, seconds the last probe took]
         self.check_stats: dict[int, list[float]] = {}
 
+    def _read(self) -> tuple[list[VirtualServerConf], Config | None]:
+        """The checked services, and (YAML) the rest of the file.  Raises
+        KeepalivedConfError or ConfigError, worded FILE:LINE: ..."""
+        if self.yaml:
+            from .config import load_config
+
+            cfg = load_config(self.path)
+            for line in cfg.warnings:
+                log.warning("%s", line)
+            return cfg.health, cfg
+        kcfg = read_keepalived(self.path)
+        self._report(kcfg)
+        return kcfg.services, None
+
     # -- life cycle ---------------------------------------------------------------------------
     def load(self) -> None:
-        """Read the file and build the table (start-up).  Raises KeepalivedConfError."""
-        cfg = read_keepalived(self.path)
-        self._report(cfg)
-        self.monitor = HealthMonitor(self.ipvs, cfg.services, random.Random())
-        self.monitor.start(self.now())
+        """Read the file and build the table (start-up)."""
+        services, plain = self._read()
+        now = self.now()
+        if plain is not None:
+            apply_config(self.ipvs, plain, now)
+        self.monitor = HealthMonitor(self.ipvs, services, random.Random())
+        self.monitor.start(now)
         self._drain()
 
     def reload(self) -> list[str]:
-        """Re-read the file; keep the state of unchanged real servers.  A file
-        with errors changes nothing (KeepalivedConfError)."""
-        cfg = read_keepalived(self.path)
-        self._report(cfg)
+        """Re-read the file; keep the state (and connections) of unchanged real
+        servers.  A file with errors changes nothing."""
+        services, plain = self._read()
         now = self.now()
-        monitor = HealthMonitor(self.ipvs, cfg.services, random.Random())
-        if self.monitor is not None:
-            monitor.adopt(self.monitor, now)
-        else:
-            monitor.adopt(HealthMonitor(self.ipvs, []), now)
-        changes = apply_config(self.ipvs, Config(services=monitor.desired_table()), now)
+        monitor = HealthMonitor(self.ipvs, services, random.Random())
+        monitor.adopt(self.monitor or HealthMonitor(self.ipvs, []), now)
+        whole = Config(services=monitor.desired_table())
+        if plain is not None:
+            whole = Config(
+                services=plain.services + whole.services, sysctl=plain.sysctl, timeouts=plain.timeouts
+            )
+        changes = apply_config(self.ipvs, whole, now)
         monitor.resync_flags()
         self.monitor = monitor
         self._drain()
@@ -235,12 +254,15 @@ class HealthRunner:
 
 async def run_script(command: str) -> None:
     """Run a notify/quorum script (split as keepalived does, no shell)."""
+    argv = split_command(command)
+    if not argv:
+        log.warning("cannot run script %s: empty or unterminated quote", command)
+        return
     try:
-        argv = shlex.split(command)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
         )
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         log.warning("cannot run script %s: %s", command, exc)
         return
     try:

@@ -27,6 +27,7 @@ from .names import socket_address
 from .observe import Observer
 from .resolver import default_resolver
 from .server import AccessPolicy, ControlServer
+from .syncd import SyncDaemons
 
 log = logging.getLogger("lvsd")
 
@@ -54,6 +55,8 @@ class Daemon:
         self.config = None
         #: keepalived.conf health checking (--keepalived-conf), if any
         self.health: Any = None
+        #: real servers being drained (lvsadm --drain), by (service, af, addr, port)
+        self.drains: dict[tuple[Any, int, int, int], Any] = {}
         #: how many ipvsadm commands ran: replies carry it, so clients can
         #: tell the order in which the table changed
         self.seq = 0
@@ -61,6 +64,8 @@ class Daemon:
         #: history, events, counts; the HTTP listener and procfs writer (lvsd/observe.py)
         self.observer = Observer(self)
         self.server = ControlServer(self.handle, AccessPolicy(opts.allow_group), opts.socket)
+        #: the sync daemon's sockets (``--start-daemon``), see lvsd/syncd.py
+        self.syncd = SyncDaemons(self.director, self.now)
 
     def now(self) -> float:
         """Seconds since the daemon started (monotonic): the core's clock."""
@@ -135,6 +140,8 @@ class Daemon:
             return self.reload()
         if op == "sysctl":
             return self.sysctl(req.args)
+        if op == "drain":
+            return self.drain(req.args)
         if op == "shutdown":
             log.info("shutdown asked for by lvsadm --shutdown")
             # a moment for lvsadm to read this and hang up before the server closes
@@ -150,6 +157,56 @@ class Daemon:
         self.seq += 1
         return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue(), "seq": self.seq}
 
+    def drain(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``lvsadm --drain``: weight 0 now, deleted at 0 active connections or
+        at the timeout (:mod:`lvs.drain`); ``status`` asks how it goes."""
+        from lvs.drain import DEFAULT_TIMEOUT, start_drain
+        from lvs.errors import IPVSError
+        from lvs.ipvsadm.grammar import UsageError, parse
+
+        service, server = args.get("service"), args.get("server")
+        if (
+            not isinstance(service, list)
+            or not all(isinstance(a, str) for a in service)
+            or not isinstance(server, str)
+        ):
+            return {"ok": False, "error": "drain needs -t|-u|-f SERVICE -r SERVER"}
+        try:
+            cmd = parse(["-d", *service, "-r", server], default_resolver())
+        except (UsageError, ValueError) as exc:
+            return {"ok": False, "error": str(exc)}
+        if cmd.key is None or cmd.dest is None:
+            return {"ok": False, "error": "drain needs -t|-u|-f SERVICE -r SERVER"}
+        ident = (cmd.key, cmd.dest.af, cmd.dest.addr, cmd.dest.port)
+        now = self.now()
+        if args.get("status"):
+            found = self.drains.get(ident)
+            if found is None:
+                return {"ok": False, "error": "no drain of that real server"}
+            return {"progress": found.progress(now)}
+        timeout = args.get("timeout", DEFAULT_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= 10**7:
+            return {"ok": False, "error": "timeout must be seconds, 0 to 10000000"}
+        try:
+            drain = start_drain(self.ipvs, cmd.key, *ident[1:], now, float(timeout))
+        except IPVSError as exc:
+            return {"ok": False, "error": exc.message}
+        if self.health is not None and self.health.monitor is not None:
+            self.health.monitor.release(*ident)
+        self.drains[ident] = drain
+        log.info("draining real server %s of %s: weight 0, %d active connections", server, cmd.key.describe(),
+                 drain.active)  # fmt: skip
+        drain.step(self.ipvs, now)
+        return {"progress": drain.progress(now)}
+
+    def step_drains(self) -> None:
+        now = self.now()
+        for ident, drain in list(self.drains.items()):
+            if drain.state == "draining" and drain.step(self.ipvs, now):
+                log.info("drain of %s: %s", drain.key.describe(), drain.state)
+            if drain.finished is not None and now - drain.finished > 600:
+                del self.drains[ident]
+
     def status(self) -> dict[str, Any]:
         pool = self.worker_pool()
         return {
@@ -160,6 +217,7 @@ class Daemon:
             "connections": len(self.director.conns) + (pool.connections() if pool is not None else 0),
             "planes": [p.describe() for p in self.planes],
             "warnings": list(self.warnings) + [w for p in self.planes for w in p.warnings()],
+            "sync": self.syncd.describe(),
             "health": self.health.status() if self.health is not None else None,
         }
 
@@ -189,6 +247,7 @@ class Daemon:
         views = {
             "ip_vs": lambda: proc.proc_ip_vs(self.ipvs),
             "ip_vs_conn": lambda: proc.proc_ip_vs_conn(self.ipvs, now),
+            "ip_vs_conn_sync": lambda: proc.proc_ip_vs_conn_sync(self.ipvs, now),
             "ip_vs_stats": lambda: proc.proc_ip_vs_stats(self.ipvs),
         }
         if name not in views:
@@ -196,25 +255,18 @@ class Daemon:
         return views[name]()
 
     def reload(self) -> dict[str, Any]:
-        if self.health is not None:
-            from lvs.keepalived_conf import KeepalivedConfError
-
-            try:
-                return {"changes": self.health.reload()}
-            except KeepalivedConfError as exc:
-                return {"ok": False, "error": str(exc)}
-        if not self.opts.config:
+        """SIGHUP / ``lvsadm --reload``: re-read --config or --keepalived-conf;
+        unchanged services, real servers, their health and connections stay;
+        a file with errors changes nothing."""
+        if self.health is None:
             return {"ok": False, "error": "lvsd runs without --config: nothing to reload"}
-        from lvs.config import ConfigError, apply_config
-
-        from .config import load_config
+        from lvs.config import ConfigError
+        from lvs.keepalived_conf import KeepalivedConfError
 
         try:
-            cfg = load_config(self.opts.config)
-            changes = apply_config(self.ipvs, cfg, self.now())
-        except ConfigError as exc:
+            return {"changes": self.health.reload()}
+        except (KeepalivedConfError, ConfigError) as exc:
             return {"ok": False, "error": str(exc)}
-        return {"changes": changes}
 
     def sysctl(self, args: dict[str, Any]) -> dict[str, Any]:
         """Read or set one of net.ipv4.vs.*; ``text`` is the value as the
@@ -226,6 +278,7 @@ class Daemon:
         if "value" in args:
             try:
                 sysctls.set(name, str(args["value"]))
+                self.syncd.refresh_params()
             except (KeyError, ValueError):
                 return {"ok": False, "error": f"bad sysctl {name}"}
         value = getattr(sysctls, name)
@@ -238,31 +291,27 @@ class Daemon:
         packet waits long behind it."""
         while not self._stop.is_set():
             more = self.director.tick(self.now(), EXPIRY_BUDGET)
+            if self.drains:
+                self.step_drains()
             await asyncio.sleep(0 if more else TICK)
 
     async def run(self) -> None:
-        if self.opts.config:
-            from lvs.config import ConfigError, apply_config
-
-            from .config import load_config
-
-            try:
-                apply_config(self.ipvs, load_config(self.opts.config), self.now())
-            except ConfigError as exc:
-                raise SystemExit(f"lvsd: {exc}") from None
-        if self.opts.state and os.path.exists(self.opts.state):
-            self.restore_state(self.opts.state)
-        if self.opts.keepalived_conf:
+        source = self.opts.keepalived_conf or self.opts.config
+        if source:
+            from lvs.config import ConfigError
             from lvs.keepalived_conf import KeepalivedConfError
 
             from .healthd import HealthRunner
 
-            self.health = HealthRunner(self.ipvs, self.now, self.opts.keepalived_conf, self.flush_planes)
+            yaml = not self.opts.keepalived_conf
+            self.health = HealthRunner(self.ipvs, self.now, source, self.flush_planes, yaml=yaml)
             self.health.on_log = self.observer.health_log
             try:
                 self.health.load()
-            except KeepalivedConfError as exc:
+            except (KeepalivedConfError, ConfigError) as exc:
                 raise SystemExit(f"lvsd: {exc}") from None
+        if self.opts.state and os.path.exists(self.opts.state):
+            self.restore_state(self.opts.state)
         self.start_planes()
         self.flush_planes()
         await self.server.start()
@@ -277,6 +326,7 @@ class Daemon:
         await self.observer.start()
         await self._stop.wait()
         ticker.cancel()
+        self.syncd.close()
         await self.observer.close()
         if self.health is not None:
             await self.health.close()
@@ -355,7 +405,7 @@ def _needs_workers(req: Request) -> bool | None:
     if op == "proc":
         name = req.args.get("name")
         return (
-            {"ip_vs": False, "ip_vs_stats": False, "ip_vs_conn": True}.get(name)
+            {"ip_vs": False, "ip_vs_stats": False, "ip_vs_conn": True, "ip_vs_conn_sync": True}.get(name)
             if isinstance(name, str)
             else None
         )
@@ -382,7 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--foreground", "-F", action="store_true", help="stay in the foreground (for service managers)"
     )
-    ap.add_argument("--config", "-c", help="YAML configuration to load (SIGHUP reloads it)")
+    ap.add_argument(
+        "--config",
+        "-c",
+        help="YAML configuration to load (SIGHUP reloads it); real servers may carry keepalived's checks",
+    )
     ap.add_argument(
         "--keepalived-conf",
         metavar="FILE",
@@ -431,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
+    if opts.config and opts.keepalived_conf:
+        parser.error("--config and --keepalived-conf exclude each other (either file can hold health checks)")
     if opts.proxy_protocol:
         from forwarding.proxyproto import parse_specs
 

@@ -26,7 +26,7 @@ def _teaching(ns: argparse.Namespace, lines: list[str]) -> int:
         fig = plots.disruption_figure(d) if ns.plot else None
     elif ns.compare:
         names = [n for n in ns.compare.split(",") if n]
-        from schedulers import SCHEDULER_NAMES
+        from lvs.sched import SCHEDULER_NAMES
 
         bad = [n for n in names if n not in SCHEDULER_NAMES]
         if bad:

@@ -26,13 +26,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lvs.constants import DEST_F_AVAILABLE, DEST_F_OVERLOAD
-
-from .base import conn_overhead
+from lvs.sched import conn_overhead
 
 if TYPE_CHECKING:
-    from lvs.model import Dest
-
-    from .base import Scheduler
+    from lvs.model import Dest, Scheduler
 
 #: an account keeps at most this many steps (wrr over many servers and
 #: passes can try thousands); ``truncated`` says how many were left out

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 
 from lvs.addr import fold, format_ip
 from lvs.constants import AF_INET, DEST_F_AVAILABLE, DEST_F_OVERLOAD
+from lvs.model import SchedContext, Scheduler
 
 from .account import Account, new_account, unusable_reason
-from .base import SchedContext, Scheduler
 from .hashing import GOLDEN_RATIO_32
 
 if TYPE_CHECKING:

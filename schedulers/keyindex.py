@@ -34,25 +34,23 @@ the control plane calls ``upd_dest`` after an edit, ``add_dest``/``del_dest``
 after linking/unlinking.  A call for a dest that is not in the list (already
 deleted, in the trash) is ignored.
 
-Set the environment variable ``PYLVS_SCHED_CHECK=1`` to have every decision
-also computed by the kernel walk and compared (slow; for integration tests).
+Set ``schedulers.keyindex.CHECK = True`` to have every decision also computed
+by the kernel walk and compared (slow; for integration tests).
 """
 
 from __future__ import annotations
 
-import os
 from heapq import heapify, heappop, heappush
 from typing import TYPE_CHECKING, ClassVar
 
-from .base import Scheduler, is_overloaded
+from lvs.model import Scheduler
+from lvs.sched import is_overloaded
 
 if TYPE_CHECKING:
-    from lvs.model import Dest, Flow, Service
+    from lvs.model import Dest, Flow, SchedContext, Service
 
-    from .base import SchedContext
-
-#: compare every indexed decision against the kernel walk
-CHECK = os.environ.get("PYLVS_SCHED_CHECK", "") not in ("", "0")
+#: compare every indexed decision against the kernel walk (tests set it)
+CHECK = False
 
 Key = tuple
 
@@ -62,7 +60,7 @@ FLOAT_EXACT = 1 << 51
 
 
 class IndexMismatch(AssertionError):
-    """The index and the kernel walk disagreed (only with PYLVS_SCHED_CHECK)."""
+    """The index and the kernel walk disagreed (only with CHECK set)."""
 
 
 class KeyIndexScheduler(Scheduler):

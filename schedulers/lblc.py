@@ -58,6 +58,8 @@ from typing import TYPE_CHECKING, Any
 
 from lvs.addr import fold, format_ip
 from lvs.constants import AF_INET, DEST_F_AVAILABLE, DEST_F_OVERLOAD
+from lvs.model import SchedContext, Scheduler
+from lvs.sched import conn_overhead
 
 from .account import (
     Account,
@@ -68,7 +70,6 @@ from .account import (
     server_row,
     unusable_reason,
 )
-from .base import SchedContext, Scheduler, conn_overhead
 from .hashing import GOLDEN_RATIO_32
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def wlc_pick(svc: Service, classic: bool) -> Dest | None:
 
     First non-OVERLOAD server with weight > 0, then each later non-OVERLOAD
     server replaces it when ``loh·w_d > doh·w_least`` (earlier wins ties).
-    The overhead is :func:`schedulers.base.conn_overhead`, written out inline
+    The overhead is :func:`lvs.sched.conn_overhead`, written out inline
     here (active×257 + inactive, classic active×256 + inactive) because this
     walk runs over every server on each cache miss.
     """

@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING
 
 from lvs.addr import format_ip
 from lvs.constants import DEST_F_AVAILABLE, DEST_F_OVERLOAD
+from lvs.model import Scheduler
+from lvs.sched import conn_overhead
 
 from .account import (
     Account,
@@ -58,7 +60,6 @@ from .account import (
     server_row,
     skip,
 )
-from .base import Scheduler, conn_overhead
 from .lblc import (
     CHECK_EXPIRE_INTERVAL,
     HARD_CAP,

@@ -2,7 +2,7 @@
 
 Rule: skip real servers that are OVERLOADed or have weight 0; among the rest
 pick the one with the smallest connection overhead
-(:func:`~schedulers.base.conn_overhead`: ``activeconns·256 + totalconns`` on
+(:func:`~lvs.sched.conn_overhead`: ``activeconns·256 + totalconns`` on
 recent kernels, ``activeconns·256 + inactconns`` on classic ones).  Weights
 play no other part.
 
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from lvs.sched import conn_overhead, is_overloaded
+
 from .account import Account, compare, new_account, overhead_form, skip, start, unusable_reason
-from .base import conn_overhead, is_overloaded
 from .keyindex import Key, KeyIndexScheduler
 
 if TYPE_CHECKING:

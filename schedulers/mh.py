@@ -56,9 +56,9 @@ from lvs.constants import (
     SVC_F_SCHED2,
 )
 from lvs.errors import OP_EDIT_SERVICE, IPVSError
+from lvs.model import SchedContext, Scheduler
 
 from .account import Account, new_account, unusable_reason
-from .base import SchedContext, Scheduler
 from .hashing import make_hsiphash_u32
 
 if TYPE_CHECKING:

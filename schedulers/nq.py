@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from lvs.sched import is_overloaded
+
 from .account import Account, add_step, least_walk, new_account, pick, skip, unusable_reason
-from .base import is_overloaded
 from .keyindex import Key, RatioKeyScheduler
 
 if TYPE_CHECKING:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from lvs.sched import is_overloaded
+
 from .account import Account, compare, new_account, skip, start, unusable_reason
-from .base import is_overloaded
 from .keyindex import Key, KeyIndexScheduler
 
 if TYPE_CHECKING:

@@ -27,14 +27,13 @@ from bisect import bisect_left, bisect_right, insort
 from typing import TYPE_CHECKING
 
 from lvs.constants import DEST_F_OVERLOAD
+from lvs.model import Scheduler
+from lvs.sched import is_overloaded
 
 from .account import Account, new_account, pick, skip, unusable_reason
-from .base import Scheduler, is_overloaded
 
 if TYPE_CHECKING:
-    from lvs.model import Dest, Flow, Service
-
-    from .base import SchedContext
+    from lvs.model import Dest, Flow, SchedContext, Service
 
 
 def _eligible(dest: Dest) -> bool:

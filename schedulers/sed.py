@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from lvs.sched import is_overloaded
+
 from .account import Account, least_walk, new_account
-from .base import is_overloaded
 from .keyindex import RatioKeyScheduler
 
 if TYPE_CHECKING:

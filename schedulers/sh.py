@@ -40,9 +40,9 @@ from lvs.constants import (
     SVC_F_SCHED1,
     SVC_F_SCHED2,
 )
+from lvs.model import SchedContext, Scheduler
 
 from .account import Account, new_account, unusable_reason
-from .base import SchedContext, Scheduler
 from .hashing import GOLDEN_RATIO_32
 
 if TYPE_CHECKING:

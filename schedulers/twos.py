@@ -10,7 +10,7 @@ which ``r1`` (``r2``) has dropped to 0 or below.  So the first eligible server
 is chosen with probability (w + 1) / (total + 1), every other one with
 w / (total + 1).  The result is choice 2 if
 ``weight2 · overhead1 > weight1 · overhead2`` (overhead =
-:func:`~schedulers.base.conn_overhead`), else choice 1.
+:func:`~lvs.sched.conn_overhead`), else choice 1.
 
 Tie-break: choice 1 (the first draw) wins ties.
 
@@ -33,13 +33,13 @@ from bisect import bisect_left
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
+from lvs.model import Scheduler
+from lvs.sched import conn_overhead, is_overloaded
+
 from .account import Account, compare, new_account, overhead_form, skip, start, unusable_reason
-from .base import Scheduler, conn_overhead, is_overloaded
 
 if TYPE_CHECKING:
-    from lvs.model import Dest, Flow, Service
-
-    from .base import SchedContext
+    from lvs.model import Dest, Flow, SchedContext, Service
 
 
 def s32(x: int) -> int:

@@ -1,7 +1,7 @@
 """wlc: weighted least-connection scheduling (``ip_vs_wlc.c``), the default.
 
 Rule: the load of a real server is its connection overhead
-(:func:`~schedulers.base.conn_overhead`) divided by its weight.  The kernel
+(:func:`~lvs.sched.conn_overhead`) divided by its weight.  The kernel
 takes the first server that is not OVERLOADed and has weight > 0 as the
 candidate, then looks at every later server that is not OVERLOADed and
 replaces the candidate when ``overhead_candidate · weight_d >
@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from lvs.sched import conn_overhead, is_overloaded
+
 from .account import Account, least_walk, new_account, overhead_form
-from .base import conn_overhead, is_overloaded
 from .keyindex import RatioKeyScheduler
 
 if TYPE_CHECKING:

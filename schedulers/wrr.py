@@ -43,14 +43,13 @@ from math import gcd
 from typing import TYPE_CHECKING
 
 from lvs.constants import DEST_F_OVERLOAD
+from lvs.model import Scheduler
+from lvs.sched import is_overloaded
 
 from .account import Account, add_step, new_account, pick, skip
-from .base import Scheduler, is_overloaded
 
 if TYPE_CHECKING:
-    from lvs.model import Dest, Flow, Service
-
-    from .base import SchedContext
+    from lvs.model import Dest, Flow, SchedContext, Service
 
 
 def gcd_weight(dests: list[Dest]) -> int:

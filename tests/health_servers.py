@@ -28,10 +28,15 @@ async def http(args: argparse.Namespace, tls: ssl.SSLContext | None = None) -> N
         if tls_obj is not None:  # say which TLS server name (SNI) the client sent
             body += b" sni=%s" % str(getattr(tls_obj, "sni", None)).encode()
         try:
-            await r.readuntil(b"\r\n\r\n")
+            head = await r.readuntil(b"\r\n\r\n")
+            status = args.status
+            if args.paths:  # only these paths exist, as on a file server
+                path = head.split(b" ", 2)[1].decode("latin-1") if head.count(b" ") >= 2 else "/"
+                if path not in args.paths.split(","):
+                    status, body = 404, b"not found"
             if args.delay:
                 await asyncio.sleep(args.delay)
-            w.write(b"HTTP/1.0 %d X\r\nContent-Length: %d\r\n\r\n%s" % (args.status, len(body), body))
+            w.write(b"HTTP/1.0 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
             await w.drain()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ssl.SSLError):
             pass
@@ -113,6 +118,7 @@ def main() -> None:
     ap.add_argument("--status", type=int, default=200)
     ap.add_argument("--body", default="hello")
     ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--paths", default="", help="comma-separated paths that exist (others: 404)")
     ap.add_argument("--cert")
     ap.add_argument("--key")
     ap.add_argument("--rcode", type=int, default=0)

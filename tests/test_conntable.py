@@ -50,8 +50,8 @@ from lvs.ctl import IPVS, DestSpec, ServiceSpec
 from lvs.errors import IPVSError
 from lvs.model import Dest, Flow, Service, ServiceKey
 from lvs.proto_tcp import ACK, FIN, PSH, RST, SYN
+from lvs.sched import conn_overhead
 from lvs.timerwheel import SLOT, TimerWheel
-from schedulers.base import conn_overhead
 
 
 def ip(text: str) -> int:

@@ -47,9 +47,8 @@ from lvs.ipvsadm.commands import run
 from lvs.ipvsadm.names import FilesResolver, NullResolver
 from lvs.ipvsadm.restore import MAX_WORD, read_invocations
 from lvs.ipvsadm.usage import help_text, version_text
-from lvs.model import ServiceKey
+from lvs.model import Scheduler, ServiceKey
 from lvsd.resolver import files_resolver
-from schedulers.base import Scheduler
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"

@@ -66,7 +66,7 @@ def test_replay_matches_kernel(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(RANDOM))
 def test_twos_never_picks_quiesced_or_overloaded(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from schedulers import get_scheduler
+    from lvs.sched import get_scheduler
 
     cls = get_scheduler("twos")
     assert cls is not None

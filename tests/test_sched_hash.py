@@ -40,9 +40,9 @@ from lvs.constants import (
     SVC_F_SCHED2,
 )
 from lvs.errors import IPVSError
-from lvs.model import Dest, Flow, Service, ServiceKey
+from lvs.model import Dest, Flow, SchedContext, Service, ServiceKey
+from lvs.sched import get_scheduler
 from lvs.sysctl import Sysctls
-from schedulers import SchedContext, get_scheduler
 from schedulers.dh import DHScheduler
 from schedulers.hashing import (
     HAVE_C_SIPHASH,
@@ -670,7 +670,7 @@ def test_prop_locality_never_weight0_or_unavailable(name, specs, vaddrs) -> None
 
 
 def _reference_wlc(dests: list[Dest], classic: bool) -> Dest | None:
-    from schedulers.base import conn_overhead
+    from lvs.sched import conn_overhead
 
     eligible = [d for d in dests if not d.flags & DEST_F_OVERLOAD]
     first = next((d for d in eligible if d.weight > 0), None)

@@ -25,9 +25,8 @@ from hypothesis import strategies as st
 
 from lvs.addr import parse_ip
 from lvs.constants import AF_INET, DEST_F_OVERLOAD, IPPROTO_TCP, IPPROTO_UDP
-from lvs.model import Dest, Service, ServiceKey
-from schedulers import SchedContext, get_scheduler
-from schedulers.base import conn_overhead
+from lvs.model import Dest, SchedContext, Service, ServiceKey
+from lvs.sched import conn_overhead, get_scheduler
 from schedulers.fo import fo_pick
 from schedulers.lc import lc_pick
 from schedulers.nq import nq_pick

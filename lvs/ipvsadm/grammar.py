@@ -54,10 +54,10 @@ against that binary run under a stand-in kernel
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..addr import format_ip, inet_pton
 from ..constants import (
     AF_INET,
     AF_INET6,
@@ -543,15 +543,6 @@ def inet_aton(text: str) -> int | None:
     return result
 
 
-def _inet_pton(af: int, text: str) -> int | None:
-    """inet_pton (glibc: strict dotted quad for IPv4, RFC 4291 text for IPv6)."""
-    try:
-        raw = socket.inet_pton(af, text)
-    except (OSError, ValueError, UnicodeError):
-        return None
-    return int.from_bytes(raw, "big")
-
-
 def _host_to_addr(resolver: Resolver, name: str) -> int | None:
     """ipvsadm ``host_to_addr`` = gethostbyname, IPv4 answers only.
 
@@ -811,7 +802,7 @@ def _parse_service(text: str, ep: _Endpoint, resolver: Resolver) -> int:
         if not bracket or not after.startswith(":"):
             return 0
         host, port_text = inner, after[1:]
-    v6 = _inet_pton(AF_INET6, host)
+    v6 = inet_pton(AF_INET6, host)
     if v6 is not None:
         ep.af, ep.addr, ep.netmask = AF_INET6, v6, 128
     else:
@@ -1136,14 +1127,14 @@ def _parse_mcast_group(text: str) -> str:
     """``--mcast-group``: an IPv6 multicast address if the text has a ':',
     else an IPv4 one (224.0.0.0/4); kept as inet_ntop prints it."""
     if ":" in text:
-        value = _inet_pton(AF_INET6, text)
+        value = inet_pton(AF_INET6, text)
         if value is None or value >> 120 != 0xFF:
             raise _fail(f"invalid IPv6 mcast-group `{text}'")
-        return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
-    value = _inet_pton(AF_INET, text)
+        return format_ip(AF_INET6, value)
+    value = inet_pton(AF_INET, text)
     if value is None or value >> 28 != 0xE:
         raise _fail(f"invalid IPv4 mcast-group `{text}'")
-    return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+    return format_ip(AF_INET, value)
 
 
 def _finish(st: _State) -> Command:

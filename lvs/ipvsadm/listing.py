@@ -29,11 +29,9 @@ Without ``-n`` addresses and ports go through the resolver
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from ..addr import format_ip
+from ..addr import format_ip, inet_pton
 from ..constants import (
     AF_INET,
     AF_INET6,
@@ -63,6 +61,8 @@ from ..constants import (
 )
 from .names import FilesResolver
 from .proc import _conns, kernel_service_order, proc_ip_vs_conn_rows, remaining_seconds
+from .sort import cmp_dests, cmp_services, sort_dests, sort_services
+from .sort import msort as merge_sort
 
 if TYPE_CHECKING:
     from ..model import Dest, Service, ServiceKey
@@ -93,8 +93,6 @@ FMT_EXACT = 0x0080
 FMT_TUN_INFO = 0x0100
 
 _U32 = 0xFFFFFFFF
-_SIGN = 0x80000000
-_WRAP = 0x100000000
 _ADDRPORT_MAX = 59  # snprintf into a 60-byte buffer
 _SVC_NAME_CUT = 33
 _DEST_NAME_CUT = 28
@@ -103,7 +101,6 @@ _TUN_NAMES = {TUN_TYPE_IPIP: "ipip", TUN_TYPE_GUE: "gue", TUN_TYPE_GRE: "gre"}
 _TUN_FLAG_SHORT = ("-c", "+c", "r+c")
 _TUN_FLAG_OPTS = ("--tun-nocsum", "--tun-csum", "--tun-remcsum")
 
-T = TypeVar("T")
 
 
 # -- numbers ------------------------------------------------------------------------------
@@ -140,103 +137,9 @@ def print_largenum(value: int, exact: bool = False) -> str:
     return f"{value // 1_000_000_000_000:8d}T"
 
 
-# -- sorting (libipvs) ---------------------------------------------------------------------
-def _addr_words(af: int, addr: int, as_af: int) -> list[int]:
-    """The four host-order 32-bit words of a ``union nf_inet_addr`` (an IPv4
-    address fills the first word, the rest are zero), read as ``as_af``."""
-    if af == AF_INET6:
-        words = [(addr >> (96 - 32 * i)) & _U32 for i in range(4)]
-    else:
-        words = [addr & _U32, 0, 0, 0]
-    return words if as_af == AF_INET6 else words[:1]
-
-
-def _cmp_addr(af: int, a_af: int, a: int, b_af: int, b: int) -> int:
-    """Word by word as ``af`` reads them (one word for IPv4, four for IPv6),
-    the first non-zero signed-wrapped difference; 0 if all are equal.
-
-    The same result as comparing :func:`_addr_words` lists, without building
-    them: the listings of a large table call this some 10**5 times."""
-    a128 = a if a_af == AF_INET6 else (a & _U32) << 96
-    b128 = b if b_af == AF_INET6 else (b & _U32) << 96
-    if af != AF_INET6:
-        d = ((a128 >> 96) - (b128 >> 96)) & _U32
-        return d - _WRAP if d & _SIGN else d
-    if a128 == b128:
-        return 0
-    for shift in (96, 64, 32, 0):
-        d = ((a128 >> shift) - (b128 >> shift)) & _U32
-        if d:
-            return d - _WRAP if d & _SIGN else d
-    return 0
-
-
 def _kernel_protocol(svc: Service) -> int:
     """The protocol the kernel reports: a firewall-mark service is kept as TCP."""
     return IPPROTO_TCP if svc.fwmark else svc.protocol
-
-
-def cmp_services(s1: Service, s2: Service) -> int:
-    """``ipvs_cmp_services``: fwmark, family, protocol, address, port, each a
-    plain subtraction; fwmark and address differences wrap to a signed int."""
-    k1, k2 = s1.key, s2.key
-    d = (k1.fwmark - k2.fwmark) & _U32
-    if d:
-        return d - _WRAP if d & _SIGN else d
-    r = k1.af - k2.af
-    if r:
-        return r
-    r = (IPPROTO_TCP if k1.fwmark else k1.protocol) - (IPPROTO_TCP if k2.fwmark else k2.protocol)
-    if r:
-        return r
-    if k1.af != AF_INET6:  # one word each (the families are equal here)
-        d = (k1.addr - k2.addr) & _U32
-        if d:
-            return d - _WRAP if d & _SIGN else d
-    else:
-        r = _cmp_addr(k1.af, k1.af, k1.addr, k2.af, k2.addr)
-        if r:
-            return r
-    return (k1.port & 0xFFFF) - (k2.port & 0xFFFF)
-
-
-def cmp_dests(d1: Dest, d2: Dest) -> int:
-    """``ipvs_cmp_dests``: address (as many words as the *first* dest's family
-    has, signed-wrapped differences), then port."""
-    af1 = d1.af
-    if af1 != AF_INET6 and d2.af != AF_INET6:
-        d = (d1.addr - d2.addr) & _U32
-        if d:
-            return d - _WRAP if d & _SIGN else d
-    else:
-        r = _cmp_addr(af1, af1, d1.addr, d2.af, d2.addr)
-        if r:
-            return r
-    return (d1.port & 0xFFFF) - (d2.port & 0xFFFF)
-
-
-def merge_sort(items: Sequence[T], cmp: Callable[[T, T], int]) -> list[T]:
-    """glibc ``qsort`` (``msort_with_tmp``): split at n/2, sort both halves,
-    merge taking from the left run while ``cmp(left, right) <= 0``.  Exact
-    order matters only because libipvs's comparators are not transitive."""
-    n = len(items)
-    if n <= 1:
-        return list(items)
-    half = n // 2
-    left = merge_sort(items[:half], cmp)
-    right = merge_sort(items[half:], cmp)
-    out: list[T] = []
-    i = j = 0
-    while i < len(left) and j < len(right):
-        if cmp(left[i], right[j]) <= 0:
-            out.append(left[i])
-            i += 1
-        else:
-            out.append(right[j])
-            j += 1
-    out.extend(left[i:])
-    out.extend(right[j:])
-    return out
 
 
 # -- names --------------------------------------------------------------------------------
@@ -340,7 +243,9 @@ def _title(fmt: int) -> str:
 
 def _svc_name(svc: Service, fmt: int, resolver: FilesResolver | None) -> str:
     if svc.fwmark:
-        mark = _u32(svc.fwmark)
+        # print_service_entry and the -S rule print the u32 mark with "%d":
+        # marks from 2^31 up come out negative (checked on the lab kernel)
+        mark = _int32(svc.fwmark)
         if fmt & FMT_RULE:
             return f"-f {mark} -6" if svc.af == AF_INET6 else f"-f {mark}"
         return f"FWM  {mark} IPv6" if svc.af == AF_INET6 else f"FWM  {mark}"
@@ -455,7 +360,7 @@ def _service_entry(svc: Service, fmt: int, resolver: FilesResolver | None) -> st
     out = [_service_line(svc, svc_name, fmt)]
     dests = list(svc.destinations)
     if not fmt & FMT_NOSORT:
-        dests = merge_sort(dests, cmp_dests)
+        dests = sort_dests(dests)
     proto = _kernel_protocol(svc)
     out.extend(_dest_line(svc_name, d, proto, fmt, resolver) for d in dests)
     return "".join(out)
@@ -464,7 +369,7 @@ def _service_entry(svc: Service, fmt: int, resolver: FilesResolver | None) -> st
 def _ordered_services(ipvs: Any, fmt: int) -> list[Service]:
     services = kernel_service_order(ipvs)
     if not fmt & FMT_NOSORT:
-        services = merge_sort(services, cmp_services)
+        services = sort_services(services)
     return services
 
 
@@ -622,14 +527,6 @@ def _strtoul_hex64(tok: str) -> int:
     return (-value) & ((1 << 64) - 1) if neg else value
 
 
-def _pton(af: int, text: str) -> int | None:
-    try:
-        raw = socket.inet_pton(af, text)
-    except (OSError, ValueError):
-        return None
-    return int.from_bytes(raw, "big")
-
-
 def _parse_conn_line(line: str) -> dict[str, Any] | None:
     """ipvsadm ``print_conn``'s ``sscanf("%s %s %hX %s %hX %s %hX %s %d %s %s")``.
 
@@ -668,22 +565,22 @@ def _conn_row(line: str, fmt: int, resolver: FilesResolver | None) -> str:
         return ""
     proto = {"TCP": IPPROTO_TCP, "UDP": IPPROTO_UDP, "SCTP": IPPROTO_SCTP}.get(f["protocol"], 0)
     af = AF_INET
-    caddr = _pton(AF_INET6, f["c"])
+    caddr = inet_pton(AF_INET6, f["c"])
     if caddr is not None:
         af = AF_INET6
-        vaddr = _pton(AF_INET6, f["v"]) or 0
+        vaddr = inet_pton(AF_INET6, f["v"]) or 0
     else:
-        caddr = _pton(AF_INET, f["c"])
+        caddr = inet_pton(AF_INET, f["c"])
         if caddr is not None:
-            vaddr = _pton(AF_INET, f["v"]) or 0
+            vaddr = inet_pton(AF_INET, f["v"]) or 0
         else:
             caddr, vaddr = _strtoul_hex32(f["c"]), _strtoul_hex32(f["v"])
     daf = AF_INET
-    daddr = _pton(AF_INET6, f["d"])
+    daddr = inet_pton(AF_INET6, f["d"])
     if daddr is not None:
         daf = AF_INET6
     else:
-        daddr = _pton(AF_INET, f["d"])
+        daddr = inet_pton(AF_INET, f["d"])
         if daddr is None:
             daddr = _strtoul_hex32(f["d"])
     cname = _addrport(af, caddr, f["cport"], proto, fmt, resolver)
@@ -823,7 +720,7 @@ def _service_json(svc: Service) -> dict[str, Any]:
         netmask: Any = svc.netmask
     else:
         netmask = format_ip(AF_INET, _u32(svc.netmask))
-    dests = merge_sort(list(svc.destinations), cmp_dests)
+    dests = sort_dests(svc.destinations)
     return {
         "af": _af_name(svc.af),
         "protocol": None if svc.fwmark else _protocol_label(svc.protocol).lower(),
