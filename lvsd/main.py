@@ -159,7 +159,8 @@ class Daemon:
             return self.drain(req.args)
         if op == "shutdown":
             log.info("shutdown asked for by lvsadm --shutdown")
-            asyncio.get_running_loop().call_soon(self._stop.set)
+            # a moment for lvsadm to read this and hang up before the server closes
+            asyncio.get_running_loop().call_later(0.2, self._stop.set)
             return {"pid": os.getpid()}
         return {"ok": False, "error": f"unsupported operation {op}"}
 
@@ -292,15 +293,15 @@ class Daemon:
         }
 
     def json_view(self, what: str) -> Any:
-        from lvs.ipvsadm import listing
+        from lvs import json_views
 
         if what == "services":
-            data = listing.services_json(self.ipvs, self.now())
+            data = json_views.services_json(self.ipvs, self.now())
             if self.health is not None:
                 self.health.annotate(data)
             return data
         if what == "conns":
-            return listing.conns_json(self.ipvs, self.now())
+            return json_views.conns_json(self.ipvs, self.now())
         if what == "timeouts":
             tcp, tcpfin, udp = self.ipvs.get_timeouts()
             return {"tcp": tcp, "tcpfin": tcpfin, "udp": udp}
@@ -367,7 +368,10 @@ class Daemon:
             if new != old:
                 log.info("sysctl change by %s: net.ipv4.vs.%s %d -> %d", _who(peer), name, old, new)
                 self.table_changed()
-        return {"value": self.ipvs.sysctl.get(name)}
+        sysctls = self.ipvs.sysctl
+        value = sysctls.get(name)
+        text = f"{value}\t{sysctls.sync_period}" if name == "sync_threshold" else str(value)
+        return {"value": value, "text": text}
 
     # -- life cycle -------------------------------------------------------------
     async def ticker(self) -> None:
