@@ -25,6 +25,7 @@ OPS = (
     "drain",  # service (argv), server, timeout? -> progress; or status: true -> progress of that drain
     "shutdown",  # -> pid; lvsd then stops as on SIGTERM
     "ping",
+    "restart",  # hitless restart: a new lvsd inherits the sockets -> old_pid, new_pid
 )
 
 

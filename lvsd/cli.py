@@ -47,6 +47,7 @@ pylvs {__version__} extras (lvsadm talks to lvsd, this namespace's userspace IPV
   lvsadm --sysctl [net.ipv4.vs.NAME[=VALUE]]  read or set IPVS's sysctls
   lvsadm --drain -t|-u|-f SERVICE -r SERVER [--timeout S]  drain a real server, then delete it
   lvsadm --shutdown                   stop lvsd (its VIPs and nftables tables go with it)
+  lvsadm --restart                    hitless restart: a new lvsd takes the sockets, the old one drains
   --no-autostart                      never start lvsd (also LVSADM_NO_AUTOSTART=1)
 lvsd --http ADDR:PORT serves /metrics (node_exporter's IPVS names) and a live status page.
 """
@@ -107,6 +108,13 @@ def _extras(argv: list[str], client: Client) -> int | None:
         return drain(argv[1:], client)
     if head == "--sysctl":
         return _sysctl(argv[1:], client)
+    if head == "--restart":
+        reply = client.call("restart")
+        if not reply.get("ok", True):
+            print(f"lvsadm: {reply.get('error')}", file=sys.stderr)
+            return 1
+        print(f"restarted: lvsd {reply['new_pid']} serves; lvsd {reply['old_pid']} drains its connections")
+        return 0
     if head == "--reload":
         reply = client.call("reload")
         if not reply.get("ok", True):

@@ -75,6 +75,13 @@ class Daemon:
         #: where the log goes (for ``lvsadm --status``)
         self.log_target = getattr(opts, "log_target_text", "stderr")
         self.stop_reason = "unknown"
+        #: hitless restart: the successor's pid once it serves
+        self.handing_over = False
+        self.handed_over = False
+        self.successor = 0
+        self.argv: list[str] = list(getattr(opts, "argv", []))
+        self.inherit: Any = None
+        self._tasks: set[asyncio.Future[Any]] = set()
         self.writer: StateWriter | None = StateWriter(self.state_path, self.render_state)
         self.durable: asyncio.Future[Any] | None = None
         self.server.pending_write = self.pending_write
@@ -96,6 +103,8 @@ class Daemon:
             conns = _needs_workers(req)
             if conns is not None:
                 return self._observed(req, self.gathered(pool, req, conns))
+        if req.op == "restart":
+            return self._observed(req, self.restart(_who(req.peer)))
         try:
             reply = self._handle(req)
         finally:
@@ -158,7 +167,8 @@ class Daemon:
         if op == "drain":
             return self.drain(req.args)
         if op == "shutdown":
-            log.info("shutdown asked for by lvsadm --shutdown")
+            self.stop_reason = f"lvsadm --shutdown by {_who(req.peer)}"
+            log.info("shutdown asked for by lvsadm --shutdown (%s)", _who(req.peer))
             # a moment for lvsadm to read this and hang up before the server closes
             asyncio.get_running_loop().call_later(0.2, self._stop.set)
             return {"pid": os.getpid()}
@@ -212,7 +222,7 @@ class Daemon:
         self.table_changed()
 
     def save_if_dirty(self) -> None:
-        if self._dirty:
+        if self._dirty and not self.handed_over:
             self._dirty = False
             self.save_state(clean=False)
 
@@ -399,14 +409,26 @@ class Daemon:
             except (KeepalivedConfError, ConfigError) as exc:
                 raise SystemExit(f"lvsd: {exc}") from None
         # the lock first: a second lvsd must not touch the first one's VIPs
+        from .restart import inherited
+
+        inh = self.inherit = inherited()
         try:
-            self.server.bind()
+            if inh is not None:
+                self.server.bind(inh.ctl, inh.lock)
+                self.server.note_pid()
+                from forwarding.nat import INHERITED
+
+                INHERITED.update(inh.listeners)
+                inh.listeners = INHERITED
+            else:
+                self.server.bind()
         except (AlreadyRunning, names.UnsafePath) as exc:
             log.error("not starting: %s", exc)
             raise SystemExit(f"lvsd: {exc}") from None
         previous = self.read_state()
         if previous is not None:
-            self.remove_stale_vips(previous)
+            if inh is None:
+                self.remove_stale_vips(previous)
             if source:
                 how = "stopped cleanly" if previous.clean else "did not stop cleanly (crash or kill)"
                 level = logging.INFO if previous.clean else logging.WARNING
@@ -424,6 +446,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2)
         log.info("lvsd %d started (%s) on %s; state %s; %d services",
                  os.getpid(), self.opts.started_by, self.server.address, self.state_path,
                  len(self.ipvs.services))  # fmt: skip
@@ -431,6 +454,12 @@ class Daemon:
         if self.health is not None:
             self.health.start()
         await self.observer.start()
+        if inh is not None:
+            from .restart import signal_ready
+
+            signal_ready(inh)
+            log.info("took over from lvsd %d: %d services, listening sockets and VIPs inherited",
+                     inh.old_pid, len(self.ipvs.services))  # fmt: skip
         await self._stop.wait()
         log.info("lvsd %d stopping: %s", os.getpid(), self.stop_reason)
         ticker.cancel()
@@ -438,14 +467,99 @@ class Daemon:
         await self.observer.close()
         if self.health is not None:
             await self.health.close()
-        await self.server.close()
+        await self.server.close(unlink=not self.handed_over)
         for plane in self.planes:
+            if self.handed_over and hasattr(plane, "guard"):
+                continue  # DR/TUN: already shut, its nftables table is the successor's
             await plane.close()
         if self.writer is not None:
             self.writer.close()
+        if self.handed_over:
+            log.info("lvsd %d stopped (%s)", os.getpid(), self.stop_reason)
+            return
         self.save_state(clean=True)
         log.info("lvsd %d stopped (%s): table of %d services saved in %s", os.getpid(), self.stop_reason,
                  len(self.ipvs.services), self.state_path)  # fmt: skip
+
+    # -- hitless restart (lvsd/restart.py) ---------------------------------------------
+    async def restart(self, who: str) -> dict[str, Any]:
+        """``lvsadm --restart`` / SIGUSR2: start a successor that inherits
+        the sockets, then stop accepting and drain."""
+        from .restart import start_successor
+
+        if self.handing_over or self.handed_over:
+            return {"ok": False, "error": "a restart is already under way"}
+        if self.worker_plane is not None:
+            return {"ok": False, "error": "--restart is not supported with --workers yet"}
+        if self.server.sock is None:
+            return {"ok": False, "error": "lvsd is not serving yet"}
+        self.handing_over = True
+        try:
+            self.flush_planes()
+            write_atomically(self.state_path, self.render_state(clean=False))
+            nat = self.nat_plane()
+            fds = {
+                "ctl": self.server.sock.fileno(),
+                "lock": self.server.lock_fd,
+                "listeners": nat.listening_sockets() if nat is not None else [],
+                "vips": [list(v) for v in self.vips_added()],
+            }
+            log.info("restart asked by %s: starting a new lvsd with %d listening sockets", who,
+                     len(fds["listeners"]))  # fmt: skip
+            await self.observer.close()  # its HTTP port is the successor's
+            new_pid = await start_successor(self.argv, fds)
+        except (OSError, RuntimeError) as exc:
+            log.error("restart asked by %s failed, this lvsd (pid %d) goes on serving: %s", who,
+                      os.getpid(), exc)  # fmt: skip
+            await self.observer.start()
+            return {"ok": False, "error": f"restart failed: {exc}"}
+        finally:
+            self.handing_over = False
+        self.handed_over = True
+        self.successor = new_pid
+        relays = len(nat.ctx.sessions) if nat is not None else 0
+        log.info("restart: lvsd %d serves now; this lvsd (pid %d) stops accepting and drains %d relays",
+                 new_pid, os.getpid(), relays)  # fmt: skip
+        self._background(self._drain_and_exit())
+        return {"old_pid": os.getpid(), "new_pid": new_pid}
+
+    def nat_plane(self) -> Any:
+        from forwarding.nat import NatPlane
+
+        for plane in self.planes:
+            if isinstance(plane, NatPlane):
+                return plane
+        return None
+
+    async def _drain_and_exit(self) -> None:
+        from .restart import DRAIN_TIMEOUT
+
+        await asyncio.sleep(0.2)  # the restart reply reaches lvsadm first
+        await self.server.close(unlink=False)
+        nat = self.nat_plane()
+        if nat is not None:
+            nat.stop_accepting()
+        for plane in self.planes:
+            if hasattr(plane, "guard"):  # DR/TUN: the successor owns the nftables table
+                plane.guard = None
+                plane.shutdown()
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while nat is not None and nat.ctx.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        left = len(nat.ctx.sessions) if nat is not None else 0
+        drained = ", relays drained"
+        if left:
+            drained = f", {left} relays still open after {DRAIN_TIMEOUT:.0f} s are reset"
+        self.stop_reason = f"handed over to lvsd {self.successor}{drained}"
+        self._stop.set()
+
+    def _on_sigusr2(self) -> None:
+        self._background(self.restart("SIGUSR2"))
+
+    def _background(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _on_stop_signal(self, sig: int) -> None:
         self.stop_reason = f"{signal.Signals(sig).name} received"
@@ -495,15 +609,17 @@ class Daemon:
                 problems.append(reply["stderr"].strip())
         dests = sum(len(svc.destinations) for svc in self.ipvs.services.values())
         how = "stopped cleanly" if state.clean else "did not stop cleanly (crash or kill)"
+        if self.inherit is not None:
+            how = "handed its sockets over (hitless restart)"
         self.restored = {
             "path": self.state_path,
             "services": len(self.ipvs.services),
             "dests": dests,
             "previous_pid": state.pid,
-            "unclean": not state.clean,
+            "unclean": not state.clean and self.inherit is None,
             "problems": problems,
         }
-        log.log(logging.INFO if state.clean else logging.WARNING,
+        log.log(logging.INFO if state.clean or self.inherit is not None else logging.WARNING,
                 "previous lvsd (pid %s) %s; restored %d services, %d real servers, timeouts %s "
                 "and sysctls from %s", state.pid or "?", how, len(self.ipvs.services), dests,
                 "/".join(map(str, self.ipvs.get_timeouts())), self.state_path)  # fmt: skip
@@ -599,6 +715,8 @@ class Daemon:
             from forwarding.nat import NatPlane
 
             plane = NatPlane(self.director, self.now, **options)
+        if self.inherit is not None:
+            plane.vips.adopt(self.inherit.vips)
         self.planes.append(plane)
         plane.start()
 
@@ -638,6 +756,23 @@ def _needs_workers(req: Request) -> bool | None:
             return None  # the request itself reports it
         return bool(cmd.connection) if cmd.kind == CMD_LIST else None
     return None
+
+
+def _argv_for_successor(argv: list[str]) -> list[str]:
+    """lvsd's own arguments without ``--started-by`` (a successor gets its own)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--started-by":
+            skip = True
+            continue
+        if arg.startswith("--started-by="):
+            continue
+        out.append(arg)
+    return out
 
 
 def _who(peer: tuple[int, int] | None) -> str:
@@ -757,6 +892,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
     opts.log_target_text = setup_logging(opts)
+    opts.argv = _argv_for_successor(list(sys.argv[1:] if argv is None else argv))
     if opts.workers > 1:
         _log_workers_alike(opts.log_file, opts.log_level)
     if not opts.foreground:

@@ -3,6 +3,7 @@ does not lose the table, and every change leaves a line in the log."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -254,3 +255,146 @@ def test_kill_9_under_load_loses_nothing_of_the_table(backends: Any) -> None:
             first.wait()
         for vip in (vip_t, vip_u):
             subprocess.run(["ip", "addr", "del", f"{vip}/32", "dev", "lo"], capture_output=True, check=False)
+
+
+class _Load:
+    """HTTP traffic at a fixed rate: ``short`` requests per second on new
+    connections and ``keepalive`` connections of ``per_conn`` requests per
+    second each, every failure counted."""
+
+    def __init__(self, port: int, short: int, keepalive: int, per_conn: int) -> None:
+        self.port = port
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failed: list[str] = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._short, args=(short // 4,), daemon=True) for _ in range(4)]
+        self.threads += [threading.Thread(target=self._keepalive, args=(per_conn,), daemon=True)
+                         for _ in range(keepalive)]  # fmt: skip
+        self.ka_done: list[int] = []
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def _count(self, error: str | None) -> None:
+        with self.lock:
+            if error is None:
+                self.ok += 1
+            else:
+                self.failed.append(error)
+
+    def _paced(self, rate: int) -> Iterator[None]:
+        t = time.monotonic()
+        while not self.stop.is_set():
+            yield None
+            t += 1.0 / rate
+            time.sleep(max(0.0, t - time.monotonic()))
+
+    def _short(self, rate: int) -> None:
+        for _ in self._paced(rate):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+                    s.sendall(b"GET /short HTTP/1.0\r\n\r\n")
+                    data = b""
+                    while chunk := s.recv(4096):
+                        data += chunk
+                self._count(None if data.startswith(b"HTTP/1.1 200") and data.endswith(b"ok") else f"short: {data!r}")
+            except OSError as exc:
+                self._count(f"short: {exc!r}")
+
+    def _keepalive(self, rate: int) -> None:
+        done = 0
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+                f = s.makefile("rb")
+                for _ in self._paced(rate):
+                    s.sendall(b"GET /ka HTTP/1.1\r\nHost: x\r\n\r\n")
+                    status = f.readline()
+                    while f.readline() not in (b"\r\n", b""):
+                        pass
+                    body = f.read(2)
+                    self._count(None if status.startswith(b"HTTP/1.1 200") and body == b"ok" else f"ka: {status!r}")
+                    done += 1
+        except OSError as exc:
+            self._count(f"keep-alive after {done} requests: {exc!r}")
+        self.ka_done.append(done)
+
+
+def _keepalive_backend(backends: Any) -> int:
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await r.readuntil(b"\r\n\r\n")
+                keep = b"HTTP/1.1" in head.split(b"\r\n", 1)[0]
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n%s\r\nok"
+                        % (b"" if keep else b"Connection: close\r\n"))  # fmt: skip
+                await w.drain()
+                if not keep:
+                    break
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        w.close()
+
+    return int(backends.tcp(handle))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_five_restarts_under_load_fail_no_request(backends: Any) -> None:
+    """Test point 3: 5 ``lvsadm --restart`` while 100 short requests/s and
+    100 keep-alive requests/s (4 connections) flow: no request fails, every
+    keep-alive connection opened before the first restart carries all its
+    requests through the five restarts (the old lvsd drains it)."""
+    rport, vport = _keepalive_backend(backends), _free_port()
+    name = unique_socket()
+    first = subprocess.Popen([PY, "-m", "lvsd.main", "--foreground", "--no-dr", "--no-vip", "--socket", name],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)  # fmt: skip
+    load = _Load(vport, short=100, keepalive=4, per_conn=25)
+    pids = [first.pid]
+    try:
+        wait_ready(name)
+        assert lvsadm(name, "-A", "-t", f"127.0.0.1:{vport}", "-s", "rr").returncode == 0
+        assert lvsadm(name, "-a", "-t", f"127.0.0.1:{vport}", "-r", f"127.0.0.1:{rport}", "-m").returncode == 0
+        load.start()
+        time.sleep(1.0)
+        for _ in range(5):
+            r = lvsadm(name, "--restart")
+            assert r.returncode == 0, r.stderr
+            pids.append(int(r.stdout.split()[2]))
+            time.sleep(1.5)
+        load.finish()
+        assert load.failed == [], load.failed[:5]
+        assert len(load.ka_done) == 4 and min(load.ka_done) > 5 * 1.5 * 25 * 0.5, load.ka_done
+        assert load.ok > 1000
+        with Client(autostart=False, name=name) as c:
+            assert c.call("status")["data"]["pid"] == pids[-1]
+        assert f"TCP  127.0.0.1:{vport} rr" in lvsadm(name, "-L", "-n").stdout
+        # the old ones are gone once their keep-alive connections closed
+        deadline = time.monotonic() + 20
+        while any(_alive(p) for p in pids[:-1]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in pids[:-1])
+    finally:
+        load.stop.set()
+        for pid in reversed(pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        first.wait(timeout=20)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
