@@ -19,6 +19,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from checkers import Outcome, probe_for
 from lvs.config import Config, apply_config
 from lvs.health import Checker, HealthMonitor, VirtualServerConf
 from lvs.keepalived_conf import KeepalivedConfError, KeepalivedConfig, parse_keepalived, split_command
@@ -169,14 +170,13 @@ class HealthRunner:
                 await asyncio.wait_for(self._wake.wait(), wait)
 
     async def _probe(self, monitor: HealthMonitor, chk: Checker) -> None:
-        from checkers import Outcome, probe_for
-
         limit = chk.connect_timeout
         if chk.kind == "MISC_CHECK":
             limit = float(chk.conf.options.get("misc_timeout") or chk.delay_loop) + 2.0
         started = self.now()
         try:
-            outcome = await asyncio.wait_for(probe_for(chk.kind)(chk), limit + SAFETY_MARGIN)
+            async with asyncio.timeout(limit + SAFETY_MARGIN):  # no extra task, unlike wait_for
+                outcome = await probe_for(chk.kind)(chk)
         except asyncio.CancelledError:
             raise
         except TimeoutError:
