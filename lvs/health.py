@@ -229,6 +229,8 @@ class RsState:
     sorry: bool = False
     #: handed to the operator (``lvsadm --drain``): checks go on, the table is left alone
     released: bool = False
+    #: up/down transitions since start (kept across reloads)
+    transitions: int = 0
 
     def describe(self) -> str:
         proto = self.vs.conf.keys[0].protocol if self.vs.conf.keys else 0
@@ -538,6 +540,7 @@ class HealthMonitor:
             return False
         rs.alive = alive
         rs.since = now
+        rs.transitions += 1
         if alive:
             rs.last_failure = ""
         self._script(rs.conf.notify_up if alive else rs.conf.notify_down)
@@ -584,6 +587,7 @@ class HealthMonitor:
                 self._ipvs_cmd("del", vs, sorry, now)
                 sorry.alive = False
                 sorry.since = now
+                sorry.transitions += 1
                 self._perform_quorum_state(vs, True, now)
             self._script(vs.conf.quorum_up)
             return
@@ -600,6 +604,7 @@ class HealthMonitor:
                 self._ipvs_cmd("add", vs, sorry, now)
                 sorry.alive = True
                 sorry.since = now
+                sorry.transitions += 1
             self._script(vs.conf.quorum_down)
 
     def _perform_quorum_state(self, vs: VsState, add: bool, now: float) -> None:
@@ -678,7 +683,7 @@ class HealthMonitor:
                 if p is None:
                     continue
                 adopted.add(id(rs))
-                rs.alive, rs.set, rs.since = p.alive, p.set, p.since
+                rs.alive, rs.set, rs.since, rs.transitions = p.alive, p.set, p.since, p.transitions
                 rs.last_failure, rs.failed_checker = p.last_failure, p.failed_checker
                 pchk = {(c.kind, c.af, c.host, c.port): c for c in p.checkers}
                 for chk in rs.checkers:
