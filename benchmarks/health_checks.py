@@ -23,6 +23,7 @@ holds; latencies move with the load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -91,10 +92,8 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         children = []
     for child in children:
-        try:
+        with contextlib.suppress(OSError):  # it may just have gone
             total += cpu_seconds(int(child))
-        except OSError:
-            pass
     return total
 
 
