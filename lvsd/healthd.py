@@ -123,6 +123,8 @@ class HealthRunner:
         self._task: asyncio.Task[None] | None = None
         self.probes_run = 0
         self._closing = False
+        #: when the loop wakes next by itself
+        self._wake_at = 0.0
         #: told each line the monitor logs (kind "log"/"warning", text): lvsd's event list
         self.on_log: Callable[[str, str], None] | None = None
         #: per checker (Checker.ident): [passed, failed, seconds the last probe took]
@@ -253,6 +255,7 @@ class HealthRunner:
                     wait = max(0.0, min(wait, nxt - self.now()))
                 if len(self.running) >= self.max_parallel:
                     wait = 1.0  # woken when a probe finishes
+            self._wake_at = self.now() + wait
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
             # arrives as the event is set (and it is set a thousand times a second with 1,000
             # checkers), which left lvsd running its checks after SIGTERM
@@ -287,7 +290,10 @@ class HealthRunner:
             self.emit({"gen": self.generation, "ident": chk.ident, "ok": outcome.ok, "reason": outcome.reason,
                        "exit_code": outcome.exit_code})  # fmt: skip
         self._drain()
-        self._wake.set()
+        # wake the loop only when this checker's next attempt comes before the loop's own wake
+        # (or probes were held back): with 1,000 checkers this saves ~1,000 loop turns a second
+        if chk.due < self._wake_at or len(self.running) >= self.max_parallel:
+            self._wake.set()
 
     def _drain(self) -> None:
         monitor = self.monitor
