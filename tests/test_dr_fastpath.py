@@ -22,8 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from forwarding import packet as P
-from forwarding import tun as T
+from forwarding import packet, tun
 from forwarding.capture import TP_STATUS_CSUMNOTREADY, layout_frames
 from forwarding.dr import DirectPlane, LinkInfo, NextHop, Resolver
 from lvs.addr import parse_ip
@@ -115,11 +114,11 @@ class StableResolver(Resolver):
     def lookup(self, af: int, addr: int, now: float) -> NextHop:
         nh = self.hops.get((af, addr))
         if nh is None:
-            etype = P.ETH_P_IPV6 if af == P.AF_INET6 else P.ETH_P_IP
+            etype = packet.ETH_P_IPV6 if af == packet.AF_INET6 else packet.ETH_P_IP
             mac = b"\x02\x00\x00\x00\x01" + bytes((addr & 0xFF,))
             nh = self.hops[(af, addr)] = NextHop(
                 ifindex=3,
-                l2=P.ethernet_header(mac, b"\x02\x00\x00\x00\x00\x03", etype),
+                l2=packet.ethernet_header(mac, b"\x02\x00\x00\x00\x00\x03", etype),
                 src=parse_ip("172.16.0.1")[1],
                 mtu=1500,
                 expires=1e18,
@@ -235,7 +234,7 @@ events = st.one_of(
 # driving and comparing
 # -----------------------------------------------------------------------------
 def run(cfg: Config, fast: bool, evs: list) -> tuple[DirectPlane, FakeTx]:
-    T._ids = itertools.count(1)  # the IPIP identification counter, same for both runs
+    tun._ids = itertools.count(1)  # the IPIP identification counter, same for both runs
     plane, tx = make_plane(cfg, fast)
     ipvs = plane.ipvs
     t = 1.0
@@ -456,9 +455,9 @@ def test_account_in_equals_process_in(tcp: bool, batches: list[tuple[int, int, f
         d = Director(ipvs)
         flow = Flow(socket.AF_INET, proto, parse_ip("10.0.0.2")[1], 40000, VIP_INT, 8080)
         t = 1.0
-        v = d.process_in(flow, t, P.TCP_SYN, 60)
+        v = d.process_in(flow, t, packet.TCP_SYN, 60)
         if tcp:
-            d.process_in(flow, t, P.TCP_ACK, 52)
+            d.process_in(flow, t, packet.TCP_ACK, 52)
         cp = v.conn
         assert cp is not None
         for n, size, dt in batches:
@@ -467,7 +466,7 @@ def test_account_in_equals_process_in(tcp: bool, batches: list[tuple[int, int, f
                 d.account_in(cp, t, n, n * size)
             else:
                 for _ in range(n):
-                    d.process_in(flow, t, P.TCP_ACK | P.TCP_PSH, size)
+                    d.process_in(flow, t, packet.TCP_ACK | packet.TCP_PSH, size)
         dest = cp.dest
         assert dest is not None
         conn = tuple(getattr(cp, f) for f in CONN_FIELDS)

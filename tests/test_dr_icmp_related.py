@@ -14,9 +14,7 @@ import socket
 
 import pytest
 
-from forwarding import icmp_related as IR
-from forwarding import packet as P
-from forwarding import tun as T
+from forwarding import icmp_related, packet, tun
 from forwarding.capture import Target, compile_filter, run_filter
 from forwarding.dr import DirectPlane, LinkInfo, NextHop, Resolver
 from lvs.addr import parse_ip
@@ -72,9 +70,9 @@ class OneHopResolver(Resolver):
         self.links = {IFX_IN: LinkInfo(IFX_IN, "in0", b"\x02\x00\x00\x00\x00\x02", 1500)}
 
     def lookup(self, af: int, addr: int, now: float) -> NextHop:
-        etype = P.ETH_P_IPV6 if af == P.AF_INET6 else P.ETH_P_IP
-        src = ip_int(DIP6 if af == P.AF_INET6 else DIP)
-        return NextHop(IFX_OUT, P.ethernet_header(rs_mac(addr), OUR_MAC, etype), src, 1500, 1e18, True)
+        etype = packet.ETH_P_IPV6 if af == packet.AF_INET6 else packet.ETH_P_IP
+        src = ip_int(DIP6 if af == packet.AF_INET6 else DIP)
+        return NextHop(IFX_OUT, packet.ethernet_header(rs_mac(addr), OUR_MAC, etype), src, 1500, 1e18, True)
 
     def link(self, ifindex: int) -> LinkInfo | None:
         return self.links.get(ifindex)
@@ -172,7 +170,7 @@ def test_dr_v4_error_goes_to_the_connections_real_server(icmp) -> None:
     orig = IP(frame[14:])
     assert sent.ttl == orig.ttl - 1
     assert bytes(sent[ICMP]) == bytes(orig[ICMP])
-    assert P.ipv4_header_ok(out, 14, 20)
+    assert packet.ipv4_header_ok(out, 14, 20)
     ln = len(frame) - 14
     assert (dest.stats.inpkts, dest.stats.inbytes, cp.in_pkts) == (
         before[0] + 1,
@@ -235,7 +233,7 @@ def test_malformed_and_fragmented_quotes_stay_local() -> None:
     frag = bytearray(icmp_frame(ICMP(type=11), bytes(q)))
     frag[14 + 6] = 0x20  # MF
     frag[14 + 10 : 14 + 12] = b"\x00\x00"
-    frag[14 + 10 : 14 + 12] = P.checksum(bytes(frag[14:34])).to_bytes(2, "big")
+    frag[14 + 10 : 14 + 12] = packet.checksum(bytes(frag[14:34])).to_bytes(2, "big")
     feed(plane, bytes(frag))
     assert tx.frames == [] and related_count(plane) == 0
 
@@ -277,10 +275,10 @@ def test_tun_v4_error_is_encapsulated(tun_type: int) -> None:
     assert out[:6] == rs_mac(cp.daddr)
     outer = out[14:]
     assert outer[16:20] == cp.daddr.to_bytes(4, "big")
-    res = T.decapsulate(outer, P.AF_INET, 6080)
+    res = tun.decapsulate(outer, packet.AF_INET, 6080)
     assert res is not None
     af, inner = res
-    assert af == P.AF_INET
+    assert af == packet.AF_INET
     orig = bytes(IP(frame[14:]))
     assert inner[8] == orig[8] - 1  # TTL decremented
     assert inner[20:] == orig[20:]  # the ICMP message unchanged
@@ -309,8 +307,8 @@ def test_v6_errors_are_forwarded(fwd: int, icmp) -> None:
     if fwd == CONN_F_DROUTE:
         sent = out[14:]
     else:
-        assert out[14 + 6] == P.IPPROTO_IPV6  # IPv6 in IPv6
-        res = T.decapsulate(out[14:], P.AF_INET6)
+        assert out[14 + 6] == packet.IPPROTO_IPV6  # IPv6 in IPv6
+        res = tun.decapsulate(out[14:], packet.AF_INET6)
         assert res is not None
         sent = res[1]
     assert sent[7] == orig[7] - 1
@@ -331,9 +329,9 @@ def test_v6_informational_and_bad_checksum_stay_local() -> None:
 
 def test_related_key_is_reversed() -> None:
     frame = icmp_frame(ICMP(type=11), reply_quote(False, cport=41234))
-    p = P.parse_frame(frame)
+    p = packet.parse_frame(frame)
     assert p is not None
-    rel = IR.related(frame, p)
+    rel = icmp_related.related(frame, p)
     assert rel is not None
     assert (rel.protocol, rel.caddr, rel.cport, rel.vaddr, rel.vport) == (
         6,

@@ -42,8 +42,7 @@ from lvs.constants import (
     TUN_TYPE_GUE,
 )
 from lvs.ctl import IPVS
-from lvs.ipvsadm import grammar as g
-from lvs.ipvsadm import libc
+from lvs.ipvsadm import grammar, libc
 from lvs.ipvsadm.commands import run
 from lvs.ipvsadm.names import FilesResolver, NullResolver
 from lvs.ipvsadm.restore import MAX_WORD, read_invocations
@@ -124,10 +123,10 @@ def _golden(name: str) -> tuple[str, str, int]:
 
 def _changes_table(args: list[str]) -> bool:
     try:
-        kind = g.parse(args, NullResolver()).kind
-    except g.UsageError:
+        kind = grammar.parse(args, NullResolver()).kind
+    except grammar.UsageError:
         return False
-    return kind not in (g.CMD_LIST, g.CMD_SAVE, g.CMD_HELP, g.CMD_VERSION)
+    return kind not in (grammar.CMD_LIST, grammar.CMD_SAVE, grammar.CMD_HELP, grammar.CMD_VERSION)
 
 
 def replay_until(name: str) -> tuple[IPVS, list[str]]:
@@ -388,8 +387,8 @@ REAL_ERRORS: list[tuple[str, str, int]] = [
 
 @pytest.mark.parametrize(("args", "message", "rc"), REAL_ERRORS)
 def test_real_error(args: str, message: str, rc: int) -> None:
-    with pytest.raises(g.UsageError) as info:
-        g.parse(args.split(), NullResolver())
+    with pytest.raises(grammar.UsageError) as info:
+        grammar.parse(args.split(), NullResolver())
     assert (info.value.message, info.value.rc) == (message, rc)
     ipvs = IPVS()
     assert sh(ipvs, args) == (rc, "", message)
@@ -413,7 +412,7 @@ REAL_ACCEPTED = [
 
 @pytest.mark.parametrize("args", REAL_ACCEPTED)
 def test_real_accepted(args: str) -> None:
-    g.parse(args.replace("''", "").split() + ([""] if "''" in args else []), NullResolver())
+    grammar.parse(args.replace("''", "").split() + ([""] if "''" in args else []), NullResolver())
 
 
 # ---------------------------------------------------------------------------
@@ -421,18 +420,18 @@ def test_real_accepted(args: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-def parse(args: str, resolver: object = None) -> g.Command:
-    return g.parse(args.split(), resolver or NullResolver())
+def parse(args: str, resolver: object = None) -> grammar.Command:
+    return grammar.parse(args.split(), resolver or NullResolver())
 
 
 def test_bare_ipvsadm_lists() -> None:
-    cmd = g.parse([], NullResolver())
-    assert cmd.kind == g.CMD_LIST and not cmd.numeric and cmd.sort and cmd.key is None
+    cmd = grammar.parse([], NullResolver())
+    assert cmd.kind == grammar.CMD_LIST and not cmd.numeric and cmd.sort and cmd.key is None
 
 
 def test_service_defaults() -> None:
     cmd = parse("-A -t 10.0.0.1:80")
-    assert cmd.kind == g.CMD_ADD
+    assert cmd.kind == grammar.CMD_ADD
     assert cmd.service == ctl.ServiceSpec(
         key=ServiceKey(AF_INET, IPPROTO_TCP, 0x0A000001, 80), sched_name="wlc", flags=0, timeout=0,
         netmask=0xFFFFFFFF, pe_name="",
@@ -514,7 +513,7 @@ def test_real_server_options() -> None:
     cmd = parse(
         "-e -t 10.0.0.1:80 -r 10.1.0.3 -i -w 0 -x 100 -y 50 --tun-type gue --tun-port 6080 --tun-csum"
     )
-    assert cmd.kind == g.CMD_EDITDEST and cmd.dest is not None
+    assert cmd.kind == grammar.CMD_EDITDEST and cmd.dest is not None
     d = cmd.dest
     assert (d.weight, d.u_threshold, d.l_threshold) == (0, 100, 50)
     assert (d.tun_type, d.tun_port, d.tun_flags) == (TUN_TYPE_GUE, 6080, TUN_F_CSUM)
@@ -550,14 +549,14 @@ def test_names_through_the_resolver() -> None:
     assert parse("-A -t WWW:http", resolver).key == ServiceKey(AF_INET, IPPROTO_TCP, 0x0A090807, 80)
     assert parse("-A -u web:domain", resolver).key == ServiceKey(AF_INET, IPPROTO_UDP, 0x0A090807, 53)
     for bad in ("-A -u web:http", "-A -t web6:http", "-A -t nosuch:80"):
-        with pytest.raises(g.UsageError, match="illegal virtual server"):
+        with pytest.raises(grammar.UsageError, match="illegal virtual server"):
             parse(bad, resolver)
     # -f sets the protocol to TCP, so real-server ports are TCP names
     assert parse("-a -f 1 -r web:http", resolver).dest.port == 80  # type: ignore[union-attr]
-    with pytest.raises(g.UsageError, match="illegal real server"):
+    with pytest.raises(grammar.UsageError, match="illegal real server"):
         parse("-a -f 1 -r web:domain", resolver)
     # -r before -t: no protocol yet, so no names
-    with pytest.raises(g.UsageError, match="illegal real server"):
+    with pytest.raises(grammar.UsageError, match="illegal real server"):
         parse("-a -r web:http -t web:http", resolver)
     assert parse("-A -t 1.2.3.4:80 -p -M web", resolver).service.netmask == 0x0A090807  # type: ignore[union-attr]
 
@@ -581,7 +580,7 @@ def test_other_commands() -> None:
 
 def test_expansion_without_a_free_word_is_refused() -> None:
     # the real ipvsadm loops forever here
-    with pytest.raises(g.UsageError, match="loops forever") as info:
+    with pytest.raises(grammar.UsageError, match="loops forever") as info:
         parse("-L -t x!#:+ -n")
     assert info.value.rc == 2
 
@@ -844,15 +843,15 @@ def base_table() -> IPVS:
 @given(args=argument_soup)
 def test_soup_parses_cleanly(args: list[str]) -> None:
     try:
-        cmd = g.parse(args, NullResolver())
-    except g.UsageError as e:
+        cmd = grammar.parse(args, NullResolver())
+    except grammar.UsageError as e:
         assert e.rc in (2, 255, 139)
         assert e.message.endswith("\n") or (e.rc == 139 and e.message == "")
     else:
         assert cmd.kind in (
-            g.CMD_ADD, g.CMD_EDIT, g.CMD_DEL, g.CMD_FLUSH, g.CMD_LIST, g.CMD_ADDDEST, g.CMD_DELDEST,
-            g.CMD_EDITDEST, g.CMD_TIMEOUT, g.CMD_STARTDAEMON, g.CMD_STOPDAEMON, g.CMD_RESTORE, g.CMD_SAVE,
-            g.CMD_ZERO, g.CMD_HELP, g.CMD_VERSION,
+            grammar.CMD_ADD, grammar.CMD_EDIT, grammar.CMD_DEL, grammar.CMD_FLUSH, grammar.CMD_LIST, grammar.CMD_ADDDEST, grammar.CMD_DELDEST,
+            grammar.CMD_EDITDEST, grammar.CMD_TIMEOUT, grammar.CMD_STARTDAEMON, grammar.CMD_STOPDAEMON, grammar.CMD_RESTORE, grammar.CMD_SAVE,
+            grammar.CMD_ZERO, grammar.CMD_HELP, grammar.CMD_VERSION,
         )  # fmt: skip
 
 
@@ -967,9 +966,9 @@ class TestAgainstRealIpvsadm:
     def _compare(self, real, args: list[str]) -> None:
         rc, _out, err, calls = real(args)
         try:
-            cmd = g.parse(args, files_resolver())
+            cmd = grammar.parse(args, files_resolver())
             ours = None
-        except g.UsageError as e:
+        except grammar.UsageError as e:
             ours = (e.rc, e.message)
         if rc == "hang":
             assert ours is not None and "loops forever" in ours[1], args
@@ -978,7 +977,7 @@ class TestAgainstRealIpvsadm:
             assert ours == (rc, err), args
             return
         assert ours is None, (args, rc, err, ours)
-        opnum = {g.CMD_ADD: 2, g.CMD_EDIT: 3, g.CMD_ADDDEST: 7, g.CMD_EDITDEST: 9}.get(cmd.kind)
+        opnum = {grammar.CMD_ADD: 2, grammar.CMD_EDIT: 3, grammar.CMD_ADDDEST: 7, grammar.CMD_EDITDEST: 9}.get(cmd.kind)
         if opnum is None or not calls:
             return  # IPv6 and --pe stop in libipvs before the sockopt call
         num, raw = calls[-1]

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from forwarding import packet as P
-from forwarding import tun as T
+from forwarding import packet, tun
 from forwarding.capture import Target, compile_filter, run_filter
 from forwarding.dr import DirectPlane, LinkInfo, NextHop, Resolver
 from lvs.addr import parse_ip
@@ -57,10 +56,10 @@ class FixedResolver(Resolver):
         self.links = {2: LinkInfo(2, "in0", b"\x02\x00\x00\x00\x00\x02", 1500)}
 
     def lookup(self, af: int, addr: int, now: float) -> NextHop:
-        etype = P.ETH_P_IPV6 if af == P.AF_INET6 else P.ETH_P_IP
+        etype = packet.ETH_P_IPV6 if af == packet.AF_INET6 else packet.ETH_P_IP
         return NextHop(
             ifindex=3,
-            l2=P.ethernet_header(b"\x02\x00\x00\x00\x00\x99", b"\x02\x00\x00\x00\x00\x03", etype),
+            l2=packet.ethernet_header(b"\x02\x00\x00\x00\x00\x99", b"\x02\x00\x00\x00\x00\x03", etype),
             src=parse_ip("172.16.0.1")[1],
             mtu=1500,
             expires=1e18,
@@ -184,7 +183,7 @@ def test_gue_and_gre_roundtrip(flags: int) -> None:
     inner = bytes(IP(src="10.0.0.2", dst=VIP, ttl=9) / UDP(sport=1, dport=8080) / b"hello")
     sa, da = parse_ip("172.16.0.1")[1], parse_ip(RS1)[1]
     for tt in (TUN_TYPE_GUE, TUN_TYPE_GRE, 0):
-        outer = T.encapsulate(inner, P.AF_INET, P.AF_INET, sa, da, tt, 6080, flags, 12345)
+        outer = tun.encapsulate(inner, packet.AF_INET, packet.AF_INET, sa, da, tt, 6080, flags, 12345)
         o = IP(outer)
         if tt == TUN_TYPE_GUE:
             assert o.proto == 17 and o[UDP].dport == 6080 and 32768 <= o[UDP].sport < 60999
@@ -195,11 +194,11 @@ def test_gue_and_gre_roundtrip(flags: int) -> None:
                 assert IP(bytes(o))[UDP].chksum == c
         elif tt == TUN_TYPE_GRE:
             assert o.proto == 47 and len(o.payload) == len(inner) + (8 if flags else 4)
-        assert T.decapsulate(outer, P.AF_INET, 6080) == (P.AF_INET, inner)
+        assert tun.decapsulate(outer, packet.AF_INET, 6080) == (packet.AF_INET, inner)
     # mixed families: IPv4 inside IPv6
-    outer6 = T.encapsulate(inner, P.AF_INET, P.AF_INET6, 1, 2, TUN_TYPE_GUE, 6080, flags, 1)
+    outer6 = tun.encapsulate(inner, packet.AF_INET, packet.AF_INET6, 1, 2, TUN_TYPE_GUE, 6080, flags, 1)
     assert IPv6(outer6).nh == 17 and IPv6(outer6).hlim == 9
-    assert T.decapsulate(outer6, P.AF_INET6, 6080) == (P.AF_INET, inner)
+    assert tun.decapsulate(outer6, packet.AF_INET6, 6080) == (packet.AF_INET, inner)
 
 
 def test_filter_matches_only_served() -> None:
@@ -265,7 +264,7 @@ def test_mutated_frames(base: bytes, flips: list[tuple[int, int]], cut: int, tun
     frame = frame[: max(0, len(frame) - cut)] if cut < len(frame) else frame
     before = len(plane.director.conns)
     feed(plane, bytes(frame))
-    parsed = P.parse_frame(bytes(frame))
+    parsed = packet.parse_frame(bytes(frame))
     if parsed is None:
         # malformed: the table must not change and nothing is sent
         assert len(plane.director.conns) == before
@@ -273,20 +272,20 @@ def test_mutated_frames(base: bytes, flips: list[tuple[int, int]], cut: int, tun
     check_table(plane)
     for _, out in tx.frames:
         # whatever went out is a parseable frame
-        assert P.parse_frame(out) is not None
+        assert packet.parse_frame(out) is not None
 
 
 def test_bad_checksum_and_lengths_refused() -> None:
     good = bytearray(syn())
     bad = bytearray(good)
     bad[24] ^= 0xFF  # header checksum
-    assert P.parse_frame(bytes(bad)) is None
+    assert packet.parse_frame(bytes(bad)) is None
     short = bytearray(good)
     short[16:18] = (200).to_bytes(2, "big")  # total length beyond the frame
-    assert P.parse_frame(bytes(short)) is None
+    assert packet.parse_frame(bytes(short)) is None
     ihl = bytearray(good)
     ihl[14] = 0x44  # ihl 4 < 5
-    assert P.parse_frame(bytes(ihl)) is None
+    assert packet.parse_frame(bytes(ihl)) is None
     plane, tx = make_plane()
     for f in (bad, short, ihl):
         feed(plane, bytes(f))

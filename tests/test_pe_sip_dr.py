@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from forwarding import tun as T
+from forwarding import tun
 from forwarding.capture import layout_frames
 from forwarding.dr import DirectPlane
 from lvs.constants import CONN_F_DROUTE, CONN_F_TEMPLATE, SVC_F_PERSISTENT
@@ -25,7 +25,7 @@ scapy_all = pytest.importorskip("scapy.all")
 
 
 def make_plane(pe: str = "sip") -> tuple[DirectPlane, FakeTx]:
-    T._ids = itertools.count(1)
+    tun._ids = itertools.count(1)
     ipvs = IPVS()
     key = ServiceKey(socket.AF_INET, 17, VIP_INT, 5060)
     ipvs.add_service(ServiceSpec(key, "rr", SVC_F_PERSISTENT, 60, None, pe))
