@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .test_nat_e2e import Backends
+from .natlab import Backends
 
 
 @pytest.fixture

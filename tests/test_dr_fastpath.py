@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from forwarding import packet, tun
 from forwarding.capture import TP_STATUS_CSUMNOTREADY, layout_frames
-from forwarding.dr import DirectPlane, LinkInfo, NextHop, Resolver
+from forwarding.dr import DirectPlane
 from lvs.addr import parse_ip
 from lvs.conn import TCP_S_ESTABLISHED, TCP_S_FIN_WAIT
 from lvs.constants import (
@@ -39,6 +39,8 @@ from lvs.core import Director
 from lvs.ctl import IPVS, DestSpec, ServiceSpec
 from lvs.model import Flow, ServiceKey
 
+from .drfakes import IFX_IN, RS_INT, VIP, VIP_INT, FailingTx, FakeTx, OneHopResolver, PlainTx
+
 scapy_all = pytest.importorskip("scapy.all")
 Ether = scapy_all.Ether
 IP = scapy_all.IP
@@ -46,91 +48,6 @@ TCP = scapy_all.TCP
 UDP = scapy_all.UDP
 Raw = scapy_all.Raw
 
-VIP = "207.175.44.110"
-VIP_INT = parse_ip(VIP)[1]
-RS = ("172.16.0.2", "172.16.0.3")
-RS_INT = tuple(parse_ip(r)[1] for r in RS)
-IFX_IN = 2
-
-
-class FakeTx:
-    """Records frames; ``sender`` like TxSockets (the fast path's route)."""
-
-    def __init__(self) -> None:
-        self.frames: list[tuple[int, bytes]] = []
-        self.sent = 0
-        self.errors = 0
-
-    def send(self, ifindex: int, frame: bytes | bytearray) -> bool:
-        self.frames.append((ifindex, bytes(frame)))
-        self.sent += 1
-        return True
-
-    def sender(self, ifindex: int):
-        frames = self.frames
-
-        def send(frame: bytes) -> None:
-            frames.append((ifindex, bytes(frame)))
-
-        return send
-
-    def count(self, sent: int, errors: int = 0) -> None:
-        self.sent += sent
-        self.errors += errors
-
-    def close(self) -> None:
-        pass
-
-
-class PlainTx(FakeTx):
-    """A transmitter without ``sender``: the fast path falls back to send()."""
-
-    sender = None  # type: ignore[assignment]
-
-
-class FailingTx(FakeTx):
-    """Every send fails (a full socket buffer, a vanished interface)."""
-
-    def send(self, ifindex: int, frame: bytes | bytearray) -> bool:
-        self.errors += 1
-        return False
-
-    def sender(self, ifindex: int):
-        def send(frame: bytes) -> None:
-            raise BlockingIOError(11, "Resource temporarily unavailable")
-
-        return send
-
-
-class StableResolver(Resolver):
-    """Every real server one hop away on interface 3 (MTU 1500), one NextHop
-    object per address (as the real cache keeps them)."""
-
-    def __init__(self) -> None:
-        super().__init__(None)
-        self.links = {IFX_IN: LinkInfo(IFX_IN, "in0", b"\x02\x00\x00\x00\x00\x02", 1500)}
-        self.hops: dict[tuple[int, int], NextHop] = {}
-
-    def lookup(self, af: int, addr: int, now: float) -> NextHop:
-        nh = self.hops.get((af, addr))
-        if nh is None:
-            etype = packet.ETH_P_IPV6 if af == packet.AF_INET6 else packet.ETH_P_IP
-            mac = b"\x02\x00\x00\x00\x01" + bytes((addr & 0xFF,))
-            nh = self.hops[(af, addr)] = NextHop(
-                ifindex=3,
-                l2=packet.ethernet_header(mac, b"\x02\x00\x00\x00\x00\x03", etype),
-                src=parse_ip("172.16.0.1")[1],
-                mtu=1500,
-                expires=1e18,
-                ok=True,
-            )
-        return nh
-
-    def link(self, ifindex: int) -> LinkInfo | None:
-        return self.links.get(ifindex)
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -157,7 +74,7 @@ def make_plane(cfg: Config, fast: bool) -> tuple[DirectPlane, FakeTx]:
     tx = FailingTx() if cfg.failing_tx else PlainTx() if cfg.plain_tx else FakeTx()
     plane = DirectPlane(
         director, lambda: 0.0, guard=False, capture=False, tx=tx,  # type: ignore[arg-type]
-        resolver=StableResolver(), fast_path=fast,
+        resolver=OneHopResolver(), fast_path=fast,
     )  # fmt: skip
     plane.start()
     return plane, tx

@@ -16,14 +16,15 @@ import pytest
 
 from forwarding import icmp_related, packet, tun
 from forwarding.capture import Target, compile_filter, run_filter
-from forwarding.dr import DirectPlane, LinkInfo, NextHop, Resolver
+from forwarding.dr import DirectPlane
 from lvs.addr import parse_ip
 from lvs.constants import CONN_F_DROUTE, CONN_F_TUNNEL, TUN_TYPE_GUE, TUN_TYPE_IPIP
 from lvs.core import Director
 from lvs.ctl import IPVS, DestSpec, ServiceSpec
 from lvs.model import ServiceKey
 
-from .test_dr_fastpath import PlainTx as Tx
+from .drfakes import DIP, IFX_IN, IFX_OUT, OUR_MAC, RS, RS6, VIP, VIP6, OneHopResolver, rs_mac
+from .drfakes import PlainTx as Tx
 
 scapy_all = pytest.importorskip("scapy.all")
 Ether = scapy_all.Ether
@@ -39,46 +40,14 @@ ICMPv6ParamProblem = scapy_all.ICMPv6ParamProblem
 ICMPv6DestUnreach = scapy_all.ICMPv6DestUnreach
 ICMPv6EchoRequest = scapy_all.ICMPv6EchoRequest
 
-VIP = "207.175.44.110"
-VIP6 = "2001:db8:ffff::110"
 CLIENT = "10.0.0.2"
 CLIENT6 = "2001:db8:10::2"
 ROUTER = "10.0.0.254"
 ROUTER6 = "2001:db8:10::fe"
-RS = ("172.16.0.2", "172.16.0.3")
-RS6 = ("2001:db8:16::2", "2001:db8:16::3")
-DIP = "172.16.0.1"
-DIP6 = "2001:db8:16::1"
-IFX_IN = 2
-IFX_OUT = 3
-OUR_MAC = b"\x02\x00\x00\x00\x00\x03"
 
 
 def ip_int(text: str) -> int:
     return parse_ip(text)[1]
-
-
-def rs_mac(addr: int) -> bytes:
-    return b"\x02\x00\x00\x00\x01" + bytes((addr & 0xFF,))
-
-
-class OneHopResolver(Resolver):
-    """Every real server on interface 3, one hop away, MTU 1500."""
-
-    def __init__(self) -> None:
-        super().__init__(None)
-        self.links = {IFX_IN: LinkInfo(IFX_IN, "in0", b"\x02\x00\x00\x00\x00\x02", 1500)}
-
-    def lookup(self, af: int, addr: int, now: float) -> NextHop:
-        etype = packet.ETH_P_IPV6 if af == packet.AF_INET6 else packet.ETH_P_IP
-        src = ip_int(DIP6 if af == packet.AF_INET6 else DIP)
-        return NextHop(IFX_OUT, packet.ethernet_header(rs_mac(addr), OUR_MAC, etype), src, 1500, 1e18, True)
-
-    def link(self, ifindex: int) -> LinkInfo | None:
-        return self.links.get(ifindex)
-
-    def close(self) -> None:
-        pass
 
 
 def make_plane(af: int, fwd: int, tun_type: int = TUN_TYPE_IPIP) -> tuple[DirectPlane, Tx, IPVS]:

@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 
 from forwarding import packet, tun
 from forwarding.capture import Target, compile_filter, run_filter
-from forwarding.dr import DirectPlane, LinkInfo, NextHop, Resolver
+from forwarding.dr import DirectPlane
 from lvs.addr import parse_ip
 from lvs.constants import CONN_F_DROUTE, CONN_F_TEMPLATE, CONN_F_TUNNEL, TUN_TYPE_GRE, TUN_TYPE_GUE
 from lvs.core import Director
 from lvs.ctl import IPVS, DestSpec, ServiceSpec
 from lvs.model import ServiceKey
+
+from .drfakes import RS, RS_INT, VIP, VIP_INT, FakeTx, OneHopResolver, rs_mac
 
 scapy_all = pytest.importorskip("scapy.all")
 Ether = scapy_all.Ether
@@ -30,57 +32,18 @@ IPv6 = scapy_all.IPv6
 TCP = scapy_all.TCP
 UDP = scapy_all.UDP
 
-VIP = "207.175.44.110"
-VIP_INT = parse_ip(VIP)[1]
-RS1 = "172.16.0.2"
-RS2 = "172.16.0.3"
-
-
-class FakeTx:
-    def __init__(self) -> None:
-        self.frames: list[tuple[int, bytes]] = []
-
-    def send(self, ifindex: int, frame: bytes | bytearray) -> bool:
-        self.frames.append((ifindex, bytes(frame)))
-        return True
-
-    def close(self) -> None:
-        pass
-
-
-class FixedResolver(Resolver):
-    """Every real server is one hop away on interface 3, MTU 1500."""
-
-    def __init__(self) -> None:
-        super().__init__(None)
-        self.links = {2: LinkInfo(2, "in0", b"\x02\x00\x00\x00\x00\x02", 1500)}
-
-    def lookup(self, af: int, addr: int, now: float) -> NextHop:
-        etype = packet.ETH_P_IPV6 if af == packet.AF_INET6 else packet.ETH_P_IP
-        return NextHop(
-            ifindex=3,
-            l2=packet.ethernet_header(b"\x02\x00\x00\x00\x00\x99", b"\x02\x00\x00\x00\x00\x03", etype),
-            src=parse_ip("172.16.0.1")[1],
-            mtu=1500,
-            expires=1e18,
-            ok=True,
-        )
-
-    def link(self, ifindex: int) -> LinkInfo | None:
-        return self.links.get(ifindex)
-
 
 def make_plane(fwd: int = CONN_F_DROUTE, proto: int = 6, tun_type: int = 0) -> tuple[DirectPlane, FakeTx]:
     ipvs = IPVS()
     key = ServiceKey(socket.AF_INET, proto, VIP_INT, 8080)
     ipvs.add_service(ServiceSpec(key, "rr"))
-    for rs in (RS1, RS2):
+    for rs in RS:
         ipvs.add_dest(
             key, DestSpec(socket.AF_INET, parse_ip(rs)[1], 8080, fwd=fwd, tun_type=tun_type, tun_port=6080)
         )
     director = Director(ipvs)
     tx = FakeTx()
-    plane = DirectPlane(director, lambda: 1.0, guard=False, capture=False, tx=tx, resolver=FixedResolver())  # type: ignore[arg-type]
+    plane = DirectPlane(director, lambda: 1.0, guard=False, capture=False, tx=tx, resolver=OneHopResolver())  # type: ignore[arg-type]
     plane.start()
     plane._t = 1.0
     return plane, tx
@@ -121,7 +84,7 @@ def test_dr_rewrites_mac_and_ttl_only() -> None:
     assert len(tx.frames) == 1
     ifx, out = tx.frames[0]
     assert ifx == 3
-    assert out[:6] == b"\x02\x00\x00\x00\x00\x99"
+    assert out[:6] in (rs_mac(RS_INT[0]), rs_mac(RS_INT[1]))
     a, b = IP(f[14:]), IP(out[14:])
     assert b.ttl == a.ttl - 1
     assert (b.src, b.dst, bytes(b.payload)) == (a.src, a.dst, bytes(a.payload))
@@ -138,7 +101,7 @@ def test_rr_alternates_over_clients() -> None:
     dsts = [IP(f[14:]).dst for _, f in tx.frames]
     assert dsts == [VIP] * 10  # DR leaves the IP header alone
     used = [c.daddr for c in plane.director.conns]
-    assert sorted(used) == sorted([parse_ip(RS1)[1]] * 5 + [parse_ip(RS2)[1]] * 5)
+    assert sorted(used) == sorted([parse_ip(RS[0])[1]] * 5 + [parse_ip(RS[1])[1]] * 5)
 
 
 def test_ttl_one_is_not_forwarded() -> None:
@@ -171,7 +134,7 @@ def test_tunnel_ipip_headers() -> None:
     f = syn(ttl=64, tos=0x2B, flags="DF")
     feed(plane, f)
     out = IP(tx.frames[0][1][14:])
-    assert out.proto == 4 and out.dst in (RS1, RS2) and out.src == "172.16.0.1"
+    assert out.proto == 4 and out.dst in RS and out.src == "172.16.0.1"
     assert out.ttl == 63 and out.tos == 0x2A  # ECN CE (3) -> ECT(0) outside
     assert out.flags.DF
     inner = IP(bytes(out.payload))
@@ -181,7 +144,7 @@ def test_tunnel_ipip_headers() -> None:
 @pytest.mark.parametrize("flags", [0, 1])
 def test_gue_and_gre_roundtrip(flags: int) -> None:
     inner = bytes(IP(src="10.0.0.2", dst=VIP, ttl=9) / UDP(sport=1, dport=8080) / b"hello")
-    sa, da = parse_ip("172.16.0.1")[1], parse_ip(RS1)[1]
+    sa, da = parse_ip("172.16.0.1")[1], parse_ip(RS[0])[1]
     for tt in (TUN_TYPE_GUE, TUN_TYPE_GRE, 0):
         outer = tun.encapsulate(inner, packet.AF_INET, packet.AF_INET, sa, da, tt, 6080, flags, 12345)
         o = IP(outer)

@@ -19,7 +19,7 @@ from lvs.core import Director
 from lvs.ctl import IPVS, DestSpec, ServiceSpec
 from lvs.model import ServiceKey
 
-from .test_dr_fastpath import IFX_IN, RS_INT, VIP, VIP_INT, FakeTx, StableResolver
+from .drfakes import IFX_IN, RS_INT, VIP, VIP_INT, FakeTx, OneHopResolver
 
 scapy_all = pytest.importorskip("scapy.all")
 
@@ -34,7 +34,7 @@ def make_plane(pe: str = "sip") -> tuple[DirectPlane, FakeTx]:
     tx = FakeTx()
     plane = DirectPlane(
         Director(ipvs), lambda: 0.0, guard=False, capture=False, tx=tx,  # type: ignore[arg-type]
-        resolver=StableResolver(), fast_path=True,
+        resolver=OneHopResolver(), fast_path=True,
     )  # fmt: skip
     plane.start()
     plane.director.reset_clock(1.0)
