@@ -20,8 +20,21 @@ from collections.abc import Iterator
 import pytest
 
 from .helpers import lvsadm, running_lvsd
-from .nsnet import PY, ROOT, VIP, VIP6, Topology, dr_netns_reason, rip, rip6, sh
-from .test_dr_tun_netns import Lab, Labs, servers, start_realservers
+from .nsnet import (
+    PY,
+    ROOT,
+    VIP,
+    VIP6,
+    Lab,
+    Labs,
+    Topology,
+    dr_netns_reason,
+    rip,
+    rip6,
+    servers,
+    sh,
+    start_realservers,
+)
 
 _why = dr_netns_reason()
 pytestmark = [

@@ -15,16 +15,18 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from forwarding import proxyproto
 
-from .helpers import is_root, lvsadm, running_lvsd
+from .helpers import ROOT, can_netns, is_root, lvsadm, running_lvsd
 from .natlab import Adm, Backends, free_port, greet, port_busy, tcp_get, udp_ask, wait_until
+from .nsnet import CLIENT as CLIENT_ADDR
+from .nsnet import DIP, VIP, Topology, rip
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -605,73 +607,6 @@ def test_proxy_protocol_spec_parsing() -> None:
 # ----------------------------------------------------------------------------
 # network namespaces: the kernel self-test topology, transparent mode
 # ----------------------------------------------------------------------------
-class NatTopology:
-    """client ns (10.0.1.2) -- director ns (10.0.1.1 | 10.0.2.1) -- real server ns
-    (10.0.2.2, default route through the director).  VIP 10.0.0.100 exists
-    nowhere until lvsd adds it to the director's lo."""
-
-    VIP = "10.0.0.100"
-
-    def __init__(self) -> None:
-        tag = os.urandom(3).hex()
-        self.ns = {k: f"pylvs-nat-{k}-{tag}" for k in ("cl", "dir", "rs")}
-        self.procs: list[subprocess.Popen[Any]] = []
-        try:
-            self._build(tag)
-        except BaseException:
-            self.close()
-            raise
-
-    def sh(self, ns: str | None, *cmd: str) -> None:
-        full = (["ip", "netns", "exec", self.ns[ns]] if ns else []) + list(cmd)
-        subprocess.run(full, check=True, capture_output=True, timeout=20)
-
-    def _build(self, tag: str) -> None:
-        for name in self.ns.values():
-            subprocess.run(["ip", "netns", "add", name], check=True, timeout=20)
-        a, b = f"vc{tag}", f"vr{tag}"
-        self.sh(None, "ip", "link", "add", a + "c", "netns", self.ns["cl"], "type", "veth", "peer", "name", a + "d",
-                "netns", self.ns["dir"])  # fmt: skip
-        self.sh(None, "ip", "link", "add", b + "r", "netns", self.ns["rs"], "type", "veth", "peer", "name", b + "d",
-                "netns", self.ns["dir"])  # fmt: skip
-        for ns, dev, addr in (("cl", a + "c", "10.0.1.2/24"), ("dir", a + "d", "10.0.1.1/24"),
-                              ("dir", b + "d", "10.0.2.1/24"), ("rs", b + "r", "10.0.2.2/24")):  # fmt: skip
-            self.sh(ns, "ip", "addr", "add", addr, "dev", dev)
-            self.sh(ns, "ip", "link", "set", dev, "up")
-        for ns in self.ns:
-            self.sh(ns, "ip", "link", "set", "lo", "up")
-        self.sh("cl", "ip", "route", "add", "default", "via", "10.0.1.1")
-        self.sh("rs", "ip", "route", "add", "default", "via", "10.0.2.1")
-        self.sh("dir", "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        self.rs_dev = b + "d"
-
-    def spawn(self, ns: str, *cmd: str, **kw: Any) -> subprocess.Popen[Any]:
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns[ns], *cmd], **kw)
-        self.procs.append(p)
-        return p
-
-    def run(self, ns: str, *cmd: str, timeout: float = 20) -> str:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.ns[ns], *cmd],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=True,
-        ).stdout
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
-        for name in self.ns.values():
-            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True, timeout=20)
-
-
 REAL_SERVER = r"""
 import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -701,52 +636,46 @@ print(peer.decode(), echo == payload)
 
 
 @pytest.fixture
-def topology() -> Iterator[NatTopology]:
-    from .helpers import can_netns
-
+def topology() -> Iterator[Topology]:
+    """The namespaces of :mod:`tests.nsnet` with one real server behind the
+    director (``nat=True``: its only way back is through the director)."""
     why = can_netns()
     if why:
         pytest.skip(why)
-    t = NatTopology()
-    try:
+    with Topology(1, nat=True) as t:
         yield t
-    finally:
-        t.close()
 
 
-def _start_real_server(t: NatTopology) -> None:
-    import sys
-
-    rs = t.spawn("rs", sys.executable, "-c", REAL_SERVER, stdout=subprocess.PIPE, text=True)
+def _start_real_server(t: Topology) -> None:
+    rs = t.spawn(t.rs[0], sys.executable, "-c", REAL_SERVER)
     assert rs.stdout is not None and rs.stdout.readline().strip() == "ready"
 
 
-@pytest.mark.netns
-def test_kernel_selftest_topology_32_random_bytes(topology: NatTopology) -> None:
-    """Client, director, real server in three namespaces; the service is created
-    before its VIP exists; 32 random bytes come back intact."""
-    import sys
+def _client(t: Topology) -> list[str]:
+    return t.ns(t.client, sys.executable, "-c", CLIENT, VIP).stdout.split()
 
+
+@pytest.mark.netns
+def test_kernel_selftest_topology_32_random_bytes(topology: Topology) -> None:
+    """Client, director, real server in their namespaces; the service is
+    created before its VIP exists; 32 random bytes come back intact."""
     t = topology
     _start_real_server(t)
-    prefix = ["ip", "netns", "exec", t.ns["dir"]]
+    prefix = t.prefix(t.director)
     with running_lvsd(prefix=prefix) as name:
-        assert lvsadm(name, "-A", "-t", f"{t.VIP}:8080", "-s", "rr", prefix=prefix).returncode == 0
-        assert (
-            lvsadm(name, "-a", "-t", f"{t.VIP}:8080", "-r", "10.0.2.2:9000", "-m", prefix=prefix).returncode
-            == 0
-        )
-        assert t.VIP in t.run("dir", "ip", "-o", "addr", "show", "dev", "lo")
-        out = t.run("cl", sys.executable, "-c", CLIENT, t.VIP).split()
-        assert out == ["10.0.2.1", "True"]  # the real server sees the director (NAT proxy)
+        assert lvsadm(name, "-A", "-t", f"{VIP}:8080", "-s", "rr", prefix=prefix).returncode == 0
+        assert lvsadm(name, "-a", "-t", f"{VIP}:8080", "-r", f"{rip(1)}:9000", "-m", prefix=prefix).returncode == 0
+        assert VIP in t.ns(t.director, "ip", "-o", "addr", "show", "dev", "lo").stdout
+        assert _client(t) == [DIP, "True"]  # the real server sees the director (NAT proxy)
         listing = lvsadm(name, "-L", "-n", "--stats", prefix=prefix).stdout
-        assert re.search(rf"TCP  {re.escape(t.VIP)}:8080\s+1\s", listing), listing
+        assert re.search(rf"TCP  {re.escape(VIP)}:8080\s+1\s", listing), listing
 
 
 TRANSPARENT_DIRECTOR = r"""
 import asyncio, socket, sys, time
 sys.path.insert(0, sys.argv[1])
 from forwarding.nat import NatPlane
+from lvs.addr import parse_ip
 from lvs.core import Director
 from lvs.ctl import DestSpec, ServiceSpec
 from lvs.model import ServiceKey
@@ -755,9 +684,9 @@ async def main():
     d = Director(); t0 = time.monotonic()
     plane = NatPlane(d, lambda: time.monotonic() - t0, transparent=True)
     plane.start()
-    key = ServiceKey(socket.AF_INET, 6, int.from_bytes(socket.inet_aton("10.0.0.100"), "big"), 8080)
+    key = ServiceKey(socket.AF_INET, 6, parse_ip(sys.argv[2])[1], 8080)
     d.ipvs.add_service(ServiceSpec(key, "rr"))
-    d.ipvs.add_dest(key, DestSpec(socket.AF_INET, int.from_bytes(socket.inet_aton("10.0.2.2"), "big"), 9000, fwd=0))
+    d.ipvs.add_dest(key, DestSpec(socket.AF_INET, parse_ip(sys.argv[3])[1], 9000, fwd=0))
     await asyncio.sleep(0.2)
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
@@ -769,23 +698,17 @@ asyncio.run(main())
 
 
 @pytest.mark.netns
-def test_transparent_mode_real_server_sees_the_client(topology: NatTopology) -> None:
+def test_transparent_mode_real_server_sees_the_client(topology: Topology) -> None:
     """IP_TRANSPARENT: the upstream connection leaves from the client's address;
     the real server's replies come back through the director (its default
     route) and a policy rule delivers them to the local socket."""
-    import sys
-
-    from .helpers import ROOT
-
     t = topology
-    t.sh("dir", "ip", "rule", "add", "iif", t.rs_dev, "lookup", "100")
-    t.sh("dir", "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+    t.ns(t.director, "ip", "rule", "add", "iif", "br1", "lookup", "100")
+    t.ns(t.director, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
     _start_real_server(t)
-    d = t.spawn("dir", sys.executable, "-c", TRANSPARENT_DIRECTOR, str(ROOT), stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, text=True)  # fmt: skip
+    d = t.spawn(t.director, sys.executable, "-c", TRANSPARENT_DIRECTOR, str(ROOT), VIP, rip(1), stdin=subprocess.PIPE)
     assert d.stdout is not None and d.stdout.readline().strip() == "ready"
-    out = t.run("cl", sys.executable, "-c", CLIENT, t.VIP).split()
-    assert out == ["10.0.1.2", "True"]
+    assert _client(t) == [CLIENT_ADDR, "True"]
     assert d.stdin is not None
     d.stdin.close()
     assert "accepted 1" in d.stdout.readline()
