@@ -47,7 +47,7 @@ from lvs.ipvsadm.commands import run
 from lvs.ipvsadm.names import FilesResolver, NullResolver
 from lvs.ipvsadm.restore import MAX_WORD, read_invocations
 from lvs.ipvsadm.usage import help_text, version_text
-from lvs.model import Scheduler, ServiceKey
+from lvs.model import ServiceKey
 from lvsd.resolver import files_resolver
 
 DATA = Path(__file__).parent / "data"
@@ -57,21 +57,6 @@ GOLDEN_RC = {
     row["name"]: row["rc"] for row in map(json.loads, (GOLDEN / "commands.jsonl").read_text().splitlines())
 }
 TRY = "Try `ipvsadm -h' or 'ipvsadm --help' for more information.\n"
-
-
-@pytest.fixture(autouse=True)
-def _any_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Schedulers still being written elsewhere answer as do-nothing stubs, so
-    that table commands can be exercised now."""
-    real = ctl.get_scheduler
-
-    def lookup(name: str) -> type[Scheduler] | None:
-        try:
-            return real(name)
-        except (ModuleNotFoundError, AttributeError):
-            return type(f"Stub_{name}", (Scheduler,), {"name": name})
-
-    monkeypatch.setattr(ctl, "get_scheduler", lookup)
 
 
 def sh(ipvs: IPVS, line: str, *, stdin: str | None = None, resolver: object = None) -> tuple[int, str, str]:
@@ -185,7 +170,6 @@ def test_golden_command(name: str) -> None:
 
 @pytest.mark.parametrize("name", LISTING_GOLDENS)
 def test_golden_listing(name: str) -> None:
-    pytest.importorskip("lvs.ipvsadm.listing")
     ipvs, args = replay_until(name)
     out, err = io.StringIO(), io.StringIO()
     rc = run(args, ipvs, 0.0, out, err, resolver=NullResolver())
@@ -395,24 +379,33 @@ def test_real_error(args: str, message: str, rc: int) -> None:
     assert snapshot(ipvs) == snapshot(IPVS())
 
 
+#: arguments the real ipvsadm accepts although they look wrong, and what they
+#: mean to it: (service address, port, scheduler, flags, netmask) of the service
 REAL_ACCEPTED = [
-    "-A -t 1.1.1.1:80 -b sh-port -s sh",
-    "-A -t 1.1.1.1:80 -M 1.2.3",
-    "-A -t 1.1.1.1:80 -b ''",
-    "-A -t 0x0a.1:80",
-    "-A -t 0X1:80",
-    "-A -t 1.0x1:80",
-    "-A -t 4294967295:80",
-    "-A -t 1.16777215:80",
-    "-A -t 00000000000000000000000000000001:80",
-    "-A -t [1.2.3.4]:80 -p",
-    "-L -t 1.2.3.4:!#:+ 80",
+    ("-A -t 1.1.1.1:80 -b sh-port -s sh", (0x01010101, 80, "sh", SVC_F_SCHED2, 0xFFFFFFFF)),
+    ("-A -t 1.1.1.1:80 -M 1.2.3", (0x01010101, 80, "wlc", 0, 0x01020003)),  # inet_aton's a.b.c
+    ("-A -t 1.1.1.1:80 -b ''", (0x01010101, 80, "wlc", 0, 0xFFFFFFFF)),
+    ("-A -t 0x0a.1:80", (0x0A000001, 80, "wlc", 0, 0xFFFFFFFF)),  # hex part, a.b form
+    ("-A -t 0X1:80", (0x00000001, 80, "wlc", 0, 0xFFFFFFFF)),
+    ("-A -t 1.0x1:80", (0x01000001, 80, "wlc", 0, 0xFFFFFFFF)),
+    ("-A -t 4294967295:80", (0xFFFFFFFF, 80, "wlc", 0, 0xFFFFFFFF)),  # one 32-bit part
+    ("-A -t 1.16777215:80", (0x01FFFFFF, 80, "wlc", 0, 0xFFFFFFFF)),
+    ("-A -t 00000000000000000000000000000001:80", (0x00000001, 80, "wlc", 0, 0xFFFFFFFF)),  # octal
+    ("-A -t [1.2.3.4]:80 -p", (0x01020304, 0, "wlc", SVC_F_PERSISTENT, 0xFFFFFFFF)),  # port forgotten
+    ("-L -t 1.2.3.4:!#:+ 80", (0x01020304, 80, None, None, None)),  # popt takes the next word
 ]
 
 
-@pytest.mark.parametrize("args", REAL_ACCEPTED)
-def test_real_accepted(args: str) -> None:
-    grammar.parse(args.replace("''", "").split() + ([""] if "''" in args else []), NullResolver())
+@pytest.mark.parametrize(("args", "meaning"), REAL_ACCEPTED, ids=[a for a, _ in REAL_ACCEPTED])
+def test_real_accepted(args: str, meaning: tuple) -> None:
+    cmd = grammar.parse(args.replace("''", "").split() + ([""] if "''" in args else []), NullResolver())
+    addr, port = meaning[:2]
+    if cmd.kind == grammar.CMD_LIST:
+        assert (cmd.key.addr, cmd.key.port) == (addr, port)  # type: ignore[union-attr]
+        return
+    svc = cmd.service
+    assert cmd.kind == grammar.CMD_ADD and svc is not None
+    assert (svc.key.addr, svc.key.port, svc.sched_name, svc.flags, svc.netmask) == meaning
 
 
 # ---------------------------------------------------------------------------

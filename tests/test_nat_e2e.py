@@ -544,52 +544,50 @@ def test_ipv6_tcp_and_udp(lvsd: Adm, backends: Backends) -> None:
 # PROXY protocol (the plane in-process: the option is a NatPlane setting)
 # ----------------------------------------------------------------------------
 @pytest.mark.parametrize("version", [1, 2])
-def test_proxy_protocol_tells_the_real_server_the_client(version: int) -> None:
+async def test_proxy_protocol_tells_the_real_server_the_client(version: int) -> None:
+    """The plane runs on the test's own event loop (pytest-asyncio)."""
     from forwarding.nat import NatPlane
     from lvs.core import Director
     from lvs.ctl import DestSpec, ServiceSpec
     from lvs.model import ServiceKey
 
-    async def main() -> None:
-        seen: list[bytes] = []
+    seen: list[bytes] = []
 
-        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            data = b""
-            while not data.endswith(b"payload"):
-                chunk = await r.read(200)
-                if not chunk:
-                    break
-                data += chunk
-            seen.append(data)
-            w.write(b"ok")
-            await w.drain()
-            w.close()
-
-        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
-        be = srv.sockets[0].getsockname()[1]
-        director = Director()
-        t0 = time.monotonic()
-        plane = NatPlane(director, lambda: time.monotonic() - t0, proxy_protocol={("127.0.0.1", be): version})
-        plane.start()
-        vport = free_port()
-        key = ServiceKey(socket.AF_INET, 6, 0x7F000001, vport)
-        director.ipvs.add_service(ServiceSpec(key, "rr"))
-        director.ipvs.add_dest(key, DestSpec(socket.AF_INET, 0x7F000001, be, fwd=0))
-        r, w = await asyncio.open_connection("127.0.0.1", vport, local_addr=("127.0.0.9", 0))
-        cport = w.get_extra_info("sockname")[1]
-        w.write(b"payload")
-        assert await asyncio.wait_for(r.read(), 5) == b"ok"
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        data = b""
+        while not data.endswith(b"payload"):
+            chunk = await r.read(200)
+            if not chunk:
+                break
+            data += chunk
+        seen.append(data)
+        w.write(b"ok")
+        await w.drain()
         w.close()
-        parse = proxyproto.parse_v1 if version == 1 else proxyproto.parse_v2
-        parsed = parse(seen[0])
-        assert parsed is not None
-        src, sport, dst, dport, length = parsed
-        assert (src, sport, dst, dport) == ("127.0.0.9", cport, "127.0.0.1", vport)
-        assert seen[0][length:] == b"payload"
-        await plane.close()
-        srv.close()
 
-    asyncio.run(main())
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    be = srv.sockets[0].getsockname()[1]
+    director = Director()
+    t0 = time.monotonic()
+    plane = NatPlane(director, lambda: time.monotonic() - t0, proxy_protocol={("127.0.0.1", be): version})
+    plane.start()
+    vport = free_port()
+    key = ServiceKey(socket.AF_INET, 6, 0x7F000001, vport)
+    director.ipvs.add_service(ServiceSpec(key, "rr"))
+    director.ipvs.add_dest(key, DestSpec(socket.AF_INET, 0x7F000001, be, fwd=0))
+    r, w = await asyncio.open_connection("127.0.0.1", vport, local_addr=("127.0.0.9", 0))
+    cport = w.get_extra_info("sockname")[1]
+    w.write(b"payload")
+    assert await asyncio.wait_for(r.read(), 5) == b"ok"
+    w.close()
+    parse = proxyproto.parse_v1 if version == 1 else proxyproto.parse_v2
+    parsed = parse(seen[0])
+    assert parsed is not None
+    src, sport, dst, dport, length = parsed
+    assert (src, sport, dst, dport) == ("127.0.0.9", cport, "127.0.0.1", vport)
+    assert seen[0][length:] == b"payload"
+    await plane.close()
+    srv.close()
 
 
 def test_proxy_protocol_spec_parsing() -> None:
