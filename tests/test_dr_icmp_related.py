@@ -17,7 +17,6 @@ import pytest
 from forwarding import icmp_related, packet, tun
 from forwarding.capture import Target, compile_filter, run_filter
 from forwarding.dr import DirectPlane
-from lvs.addr import parse_ip
 from lvs.constants import CONN_F_DROUTE, CONN_F_TUNNEL, TUN_TYPE_GUE, TUN_TYPE_IPIP
 from lvs.core import Director
 from lvs.ctl import IPVS, DestSpec, ServiceSpec
@@ -25,6 +24,7 @@ from lvs.model import ServiceKey
 
 from .drfakes import DIP, IFX_IN, IFX_OUT, OUR_MAC, RS, RS6, VIP, VIP6, OneHopResolver, rs_mac
 from .drfakes import PlainTx as Tx
+from .helpers import ip
 
 scapy_all = pytest.importorskip("scapy.all")
 Ether = scapy_all.Ether
@@ -46,18 +46,16 @@ ROUTER = "10.0.0.254"
 ROUTER6 = "2001:db8:10::fe"
 
 
-def ip_int(text: str) -> int:
-    return parse_ip(text)[1]
 
 
 def make_plane(af: int, fwd: int, tun_type: int = TUN_TYPE_IPIP) -> tuple[DirectPlane, Tx, IPVS]:
     ipvs = IPVS()
-    vip = ip_int(VIP6 if af == socket.AF_INET6 else VIP)
+    vip = ip(VIP6 if af == socket.AF_INET6 else VIP)
     for proto in (6, 17):
         key = ServiceKey(af, proto, vip, 8080)
         ipvs.add_service(ServiceSpec(key, "rr"))
         for rs in RS6 if af == socket.AF_INET6 else RS:
-            ipvs.add_dest(key, DestSpec(af, ip_int(rs), 8080, fwd=fwd, tun_type=tun_type, tun_port=6080))
+            ipvs.add_dest(key, DestSpec(af, ip(rs), 8080, fwd=fwd, tun_type=tun_type, tun_port=6080))
     tx = Tx()
     plane = DirectPlane(
         Director(ipvs), lambda: 1.0, guard=False, capture=False, tx=tx,  # type: ignore[arg-type]
@@ -304,9 +302,9 @@ def test_related_key_is_reversed() -> None:
     assert rel is not None
     assert (rel.protocol, rel.caddr, rel.cport, rel.vaddr, rel.vport) == (
         6,
-        ip_int(CLIENT),
+        ip(CLIENT),
         41234,
-        ip_int(VIP),
+        ip(VIP),
         8080,
     )
     assert rel.csum_ok
@@ -318,8 +316,8 @@ def test_related_key_is_reversed() -> None:
 def test_filter_lets_icmp_errors_to_served_addresses_through() -> None:
     prog = compile_filter(
         [
-            Target(socket.AF_INET, ip_int(VIP), 6, 8080),
-            Target(socket.AF_INET6, ip_int(VIP6), 6, 8080),
+            Target(socket.AF_INET, ip(VIP), 6, 8080),
+            Target(socket.AF_INET6, ip(VIP6), 6, 8080),
         ]
     )
     q4, q6 = reply_quote(False), reply_quote(True)
