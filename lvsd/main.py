@@ -428,7 +428,15 @@ def _netns_id() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lvsd", description="pylvs daemon: IPVS tables and data planes")
+    ap = argparse.ArgumentParser(
+        prog="lvsd",
+        description="pylvs daemon: IPVS tables and data planes",
+        epilog="When a real server goes down: give lvsd your keepalived.conf (--keepalived-conf) or checks "
+        "in the YAML config; failed real servers leave the table (or go to weight 0 with inhibit_on_failure) "
+        "and "
+        "come back when their checks pass; `lvsadm --status` shows each one's health. To take one out by "
+        "hand without breaking its connections: lvsadm --drain -t|-u|-f SERVICE -r SERVER [--timeout S].",
+    )
     ap.add_argument(
         "--foreground", "-F", action="store_true", help="stay in the foreground (for service managers)"
     )
