@@ -523,12 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         _log_workers_alike(opts.log_file, opts.log_level)
     if not opts.foreground:
         _daemonize()
-    try:
-        import uvloop
+    import uvloop
 
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
+    uvloop.install()
     try:
         asyncio.run(Daemon(opts).run())
     except OSError as exc:

@@ -11,8 +11,8 @@ import socket
 import time
 from pathlib import Path
 
+from tests.healthlab import free_port, table, wait_for
 from tests.helpers import lvsadm, running_lvsd
-from tests.test_health_e2e import free_port, table, wait_for
 
 CHECK = "TCP_CHECK {\n connect_timeout 1\n }"
 
