@@ -452,7 +452,7 @@ class Daemon:
                  len(self.ipvs.services))  # fmt: skip
         ticker = asyncio.create_task(self.ticker())
         if self.health is not None:
-            self.health.start()
+            self.health.start(child=not self.opts.health_in_process)
         await self.observer.start()
         if inh is not None:
             from .restart import signal_ready
@@ -835,6 +835,11 @@ def build_parser() -> argparse.ArgumentParser:
         "it; vrrp_* blocks are left to `keepalived --vrrp`)",
     )
     ap.add_argument(
+        "--health-in-process",
+        action="store_true",
+        help="run the health checkers' probes in lvsd's own event loop instead of a checker child process",
+    )
+    ap.add_argument(
         "--state",
         help="the state file: written atomically after every change, read back on start "
         "(default: one per namespace under /var/lib/pylvs, or LVSD_STATE_DIR)",
@@ -905,12 +910,9 @@ def main(argv: list[str] | None = None) -> int:
         _log_workers_alike(opts.log_file, opts.log_level)
     if not opts.foreground:
         _daemonize()
-    try:
-        import uvloop
+    import uvloop
 
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
+    uvloop.install()
     try:
         asyncio.run(Daemon(opts).run())
     except OSError as exc:

@@ -20,7 +20,7 @@ from lvs.model import Flow, SchedContext
 from lvs.sched import SCHEDULER_NAMES
 from lvs.simulate import Simulation
 from schedulers.hashing import hsiphash_u32_py
-from tests.test_sched_list import add, make_service
+from tests.schedlab import add, make_service
 
 DATA = Path(__file__).parent / "data"
 SCENARIOS = sorted(p.stem for p in (DATA / "scenarios").glob("*.scn"))
