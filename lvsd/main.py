@@ -222,15 +222,15 @@ class Daemon:
         }
 
     def json_view(self, what: str) -> Any:
-        from lvs.ipvsadm import listing
+        from lvs import json_views
 
         if what == "services":
-            data = listing.services_json(self.ipvs, self.now())
+            data = json_views.services_json(self.ipvs, self.now())
             if self.health is not None:
                 self.health.annotate(data)
             return data
         if what == "conns":
-            return listing.conns_json(self.ipvs, self.now())
+            return json_views.conns_json(self.ipvs, self.now())
         if what == "timeouts":
             tcp, tcpfin, udp = self.ipvs.get_timeouts()
             return {"tcp": tcp, "tcpfin": tcpfin, "udp": udp}
@@ -428,7 +428,15 @@ def _netns_id() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lvsd", description="pylvs daemon: IPVS tables and data planes")
+    ap = argparse.ArgumentParser(
+        prog="lvsd",
+        description="pylvs daemon: IPVS tables and data planes",
+        epilog="When a real server goes down: give lvsd your keepalived.conf (--keepalived-conf) or checks "
+        "in the YAML config; failed real servers leave the table (or go to weight 0 with inhibit_on_failure) "
+        "and "
+        "come back when their checks pass; `lvsadm --status` shows each one's health. To take one out by "
+        "hand without breaking its connections: lvsadm --drain -t|-u|-f SERVICE -r SERVER [--timeout S].",
+    )
     ap.add_argument(
         "--foreground", "-F", action="store_true", help="stay in the foreground (for service managers)"
     )

@@ -54,7 +54,6 @@ from lvs.ipvsadm import proc
 from lvs.ipvsadm.listing import (
     cmp_dests,
     cmp_services,
-    conns_json,
     list_conns,
     list_daemons,
     list_services,
@@ -62,10 +61,10 @@ from lvs.ipvsadm.listing import (
     merge_sort,
     print_largenum,
     save_rules,
-    services_json,
 )
 from lvs.ipvsadm.names import FilesResolver, NullResolver
 from lvs.ipvsadm.proc import proc_ip_vs, proc_ip_vs_conn, proc_ip_vs_conn_sync, proc_ip_vs_stats
+from lvs.json_views import conns_json, services_json
 from lvs.model import ServiceKey
 from lvsd.resolver import files_resolver
 

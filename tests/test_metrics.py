@@ -187,7 +187,7 @@ def test_events_ring() -> None:
 
 
 def test_services_steps_is_json_services() -> None:
-    from lvs.ipvsadm.listing import services_json
+    from lvs.json_views import services_json
 
     ipvs = table()
     steps = services_steps(ipvs, 1.0, chunk=1)
