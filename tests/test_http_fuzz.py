@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from lvsd.http import HttpError, parse_head
 
 from .helpers import lvsadm, running_lvsd
-from .test_nat_e2e import free_port
+from .natlab import free_port
 
 pytestmark = pytest.mark.timeout(300)
 
