@@ -325,7 +325,7 @@ class Daemon:
         log.info("lvsd listening on %r", socket_address(self.opts.socket))
         ticker = asyncio.create_task(self.ticker())
         if self.health is not None:
-            self.health.start()
+            self.health.start(child=not self.opts.health_in_process)
         await self.observer.start()
         await self._stop.wait()
         ticker.cancel()
@@ -431,7 +431,15 @@ def _netns_id() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lvsd", description="pylvs daemon: IPVS tables and data planes")
+    ap = argparse.ArgumentParser(
+        prog="lvsd",
+        description="pylvs daemon: IPVS tables and data planes",
+        epilog="When a real server goes down: give lvsd your keepalived.conf (--keepalived-conf) or checks "
+        "in the YAML config; failed real servers leave the table (or go to weight 0 with inhibit_on_failure) "
+        "and "
+        "come back when their checks pass; `lvsadm --status` shows each one's health. To take one out by "
+        "hand without breaking its connections: lvsadm --drain -t|-u|-f SERVICE -r SERVER [--timeout S].",
+    )
     ap.add_argument(
         "--foreground", "-F", action="store_true", help="stay in the foreground (for service managers)"
     )
@@ -447,6 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
         "checkers (TCP_CHECK, HTTP_GET, SSL_GET, UDP_CHECK, DNS_CHECK, MISC_CHECK, PING_CHECK, SMTP_CHECK) "
         "remove failed real servers and add them back when they recover (SIGHUP / lvsadm --reload re-reads "
         "it; vrrp_* blocks are left to `keepalived --vrrp`)",
+    )
+    ap.add_argument(
+        "--health-in-process",
+        action="store_true",
+        help="run the health checkers' probes in lvsd's own event loop instead of a checker child process",
     )
     ap.add_argument("--state", help="save the table here on exit and restore it on start (ipvsadm -S format)")
     ap.add_argument(
@@ -513,12 +526,9 @@ def main(argv: list[str] | None = None) -> int:
         _log_workers_alike(opts.log_file, opts.log_level)
     if not opts.foreground:
         _daemonize()
-    try:
-        import uvloop
+    import uvloop
 
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
+    uvloop.install()
     try:
         asyncio.run(Daemon(opts).run())
     except OSError as exc:
