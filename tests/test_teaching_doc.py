@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from schedulers import SCHEDULER_NAMES
+from lvs.sched import SCHEDULER_NAMES
 from teaching.labsession import LabSession
 
 ROOT = Path(__file__).resolve().parent.parent
