@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -53,7 +52,7 @@ from lvs.constants import AF_INET6, DEST_F_AVAILABLE, SVC_F_PERSISTENT
 from lvs.core import Director
 from lvs.model import Service
 
-from .nat_common import RelayContext, ServedAddress, log
+from .nat_common import RelayContext, ServedAddress, log, raise_nofile, tune_gc
 from .nat_services import NatServices
 from .nat_tcp import CONNECTING, TcpSession
 from .nat_udp import UdpService
@@ -330,27 +329,4 @@ class NatPlane(NatServices):
                     del front.ops[key]
 
 
-def tune_gc() -> None:
-    """Every relayed connection allocates a few container objects and leaves a
-    connection entry behind (TIME_WAIT, 2 minutes): with the default
-    thresholds the cyclic collector runs every few connections and walks a
-    table that only grows.  Collect young objects less often, and move what
-    exists at start (modules, the table) out of the collector's sight."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20000, 20, 50)
-
-
-def raise_nofile() -> None:
-    """Use as many descriptors as allowed: every relay costs two."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ImportError, ValueError, OSError):
-        pass
-
-
-__all__ = ["SWEEP", "Listener", "NatPlane", "raise_nofile", "tune_gc"]
+__all__ = ["SWEEP", "Listener", "NatPlane"]

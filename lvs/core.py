@@ -82,6 +82,7 @@ class Director:
         self.ipvs = ipvs or IPVS()
         self.conns = ConnTable(table_seed)
         self.ipvs.conns = self.conns
+        self.ipvs.nodest_flush = self.expire_nodest_conns
         self._next_estimate = 0.0
         self._next_sched_tick = 0.0
         #: the sync daemon's master side (lvs.sync.SyncMaster) while one runs
@@ -319,6 +320,33 @@ class Director:
             cp.control = None
         self._unbind(cp)
         return True
+
+    def conn_del(self, cp: Conn, now: float) -> None:
+        """``ip_vs_conn_del``: expire a hashed entry now; an entry that has a
+        controller drops it too when it was its last and the controller is
+        a connection or a template not yet ASSURED (the ``timeout = 0``
+        chain of ``ip_vs_conn_expire``)."""
+        if not cp.hashed:
+            return
+        ct = cp.control
+        if not self.expire(cp, now) or ct is None:
+            return
+        if not ct.n_control and (not ct.flags & CONN_F_TEMPLATE or not ct.state & CTPL_S_ASSURED):
+            self.conn_del(ct, now)
+
+    def expire_nodest_conns(self, now: float) -> None:
+        """``ip_vs_expire_nodest_conn_flush``, the work a real server's deletion
+        queues when ``expire_nodest_conn`` is set: every entry whose server is
+        no longer available and that controls nothing is deleted, and so is
+        its controller once it controls nothing more."""
+        for cp in list(self.conns):
+            dest = cp.dest
+            if dest is None or dest.flags & DEST_F_AVAILABLE or cp.n_control or not cp.hashed:
+                continue
+            ct = cp.control
+            self.conn_del(cp, now)
+            if ct is not None and not ct.n_control:
+                self.conn_del(ct, now)
 
     def expire_now(self, cp: Conn, now: float) -> None:
         """``ip_vs_conn_expire_now``: let the timer fire at once."""

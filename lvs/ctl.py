@@ -118,6 +118,23 @@ def update_overload(dest: Dest) -> None:
         dest.flags &= ~DEST_F_OVERLOAD
 
 
+def unicast_dest(af: int, addr: int) -> bool:
+    """Whether ``ip_vs_new_dest`` takes ``addr`` as a real server: an IPv4 one
+    must be unicast or local (``inet_addr_type``: not 0/8, 255.255.255.255,
+    multicast 224/4, or the loopback's broadcast 127.255.255.255); an IPv6 one
+    unicast and not link-local (``ipv6_addr_type``: not ::, ff00::/8, fe80::/10,
+    or v4-mapped ::ffff:0:0/96).  (The kernel would take a link-local address
+    configured on the director; pylvs sees no interface addresses.)"""
+    if af == AF_INET6:
+        return not (addr == 0 or addr >> 120 == 0xFF or addr >> 118 == 0xFE80 >> 6 or addr >> 32 == 0xFFFF)
+    return not (addr >> 24 == 0 or addr >> 28 == 0xE or addr in (0xFFFFFFFF, 0x7FFFFFFF))
+
+
+def _addr_in_af(af: int, addr: int) -> int:
+    """``ip_vs_addr_equal(af, ...)``: an IPv4 comparison reads the first word only."""
+    return addr if af == AF_INET6 else addr & 0xFFFFFFFF
+
+
 class IPVS:
     """One network namespace's IPVS: services, real servers, sysctls, timeouts.
 
@@ -152,6 +169,10 @@ class IPVS:
         #: how many fwmark services (the kernel's fwm_services counter)
         self._by_port: dict[tuple[int, int, int, int], Service] = {}
         self._by_fwmark: dict[tuple[int, int], Service] = {}
+        #: ``ip_vs_expire_nodest_conn_flush`` of the connection table (set by
+        #: the Director that owns the entries); run after a real server is
+        #: deleted while ``expire_nodest_conn`` is on
+        self.nodest_flush: Callable[[float], None] | None = None
 
     # -- lookup ---------------------------------------------------------------
     def get(self, key: ServiceKey) -> Service | None:
@@ -246,6 +267,7 @@ class IPVS:
         """``ip_vs_del_service``: the real servers go to the trash list."""
         svc = self.get_service(key, OP_DEL_SERVICE)
         self._remove_service(svc, now)
+        self._expire_nodest(now)
 
     def _remove_service(self, svc: Service, now: float) -> None:
         key = svc.key
@@ -266,6 +288,7 @@ class IPVS:
         """``ipvsadm -C``: delete every service."""
         for svc in list(self.services.values()):
             self._remove_service(svc, now)
+        self._expire_nodest(now)
 
     def zero(self, key: ServiceKey | None = None) -> None:
         """``ipvsadm -Z``: zero the counters of one service or of all (and the totals)."""
@@ -307,6 +330,7 @@ class IPVS:
             if dest.svc is not svc:
                 dest.stats.zero()
         else:
+            self._check_dest_address(spec)
             dest = Dest(spec.af, spec.addr, spec.port)
         dest.svc = svc
         self._update_dest(svc, dest, spec, add=True)
@@ -340,6 +364,13 @@ class IPVS:
             svc.scheduler.del_dest(dest, index)
         self._to_trash(dest, now)
         self._notify("edit", svc)
+        self._expire_nodest(now)
+
+    @staticmethod
+    def _check_dest_address(spec: DestSpec) -> None:
+        """``ip_vs_new_dest``: EINVAL for an address :func:`unicast_dest` refuses."""
+        if not unicast_dest(spec.af, spec.addr):
+            raise IPVSError(OP_ADD_DEST, errno.EINVAL, "real server address not unicast")
 
     def _update_dest(self, svc: Service, dest: Dest, spec: DestSpec, add: bool) -> None:
         """``__ip_vs_update_dest``: weight (last_weight keeps the latest non-zero
@@ -399,18 +430,41 @@ class IPVS:
         dest.trash_since = None
         if not self.trash:
             self.trash_timer = now + DEST_TRASH_PERIOD / 2
-        self.trash.append(dest)
+        self.trash.insert(0, dest)
+
+    def _expire_nodest(self, now: float) -> None:
+        """``ip_vs_enqueue_expire_nodest_conns``: with ``expire_nodest_conn``
+        set, a deleted real server's entries go at once (the kernel's work
+        runs one jiffy later, before any packet the next command sends)."""
+        if self.sysctl.expire_nodest_conn and self.nodest_flush is not None:
+            self.nodest_flush(now)
 
     def _trash_get(self, svc: Service, spec: DestSpec) -> Dest | None:
-        """``ip_vs_trash_get_dest``: same address, port and virtual service."""
+        """``ip_vs_trash_get_dest``: the newest trashed dest (the list is
+        pushed at its head) with the same family, address and port, made for
+        a service of the same firewall mark and protocol and, unless that is
+        a mark, the same virtual address (compared in the new service's
+        family) and port.  The service object may be another one: a service
+        deleted and made again gets its old real servers back."""
+        vkey = svc.key
         for i, dest in enumerate(self.trash):
             old = dest.svc
+            if old is None:
+                continue
+            okey = old.key
             if (
                 dest.af == spec.af
                 and dest.addr == spec.addr
                 and dest.port == spec.port
-                and old is not None
-                and old.key == svc.key
+                and okey.fwmark == vkey.fwmark
+                and okey.protocol == vkey.protocol
+                and (
+                    vkey.fwmark != 0
+                    or (
+                        _addr_in_af(vkey.af, okey.addr) == _addr_in_af(vkey.af, vkey.addr)
+                        and okey.port == vkey.port
+                    )
+                )
             ):
                 del self.trash[i]
                 if not self.trash:
@@ -473,4 +527,13 @@ class IPVS:
             cb(what, svc)
 
 
-__all__ = ["AF_INET6", "CONN_F_INACTIVE", "IPVS", "DestSpec", "ServiceSpec", "SyncDaemon", "Timeouts"]
+__all__ = [
+    "AF_INET6",
+    "CONN_F_INACTIVE",
+    "IPVS",
+    "DestSpec",
+    "ServiceSpec",
+    "SyncDaemon",
+    "Timeouts",
+    "unicast_dest",
+]

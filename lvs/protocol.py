@@ -21,8 +21,9 @@ OPS = (
     "json",  # what: services|conns|stats -> data
     "proc",  # name: ip_vs|ip_vs_conn|ip_vs_conn_sync|ip_vs_stats -> text
     "reload",  # re-read the YAML config and apply the difference
-    "sysctl",  # name, value? -> value
+    "sysctl",  # name, value? -> value, text (as /proc/sys shows it)
     "drain",  # service (argv), server, timeout? -> progress; or status: true -> progress of that drain
+    "shutdown",  # -> pid; lvsd then stops as on SIGTERM
     "ping",
 )
 

@@ -24,8 +24,16 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from .addr import parse_ip
-from .constants import AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP
-from .core import FORWARD, Director
+from .constants import (
+    AF_INET,
+    AF_INET6,
+    CONN_F_FWD_MASK,
+    CONN_F_MASQ,
+    CONN_F_ONE_PACKET,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+)
+from .core import DROP, FORWARD, Director
 from .ctl import IPVS
 from .ipvsadm.grammar import Resolver
 from .ipvsadm.names import NullResolver
@@ -40,6 +48,11 @@ LEN_FIN = 52
 LEN_RST = 40
 LEN_UDP = 36  # "ipvslab\n" in a UDP datagram
 LEN_ICMP_UNREACH = 64  # ICMP header + the datagram it quotes
+#: the client's initial retransmission timeout, and the lab's TCP connect timeout
+SYN_RETRY = 1.0
+#: a dropped FIN is probed again after FIN_PROBE_BASE * (2**k - 1) s, k = 1..FIN_PROBES
+FIN_PROBE_BASE = 0.2
+FIN_PROBES = 8
 
 
 class ScenarioError(ValueError):
@@ -103,14 +116,24 @@ class Simulation:
         explain: bool = False,
         all_steps: bool = False,
         resolver: Resolver | None = None,
+        svc_hash_salt: int | None = None,
     ) -> None:
         """``resolver`` names hosts and ports in ipvsadm lines (none known if
-        not given: the oracle's scenarios are numeric)."""
+        not given: the oracle's scenarios are numeric).  ``svc_hash_salt`` is
+        the kernel's ``(size_t)netns_ipvs >> 8`` that orders the service hash
+        table (``--nosort``, /proc/net/ip_vs, and the input order of
+        ipvsadm's sort): it differs from boot to boot on the lab, so a replay
+        of a recorded run passes the value that run had (see
+        :func:`lvs.ipvsadm.proc.kernel_service_order`)."""
         self.ipvs = IPVS(rng=random.Random(seed), classic=classic)
+        if svc_hash_salt is not None:
+            self.ipvs.svc_hash_salt = svc_hash_salt
         self.director = Director(self.ipvs)
         self.now = 0.0
         self.net = VirtualNet()
         self.held: dict[str, Flow] = {}
+        #: held flows whose FIN the director dropped, with the virtual time of the close
+        self.unsent_fins: list[tuple[Flow, float]] = []
         self.index = 0
         self.runner = runner or _default_runner(resolver or NullResolver())
         #: add an "explain" field to every flow line (see lvs.explain)
@@ -126,6 +149,26 @@ class Simulation:
         buf = io.StringIO()
         rc = self.runner(argv, self.ipvs, self.now, buf, buf)
         return rc, buf.getvalue()
+
+    def command(self, argv: list[str]) -> tuple[int, str, str] | None:
+        """``ipvsadm ...`` or ``cat /proc/net/ip_vs[_stats]`` as the lab's
+        ``sh``/``capture`` lines run them: (status, stdout, stderr); None for
+        any other command."""
+        if argv and argv[0] == "ipvsadm":
+            out, err = io.StringIO(), io.StringIO()
+            rc = self.runner(argv[1:], self.ipvs, self.now, out, err)
+            return rc, out.getvalue(), err.getvalue()
+        if len(argv) == 2 and argv[0] == "cat":
+            from .ipvsadm import proc
+
+            renderers = {
+                "/proc/net/ip_vs": proc.proc_ip_vs,
+                "/proc/net/ip_vs_stats": proc.proc_ip_vs_stats,
+            }
+            render = renderers.get(argv[1])
+            if render is not None:
+                return 0, render(self.ipvs), ""
+        return None
 
     # -- traffic -------------------------------------------------------------------
     def _flow(self, proto: int, src: str, dst: str, mark: int) -> Flow:
@@ -144,6 +187,10 @@ class Simulation:
             # a local real server without a UDP socket answers ICMP port
             # unreachable, which passes the director as a related reply
             self.director.count_out(cp, LEN_ICMP_UNREACH)
+        if cp is None and v.conn is not None and v.conn.hashed:
+            # dropped on an entry whose real server is deleted: the lab reads
+            # /proc/net/ip_vs_conn after the send and finds that entry
+            cp = v.conn
         return self._report("udp", flow, src, dst, mark, cp)
 
     def tcp(self, src: str, dst: str, mark: int = 0, hold: bool = True) -> dict:
@@ -152,12 +199,27 @@ class Simulation:
         self._before(flow)
         v = d.process_in(flow, self.now, SYN, LEN_SYN)
         if v.action != FORWARD or v.conn is None:
-            return self._report("tcp", flow, src, dst, mark, None, error="Connection refused")
+            # an entry the SYN was dropped on still shows in /proc/net/ip_vs_conn
+            shown = v.conn if v.conn is not None and v.conn.hashed else None
+            return self._report("tcp", flow, src, dst, mark, shown, error="Connection refused")
         cp = v.conn
         if not self.net.is_local(cp.daf, cp.daddr):
-            # nobody answers: the entry stays SYN_RECV, the client gives up
-            return self._report("tcp", flow, src, dst, mark, cp, error="Operation now in progress")
-        if (cp.daf, cp.daddr, cp.dport) not in self.net.listeners:
+            # nobody answers: the entry stays SYN_RECV; the client's SYN timer
+            # (TCP_TIMEOUT_INIT, 1 s) resends the SYN just before the lab's
+            # connect timeout (1 s) gives up, so the director counts two SYNs
+            line = self._report("tcp", flow, src, dst, mark, cp, error="Operation now in progress")
+            self.sleep(SYN_RETRY)
+            d.process_in(flow, self.now, SYN, LEN_SYN)
+            return line
+        if (cp.flags & CONN_F_FWD_MASK) == CONN_F_MASQ:
+            reached = (cp.daf, cp.daddr, cp.dport)
+        else:
+            # direct routing or a tunnel to a local server: ip_vs_send_or_cont
+            # hands the packet to the local stack unchanged, still addressed
+            # to the virtual address and port the client used
+            reached = (flow.af, flow.vaddr, flow.vport)
+        if reached not in self.net.listeners:
+            # a local address with nobody listening answers RST (CLOSE)
             d.process_out(cp, self.now, RST | ACK, LEN_RST)
             return self._report("tcp", flow, src, dst, mark, cp, error="Connection refused")
         d.process_out(cp, self.now, SYN | ACK, LEN_SYNACK)
@@ -169,24 +231,54 @@ class Simulation:
             self._close_flow(flow)
         return line
 
-    def _close_flow(self, flow: Flow) -> None:
-        """The client closes; the listener sees EOF and closes too."""
+    def _close_flow(self, flow: Flow) -> bool:
+        """The client closes; the listener sees EOF and closes too.  False when
+        the director dropped the client's FIN (its real server is deleted)."""
         d = self.director
         v = d.process_in(flow, self.now, FIN | ACK, LEN_FIN)
         if v.action != FORWARD or v.conn is None:
-            return
+            return v.action != DROP
         cp = v.conn
         # the listener closes on EOF at once: its ACK rides on its FIN
         d.process_out(cp, self.now, FIN | ACK, LEN_FIN)
         d.process_in(flow, self.now, ACK, LEN_ACK)
+        return True
 
     def close(self, names: list[str]) -> None:
         if names == ["all"]:
             names = list(self.held)
         for name in names:
             flow = self.held.pop(name, None)
-            if flow is not None:
-                self._close_flow(flow)
+            if flow is not None and not self._close_flow(flow):
+                self.unsent_fins.append((flow, self.now))
+
+    def _retry_fins(self, end: float) -> None:
+        """The client's kernel retries a FIN the director dropped: the segment
+        waits in the send queue and the zero-window probe timer resends it
+        after 0.2 s (TCP_RTO_MIN, the RTO of a loopback connection), then
+        after doubling intervals; an orphaned socket gives up after 8
+        probes (tcp_orphan_retries 0 means 8).  A probe that finds the real
+        server back (added again from the trash) goes through and the
+        connection closes as usual.  Runs the director's timers up to each
+        probe that is due before ``end``."""
+        while self.unsent_fins:
+            due = []
+            for flow, closed in self.unsent_fins:
+                for k in range(1, FIN_PROBES + 1):
+                    t = closed + FIN_PROBE_BASE * ((1 << k) - 1)
+                    if self.now < t <= end:
+                        due.append((t, flow, closed))
+                        break
+            if not due:
+                break
+            t, flow, closed = min(due, key=lambda x: x[0])
+            self.director.advance(self.now, t)
+            self.now = t
+            self.unsent_fins.remove((flow, closed))
+            if not self._close_flow(flow):
+                self.unsent_fins.append((flow, closed))
+        horizon = FIN_PROBE_BASE * ((1 << FIN_PROBES) - 1)
+        self.unsent_fins = [(f, c) for f, c in self.unsent_fins if c + horizon > end]
 
     def _before(self, flow: Flow) -> None:
         if self.explain:
@@ -202,7 +294,12 @@ class Simulation:
         if mark:
             line["mark"] = mark
         self.index += 1
-        if cp is not None:
+        if cp is not None and cp.flags & CONN_F_ONE_PACKET:
+            # a one-packet entry is never hashed: /proc/net/ip_vs_conn, where the
+            # oracle looks, never shows it (the decision shows in --stats only)
+            line["real_server"] = None
+            line["one_packet_server"] = cp.real()
+        elif cp is not None:
             line["real_server"] = cp.real()
             line["state"] = cp.state_name()
         else:
@@ -226,6 +323,7 @@ class Simulation:
     # -- time --------------------------------------------------------------------------
     def sleep(self, seconds: float) -> None:
         end = self.now + seconds
+        self._retry_fins(end)
         self.director.advance(self.now, end)
         self.now = end
 
@@ -251,8 +349,17 @@ class Simulation:
         elif cmd == "addr":
             if rest:
                 self.net.add_local(rest[0].split("/")[0])
-        elif cmd in ("void", "conns", "sh"):
+        elif cmd in ("void", "conns"):
             pass
+        elif cmd == "sh":
+            # only what the emulated kernel can answer: ipvsadm and the /proc/net/ip_vs files
+            result = self.command(rest)
+            if result is not None:
+                # the lab's sh steps log stdout and stderr together (2>&1)
+                rc, out, err = result
+                emit(
+                    {"step": "sh", "args": " ".join(rest), "rc": rc, "output": (out + err).removesuffix("\n")}
+                )
         elif cmd == "listen":
             for ep in rest:
                 self.net.listeners.add(parse_endpoint(ep))
@@ -271,9 +378,14 @@ class Simulation:
             rc, out = self.ipvsadm(rest)
             emit({"step": "ipvsadm", "args": " ".join(rest), "rc": rc, "output": out.removesuffix("\n")})
         elif cmd == "capture":
-            if len(rest) >= 2 and rest[1] == "ipvsadm":
-                rc, out = self.ipvsadm(rest[2:])
-                emit({"step": "capture", "args": " ".join(rest), "rc": rc, "output": out.removesuffix("\n")})
+            result = self.command(rest[1:]) if len(rest) >= 2 else None
+            if result is not None:
+                # the lab keeps a capture's stdout and stderr apart (NAME.txt, NAME.stderr.txt)
+                rc, out, err = result
+                step = {"step": "capture", "args": " ".join(rest), "rc": rc, "output": out.removesuffix("\n")}
+                if err:
+                    step["stderr"] = err.removesuffix("\n")
+                emit(step)
         elif cmd in ("udp", "tcp"):
             if len(rest) < 2:
                 raise ScenarioError(f"{cmd} needs SRC:PORT DST:PORT")
@@ -378,4 +490,3 @@ def simulate_report(
     for line in report.final_table(sim.ipvs):
         write(line + "\n")
     return sim
-

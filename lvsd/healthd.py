@@ -19,6 +19,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from checkers import Outcome, probe_for
 from lvs.config import Config, apply_config
 from lvs.health import Checker, HealthMonitor, VirtualServerConf
 from lvs.keepalived_conf import KeepalivedConfError, KeepalivedConfig, parse_keepalived, split_command
@@ -79,6 +80,7 @@ class HealthRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.probes_run = 0
+        self._closing = False
         #: told each line the monitor logs (kind "log"/"warning", text): lvsd's event list
         self.on_log: Callable[[str, str], None] | None = None
         #: per checker (Checker.ident): [passed, failed, seconds the last probe took]
@@ -138,6 +140,8 @@ class HealthRunner:
         self._task = asyncio.create_task(self._loop())
 
     async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -149,7 +153,7 @@ class HealthRunner:
 
     # -- the loop -----------------------------------------------------------------------------
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:
             self._wake.clear()
             monitor = self.monitor
             wait = 1.0
@@ -165,18 +169,21 @@ class HealthRunner:
                     wait = max(0.0, min(wait, nxt - self.now()))
                 if len(self.running) >= self.max_parallel:
                     wait = 1.0  # woken when a probe finishes
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # arrives as the event is set (and it is set a thousand times a second with 1,000
+            # checkers), which left lvsd running its checks after SIGTERM
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def _probe(self, monitor: HealthMonitor, chk: Checker) -> None:
-        from checkers import Outcome, probe_for
-
         limit = chk.connect_timeout
         if chk.kind == "MISC_CHECK":
             limit = float(chk.conf.options.get("misc_timeout") or chk.delay_loop) + 2.0
         started = self.now()
         try:
-            outcome = await asyncio.wait_for(probe_for(chk.kind)(chk), limit + SAFETY_MARGIN)
+            async with asyncio.timeout(limit + SAFETY_MARGIN):  # no extra task, unlike wait_for
+                outcome = await probe_for(chk.kind)(chk)
         except asyncio.CancelledError:
             raise
         except TimeoutError:

@@ -144,7 +144,8 @@ class Daemon:
             return self.drain(req.args)
         if op == "shutdown":
             log.info("shutdown asked for by lvsadm --shutdown")
-            asyncio.get_running_loop().call_soon(self._stop.set)
+            # a moment for lvsadm to read this and hang up before the server closes
+            asyncio.get_running_loop().call_later(0.2, self._stop.set)
             return {"pid": os.getpid()}
         return {"ok": False, "error": f"unsupported operation {op}"}
 
@@ -221,15 +222,15 @@ class Daemon:
         }
 
     def json_view(self, what: str) -> Any:
-        from lvs.ipvsadm import listing
+        from lvs import json_views
 
         if what == "services":
-            data = listing.services_json(self.ipvs, self.now())
+            data = json_views.services_json(self.ipvs, self.now())
             if self.health is not None:
                 self.health.annotate(data)
             return data
         if what == "conns":
-            return listing.conns_json(self.ipvs, self.now())
+            return json_views.conns_json(self.ipvs, self.now())
         if what == "timeouts":
             tcp, tcpfin, udp = self.ipvs.get_timeouts()
             return {"tcp": tcp, "tcpfin": tcpfin, "udp": udp}
@@ -268,17 +269,21 @@ class Daemon:
             return {"ok": False, "error": str(exc)}
 
     def sysctl(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Read or set one of net.ipv4.vs.*; ``text`` is the value as the
+        kernel's /proc/sys file shows it (sync_threshold: "3\t50")."""
         name = str(args.get("name", ""))
+        sysctls = self.ipvs.sysctl
+        if name not in sysctls.names():
+            return {"ok": False, "error": f"{'bad' if 'value' in args else 'unknown'} sysctl {name}"}
         if "value" in args:
             try:
-                self.ipvs.sysctl.set(name, str(args["value"]))
+                sysctls.set(name, str(args["value"]))
                 self.syncd.refresh_params()
             except (KeyError, ValueError):
                 return {"ok": False, "error": f"bad sysctl {name}"}
-        try:
-            return {"value": getattr(self.ipvs.sysctl, name)}
-        except AttributeError:
-            return {"ok": False, "error": f"unknown sysctl {name}"}
+        value = getattr(sysctls, name)
+        text = f"{value}\t{sysctls.sync_period}" if name == "sync_threshold" else str(value)
+        return {"value": value, "text": text}
 
     # -- life cycle -------------------------------------------------------------
     async def ticker(self) -> None:
@@ -423,7 +428,15 @@ def _netns_id() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lvsd", description="pylvs daemon: IPVS tables and data planes")
+    ap = argparse.ArgumentParser(
+        prog="lvsd",
+        description="pylvs daemon: IPVS tables and data planes",
+        epilog="When a real server goes down: give lvsd your keepalived.conf (--keepalived-conf) or checks "
+        "in the YAML config; failed real servers leave the table (or go to weight 0 with inhibit_on_failure) "
+        "and "
+        "come back when their checks pass; `lvsadm --status` shows each one's health. To take one out by "
+        "hand without breaking its connections: lvsadm --drain -t|-u|-f SERVICE -r SERVER [--timeout S].",
+    )
     ap.add_argument(
         "--foreground", "-F", action="store_true", help="stay in the foreground (for service managers)"
     )

@@ -192,6 +192,6 @@ def test_backend_killed_leaves_and_comes_back(tmp_path: Path, procs: list, inhib
     text = log.read_text()
     verb = "Disabling" if inhibit else "Removing"
     assert f"{verb} service [127.0.0.1]:tcp:{ports[1]}" in text
-    assert "HTTP_GET on service" in text and "connection refused" in text
+    assert "HTTP_CHECK on service" in text and "connection refused" in text
     assert "skipped global_defs" in text and "keepalived --vrrp" in text
     assert os.path.getsize(log) < 100_000

@@ -43,6 +43,7 @@ from lvs.constants import (
 )
 from lvs.ctl import IPVS
 from lvs.ipvsadm import grammar as g
+from lvs.ipvsadm import libc
 from lvs.ipvsadm.commands import run
 from lvs.ipvsadm.names import FilesResolver, NullResolver
 from lvs.ipvsadm.restore import MAX_WORD, read_invocations
@@ -586,12 +587,34 @@ def test_expansion_without_a_free_word_is_refused() -> None:
 
 
 def test_inet_aton() -> None:
-    assert g.inet_aton("10.1") == 0x0A000001
-    assert g.inet_aton("1.2.3") == 0x01020003
-    assert g.inet_aton("0x7f.1") == 0x7F000001
-    assert g.inet_aton("1.2.3.4 anything") == 0x01020304
+    assert libc.inet_aton("10.1") == 0x0A000001
+    assert libc.inet_aton("1.2.3") == 0x01020003
+    assert libc.inet_aton("0x7f.1") == 0x7F000001
+    assert libc.inet_aton("1.2.3.4 anything") == 0x01020304
     for bad in ("", "1.2.3.4.5", "256.1.1.1", "1.2.3.256", "08", "0x", "1..2", "+1", " 1", "1.2.3.4x"):
-        assert g.inet_aton(bad) is None, bad
+        assert libc.inet_aton(bad) is None, bad
+
+
+def test_libc_numbers() -> None:
+    """strtol/strtoul/sscanf as glibc reads them (the grammar's option values
+    and the -L -c re-read of /proc/net/ip_vs_conn share these)."""
+    assert libc.strtol(" -12abc") == (-12, "abc")
+    assert libc.strtol("x") == (None, "x")
+    assert libc.strtol("9" * 5000)[0] == libc.LONG_MAX
+    assert libc.strtol("-" + "9" * 30)[0] == libc.LONG_MIN
+    assert libc.strtoul("0A000001", 16) == 0x0A000001
+    assert libc.strtoul("0x1f", 16) == 0x1F
+    assert libc.strtoul("-1", 16) == libc.ULONG_MAX
+    assert libc.strtoul("f" * 17, 16) == libc.ULONG_MAX
+    assert libc.strtoul("zz", 16) == 0
+    assert libc.scan_hx("1F90") == 0x1F90
+    assert libc.scan_hx("-1") == 0xFFFF
+    assert libc.scan_hx("0xg") == 0
+    assert libc.scan_hx("g") is None
+    assert libc.scan_d("42s") == 42
+    assert libc.scan_d("4294967297") == 1
+    assert libc.scan_d("-") is None
+    assert libc.atoi("2147483648") == -(2**31)
 
 
 # ---------------------------------------------------------------------------
