@@ -322,7 +322,7 @@ class Daemon:
         log.info("lvsd listening on %r", socket_address(self.opts.socket))
         ticker = asyncio.create_task(self.ticker())
         if self.health is not None:
-            self.health.start()
+            self.health.start(child=not self.opts.health_in_process)
         await self.observer.start()
         await self._stop.wait()
         ticker.cancel()
@@ -453,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
         "remove failed real servers and add them back when they recover (SIGHUP / lvsadm --reload re-reads "
         "it; vrrp_* blocks are left to `keepalived --vrrp`)",
     )
+    ap.add_argument(
+        "--health-in-process",
+        action="store_true",
+        help="run the health checkers' probes in lvsd's own event loop instead of a checker child process",
+    )
     ap.add_argument("--state", help="save the table here on exit and restore it on start (ipvsadm -S format)")
     ap.add_argument(
         "--socket", help="control socket name (abstract) or path; default from LVSD_SOCKET or 'pylvs'"
@@ -518,12 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         _log_workers_alike(opts.log_file, opts.log_level)
     if not opts.foreground:
         _daemonize()
-    try:
-        import uvloop
+    import uvloop
 
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
+    uvloop.install()
     try:
         asyncio.run(Daemon(opts).run())
     except OSError as exc:

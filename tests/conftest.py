@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from .test_nat_e2e import Backends
+from .healthlab import stop
+from .natlab import Backends
 
 
 @pytest.fixture
@@ -17,3 +19,12 @@ def backends() -> Iterator[Backends]:
         yield b
     finally:
         b.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test starts (:func:`tests.healthlab.start_server`), killed after it."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        stop(p)

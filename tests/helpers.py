@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from lvs.addr import parse_ip
 from lvsd.names import socket_address
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,3 +116,8 @@ def control_exchange(name: str, payload: bytes, timeout: float) -> list[dict[str
         data += chunk
     s.close()
     return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def ip(text: str) -> int:
+    """The core's integer for an address literal (IPv4 or IPv6)."""
+    return parse_ip(text)[1]

@@ -26,10 +26,8 @@ from checkers import Outcome, probe_for
 from lvs.ctl import IPVS
 from lvs.health import Checker, HealthMonitor
 from lvs.keepalived_conf import parse_keepalived
+from tests.healthlab import free_port, start_server, stop, table, wait_for
 from tests.helpers import can_netns, running_lvsd
-from tests.test_health_e2e import free_port, procs, start_server, stop, table, wait_for
-
-assert procs  # the fixture, imported for the tests below
 
 UDP = 2
 

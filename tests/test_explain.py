@@ -6,6 +6,7 @@ the simulation made, and that the text is plain ASCII words."""
 from __future__ import annotations
 
 import re
+from functools import cache
 from itertools import pairwise
 from math import gcd
 from pathlib import Path
@@ -20,7 +21,7 @@ from lvs.model import Flow, SchedContext
 from lvs.sched import SCHEDULER_NAMES
 from lvs.simulate import Simulation
 from schedulers.hashing import hsiphash_u32_py
-from tests.test_sched_list import add, make_service
+from tests.schedlab import add, make_service
 
 DATA = Path(__file__).parent / "data"
 SCENARIOS = sorted(p.stem for p in (DATA / "scenarios").glob("*.scn"))
@@ -29,7 +30,9 @@ MH_KEY1 = (2654435761, 2654435761)
 MH_SIZE = 4093
 
 
+@cache
 def run(name: str, classic: bool = False) -> list[dict]:
+    """The flow lines of a scenario run with --explain (cached: several tests read them)."""
     sim = Simulation(seed=0, explain=True, classic=classic)
     out: list[dict] = []
     sim.run((DATA / "scenarios" / f"{name}.scn").read_text().splitlines(), out.append)

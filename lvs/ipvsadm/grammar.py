@@ -9,14 +9,9 @@ writes on stderr and the status it exits with.  Nothing is executed here;
 The rules emulated, in the order ipvsadm applies them (ipvsadm.c
 ``parse_options`` then ``process_options``):
 
-1. **popt** (libpopt 1.19, no aliases, no config files) splits the arguments:
-   ``--long``, ``--long=value``, bundled short letters (``-Ln``), a short
-   option's value glued (``-w5``, ``-w=5``) or in the next argument (taken
-   even when it starts with ``-``), the optional value of ``-p`` (taken only
-   when the next argument does not start with ``-``), ``--`` ending the
-   options, every other word kept as a leftover argument, and popt's
-   ``!#:+`` in a value replaced by the next free word.  Long names must be
-   spelled out in full; a single dash always means short letters.
+1. **popt** splits the arguments into options, values and leftover words
+   (:mod:`lvs.ipvsadm.popt`; numbers and addresses are read as glibc reads
+   them, :mod:`lvs.ipvsadm.libc`).
 2. The **first** option must be a command (``-A -E -D -C -L -l -Z -a -e -d
    -R -S --set --start-daemon --stop-daemon``) or ``-h``/``-v``; anything
    else, a popt error there, or no option at all ends with popt's
