@@ -289,17 +289,18 @@ def _local(argv: list[str]) -> int | None:
 def _unknown_option(argv: list[str]) -> str | None:
     """The first word, if it is an option neither ipvsadm nor pylvs knows
     (ipvsadm itself only says "Try `ipvsadm -h' ...")."""
-    from lvs.ipvsadm import grammar
-    from lvs.ipvsadm.popt import ERROR_BADOPT, Popt, PoptError
+    from lvs.ipvsadm import grammar, popt
 
     if not argv or not argv[0].startswith("-") or argv[0] == "-":
         return None
-    popt = Popt(grammar._OPTIONS, list(argv))
+    words = popt.Popt(grammar._OPTIONS, list(argv))
     try:
-        popt.next_opt()
-    except PoptError as exc:
-        if exc.code == ERROR_BADOPT:
-            return popt.bad_option().split("=", 1)[0]
+        words.next_opt()
+    except popt.PoptError as exc:
+        if exc.code == popt.ERROR_BADOPT:
+            return words.bad_option().split("=", 1)[0]
+    except popt.NoWordToTake:
+        pass
     return None
 
 
