@@ -34,6 +34,8 @@ MAX_PARALLEL = 256
 SAFETY_MARGIN = 5.0
 #: scripts (notify_up/down, quorum_up/down) get this long before SIGKILL
 SCRIPT_TIMEOUT = 30.0
+#: omega's scripts at shutdown get what keepalived gives them (TIMER_HZ: one second)
+OMEGA_SCRIPT_TIMEOUT = 1.0
 
 
 def read_sources(path: str, yaml: bool) -> dict[str, str]:
@@ -228,6 +230,10 @@ class HealthRunner:
         self._wake.set()
         if self.child is not None:
             self.child.stop()
+        if self.monitor is not None and self.emit is None:
+            scripts = self.monitor.shutdown_scripts()  # omega
+            if scripts:
+                await asyncio.gather(*(run_script(s, OMEGA_SCRIPT_TIMEOUT) for s in scripts))
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -355,7 +361,7 @@ class HealthRunner:
                     }
 
 
-async def run_script(command: str) -> None:
+async def run_script(command: str, timeout: float = SCRIPT_TIMEOUT) -> None:
     """Run a notify/quorum script (split as keepalived does, no shell)."""
     argv = split_command(command)
     if not argv:
@@ -369,10 +375,12 @@ async def run_script(command: str) -> None:
         log.warning("cannot run script %s: %s", command, exc)
         return
     try:
-        status = await asyncio.wait_for(proc.wait(), SCRIPT_TIMEOUT)
+        async with asyncio.timeout(timeout):
+            status = await proc.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
+        await proc.wait()
         log.warning("script %s timed out and was killed", command)
         return
     if status:
