@@ -326,7 +326,22 @@ class HealthRunner:
 
     # -- views ---------------------------------------------------------------------------------
     def status(self) -> list[dict[str, Any]]:
-        return self.monitor.status() if self.monitor is not None else []
+        """``lvsadm --status``: each checked real server's health, ``since``
+        also as UTC wall time."""
+        if self.monitor is None:
+            return []
+        out = self.monitor.status()
+        for vs in out:
+            for rs in vs["real_servers"]:
+                rs["since_utc"] = self._utc(rs["since"])
+        return out
+
+    def _utc(self, since: float) -> str:
+        import datetime
+        import time
+
+        wall = time.time() - (self.now() - since)
+        return datetime.datetime.fromtimestamp(wall, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
     def annotate(self, services_json: dict[str, Any]) -> None:
         """Add each real server's health to ``--json services``."""
@@ -350,6 +365,8 @@ class HealthRunner:
                 d_af, d_addr = parse_ip(dest["address"])
                 rs = monitor.find(key, d_af, d_addr, dest["port"])
                 dest["health"] = monitor.health_of(rs) if rs is not None else None
+                if dest["health"] is not None:
+                    dest["health"]["since_utc"] = self._utc(dest["health"]["since"])
             for vs in monitor.vss:
                 if key in vs.conf.keys:
                     svc["health"] = {
