@@ -291,14 +291,15 @@ def _unknown_option(argv: list[str]) -> str | None:
     """The first word, if it is an option neither ipvsadm nor pylvs knows
     (ipvsadm itself only says "Try `ipvsadm -h' ...")."""
     from lvs.ipvsadm import grammar
+    from lvs.ipvsadm.popt import ERROR_BADOPT, Popt, PoptError
 
     if not argv or not argv[0].startswith("-") or argv[0] == "-":
         return None
-    popt = grammar._Popt(list(argv))
+    popt = Popt(grammar._OPTIONS, list(argv))
     try:
         popt.next_opt()
-    except grammar._PoptError as exc:
-        if exc.code == grammar._POPT_BADOPT:
+    except PoptError as exc:
+        if exc.code == ERROR_BADOPT:
             return popt.bad_option().split("=", 1)[0]
     return None
 

@@ -42,6 +42,16 @@ def read_sources(path: str, yaml: bool) -> dict[str, str]:
     """The configuration's file texts: ``path`` and, for keepalived.conf, every
     file its ``include`` globs name (relative to the including file's
     directory, in sorted order, as keepalived resolves them)."""
+    if yaml:
+        from lvs.config import ConfigError
+
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return {path: fh.read()}
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not valid UTF-8") from None
     texts = {path: _read(path)}
     if not yaml:
         parse_keepalived(texts[path], path, _recording_includer(texts))
