@@ -290,14 +290,15 @@ def _unknown_option(argv: list[str]) -> str | None:
     """The first word, if it is an option neither ipvsadm nor pylvs knows
     (ipvsadm itself only says "Try `ipvsadm -h' ...")."""
     from lvs.ipvsadm import grammar
+    from lvs.ipvsadm import popt as libpopt
 
     if not argv or not argv[0].startswith("-") or argv[0] == "-":
         return None
-    popt = grammar._Popt(list(argv))
+    popt = libpopt.Popt(grammar.OPTIONS, list(argv))
     try:
         popt.next_opt()
-    except grammar._PoptError as exc:
-        if exc.code == grammar._POPT_BADOPT:
+    except (libpopt.PoptError, libpopt.NoWordToTake) as exc:
+        if isinstance(exc, libpopt.PoptError) and exc.code == libpopt.ERROR_BADOPT:
             return popt.bad_option().split("=", 1)[0]
     return None
 
