@@ -64,6 +64,10 @@ IPV6_FREEBIND = 78
 SWEEP = 0.5
 #: listen() backlog of a virtual service
 BACKLOG = 4096
+#: listening sockets a predecessor lvsd handed over (lvsd/restart.py), by
+#: (protocol, family, host, port): :meth:`Listener.open` takes its socket
+#: from here instead of binding a new one, so no connection is refused
+INHERITED: dict[tuple[int, int, str, int], socket.socket] = {}
 
 
 class Listener(ServedAddress):
@@ -106,6 +110,11 @@ class Listener(ServedAddress):
         event loop takes the socket over as soon as it runs."""
         af = self.af
         self.reuse_port = reuse_port
+        inherited = INHERITED.pop((self.key.protocol, af, self.host, self.vport), None)
+        if inherited is not None:
+            self.sock = sock = inherited
+            self._serve_on(ctx, sock, on_error)
+            return
         sock = socket.socket(af, socket.SOCK_DGRAM if self.udp else socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -128,6 +137,9 @@ class Listener(ServedAddress):
             sock.close()
             raise
         self.sock = sock
+        self._serve_on(ctx, sock, on_error)
+
+    def _serve_on(self, ctx: RelayContext, sock: socket.socket, on_error: Callable[[str], None]) -> None:
         loop = asyncio.get_running_loop()
         if self.udp:
             front = self.front = UdpService(ctx, self)
@@ -211,6 +223,24 @@ class NatPlane(NatServices):
         tune_gc()
         self.follow()
         self._sweeper = self.loop.call_later(SWEEP, self._sweep)
+
+    def listening_sockets(self) -> list[list[Any]]:
+        """[protocol, family, host, port, fd] of every listening socket, for
+        a successor lvsd to inherit (lvsd/restart.py)."""
+        return [
+            [sf.key.protocol, sf.af, sf.host, sf.vport, sf.sock.fileno()]
+            for sf in self.served.values()
+            if sf.sock is not None and sf.sock.fileno() >= 0
+        ]
+
+    def stop_accepting(self) -> None:
+        """A successor serves now: stop taking connections and datagrams
+        (the sockets live on in the successor; the VIPs stay); established
+        TCP relays go on until they end."""
+        if self._sweeper is None:
+            return
+        self.vips.added.clear()  # the successor owns them now
+        self.unfollow()
 
     async def close(self) -> None:
         """Stop serving: listeners closed, relays reset, VIPs removed."""

@@ -219,6 +219,22 @@ def test_rooms_import_only_what_they_may() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_tests_share_helpers_not_test_modules() -> None:
+    """What several test files need lives in a helper module (helpers.py,
+    natlab.py, nsnet.py, ...), never in another test file."""
+    problems = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module or ''}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(n.split(".")[-1].startswith(("test_", "conftest")) for n in names):
+                problems.append(f"tests/{path.name}:{node.lineno}")
+    assert not problems, "imports of test modules: " + ", ".join(problems)
+
+
 def test_cycle_finder_finds_a_cycle() -> None:
     graph = {"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 3}, "d": {"a": 4}}
     assert strongly_connected(graph) == [["a", "b", "c"]]

@@ -6,6 +6,7 @@ the simulation made, and that the text is plain ASCII words."""
 from __future__ import annotations
 
 import re
+from functools import cache
 from itertools import pairwise
 from math import gcd
 from pathlib import Path
@@ -29,7 +30,9 @@ MH_KEY1 = (2654435761, 2654435761)
 MH_SIZE = 4093
 
 
+@cache
 def run(name: str, classic: bool = False) -> list[dict]:
+    """The flow lines of a scenario run with --explain (cached: several tests read them)."""
     sim = Simulation(seed=0, explain=True, classic=classic)
     out: list[dict] = []
     sim.run((DATA / "scenarios" / f"{name}.scn").read_text().splitlines(), out.append)

@@ -63,8 +63,12 @@ class Load(threading.Thread):
         return [r for r in self.results if r[0] >= t and not r[1]]
 
 
-@pytest.mark.parametrize("inhibit", [False, True], ids=["remove", "inhibit"])
-def test_backend_killed_leaves_and_comes_back(tmp_path: Path, procs: list, inhibit: bool) -> None:
+@pytest.mark.parametrize(
+    ("inhibit", "in_process"), [(False, False), (True, True)], ids=["remove", "inhibit-in-process"]
+)
+def test_backend_killed_leaves_and_comes_back(
+    tmp_path: Path, procs: list, inhibit: bool, in_process: bool
+) -> None:
     vport = free_port()
     ports = [free_port() for _ in range(3)]
     for p in ports:
@@ -73,7 +77,8 @@ def test_backend_killed_leaves_and_comes_back(tmp_path: Path, procs: list, inhib
     write_conf(conf, vport, ports, inhibit)
     log = tmp_path / "lvsd.log"
     victim = f"127.0.0.1:{ports[1]}"
-    with running_lvsd("--keepalived-conf", str(conf), "--no-dr", "--log-file", str(log)) as sock:
+    extra = ["--health-in-process"] if in_process else []
+    with running_lvsd("--keepalived-conf", str(conf), "--no-dr", "--log-file", str(log), *extra) as sock:
         assert all(f"127.0.0.1:{p}" in table(sock) for p in ports)
         load = Load(f"http://127.0.0.1:{vport}/")
         load.start()
