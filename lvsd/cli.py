@@ -310,7 +310,7 @@ def _unknown_option(argv: list[str]) -> str | None:
 
     if not argv or not argv[0].startswith("-") or argv[0] == "-":
         return None
-    words = popt.Popt(grammar._OPTIONS, list(argv))
+    words = popt.Popt(grammar.OPTIONS, list(argv))
     try:
         words.next_opt()
     except popt.PoptError as exc:
