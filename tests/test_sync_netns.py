@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from lvs.sync import SyncEntry, encode_messages
 
 from .helpers import PY, ROOT, can_netns, lvsadm, running_lvsd
-from .test_sync_codec import entries
+from .synclab import entries
 
 _why = can_netns()
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120), pytest.mark.skipif(_why is not None, reason=_why or "")]
