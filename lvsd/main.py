@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lvs.core import Director
 from lvs.ctl import IPVS
@@ -29,6 +29,9 @@ from .observe import Observer
 from .resolver import default_resolver
 from .server import AccessPolicy, AlreadyRunning, ControlServer
 from .syncd import SyncDaemons
+
+if TYPE_CHECKING:
+    from forwarding.nat_pool import NatWorkerPlane
 
 log = logging.getLogger("lvsd")
 
@@ -51,7 +54,7 @@ class Daemon:
         self.director.reset_clock(self.now())
         self.planes: list[Any] = []
         #: the NAT plane when it runs in worker processes (``--workers N``)
-        self.worker_plane: Any = None
+        self.worker_plane: NatWorkerPlane | None = None
         self.warnings: list[str] = []
         self.config = None
         #: keepalived.conf health checking (--keepalived-conf), if any
@@ -132,7 +135,7 @@ class Daemon:
             self.ipvs.remote_conns = []
             self.flush_planes()
 
-    def worker_pool(self) -> Any:
+    def worker_pool(self) -> NatWorkerPlane | None:
         """The NAT plane of worker processes (``--workers N``), if any: its
         ``query`` and ``connections`` give what the workers hold."""
         return self.worker_plane

@@ -145,15 +145,18 @@ class Lab:
         sync daemons on eth1."""
         log = open(self.tmp / f"lvsd-{d}.log", "a")  # noqa: SIM115 - closed with the process
         p = subprocess.Popen([*self.pre(d), PY, "-m", "lvsd.main", "--foreground", "--socket", self.sock[d],
-                              "--no-vip", "--no-nat", "--log-level", "debug"],
+                              "--no-vip", "--no-nat", "--log-level", "debug", "--state", str(self.tmp / f"{d}.state")],
                              stdout=subprocess.DEVNULL, stderr=log, text=True, cwd=ROOT)  # fmt: skip
         log.close()
         self.procs.append(p)
         self.lvsd[d] = p
         wait_ready(self.sock[d], self.pre(d))
-        self.adm(d, "-A", "-t", f"{VIP}:{PORT}", "-s", "rr")
-        for k in (1, 2):
-            self.adm(d, "-a", "-t", f"{VIP}:{PORT}", "-r", f"172.16.0.2{k}:{PORT}", "-g")
+        # lvsd restores its table from its state file after a crash (the sync
+        # daemons are started again, as keepalived or an init script would)
+        if f"{VIP}:{PORT}" not in self.adm(d, "-L", "-n"):
+            self.adm(d, "-A", "-t", f"{VIP}:{PORT}", "-s", "rr")
+            for k in (1, 2):
+                self.adm(d, "-a", "-t", f"{VIP}:{PORT}", "-r", f"172.16.0.2{k}:{PORT}", "-g")
         self.adm(d, "--start-daemon", "master", "--mcast-interface", "eth1", "--syncid", "7")
         self.adm(d, "--start-daemon", "backup", "--mcast-interface", "eth1", "--syncid", "7")
 
