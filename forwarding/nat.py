@@ -178,7 +178,7 @@ class Listener(ServedAddress):
             self.front.close()
 
 
-class NatPlane(NatServices):
+class NatPlane(NatServices[Listener]):
     """The NAT data plane of one process (lvsd alone, or one worker).
 
     ``proxy_protocol`` maps a real server endpoint ``(host, port)`` to the
@@ -210,7 +210,6 @@ class NatPlane(NatServices):
         )
         self.ctx.problems = self.problems
         self.reuse_port = reuse_port
-        self.served: dict[Any, Listener] = {}  # type: ignore[assignment]
         self.loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_soon = False
@@ -275,12 +274,12 @@ class NatPlane(NatServices):
         listener.open(self.ctx, self.reuse_port, self.problem)
         return listener
 
-    def service_changed(self, svc: Service, served: ServedAddress) -> None:
+    def service_changed(self, svc: Service, served: Listener) -> None:
         if self.reuse_port:
-            served.steer(bool(svc.flags & SVC_F_PERSISTENT))  # type: ignore[attr-defined]
+            served.steer(bool(svc.flags & SVC_F_PERSISTENT))
 
-    def close_service(self, served: ServedAddress) -> None:
-        served.close()  # type: ignore[attr-defined]
+    def close_service(self, served: Listener) -> None:
+        served.close()
 
     def table_changed(self) -> None:
         if not self._sweep_soon and self.loop is not None:

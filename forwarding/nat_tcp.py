@@ -238,24 +238,33 @@ class TcpSession(asyncio.Protocol):
         #: the plane's shared state, and the virtual service the client connected to
         self.ctx = ctx
         self.service = service
+        #: the client's and the real server's connections
         self.client: asyncio.Transport | None = None
         self.server: asyncio.Transport | None = None
+        #: the protocol of the real server's side (its counters: out_bytes, out_packets)
         self.up: _Upstream | None = None
+        #: the core's entry of this connection, and its key
         self.conn: Any = None
         self.flow: Flow | None = None
         #: early client data (before the real server answered) waits here
         self.early: list[bytes] = []
         self.early_eof = False
         self.early_paused = False
+        #: write to the real server, and the bytes still queued there (bound
+        #: methods of its transport once connected: one attribute read per read)
         self.to_server: Callable[[Any], None] = self.early_write
         self.server_backlog: Callable[[], int] = _always
+        #: client -> real server traffic not yet handed to the core (flush)
         self.in_bytes = 0
         self.in_packets = 0
+        #: each side sent its FIN (EOF seen)
         self.client_fin = False
         self.server_fin = False
+        #: relaying paused: the entry's real server is unavailable
         self.frozen = False
         self.state = CONNECTING
         self.accepted_at = 0.0
+        #: the connect to the real server while it runs
         self.task: Connect | None = None
 
     # -- client side events ------------------------------------------------------
