@@ -601,7 +601,7 @@ class Daemon:
 
     def restore(self, state: Any) -> None:
         """Bring back the table, timeouts and sysctls of ``state``."""
-        from lvs.state import apply_sysctls
+        from lvs.state import apply_sysctls, restore_sync
 
         problems = apply_sysctls(self.ipvs.sysctl, state.sysctl)
         if any(state.timeouts):
@@ -610,6 +610,8 @@ class Daemon:
             reply = self.run_ipvsadm(["-R"], state.rules)
             if reply["rc"] != 0:
                 problems.append(reply["stderr"].strip())
+        problems += restore_sync(self.ipvs, state)
+        self.syncd.refresh_params()
         dests = sum(len(svc.destinations) for svc in self.ipvs.services.values())
         how = "stopped cleanly" if state.clean else "did not stop cleanly (crash or kill)"
         if self.inherit is not None:
