@@ -55,7 +55,7 @@ from .dr_frag import Fragments, FragState
 from .dr_receive import Receive
 from .dr_xmit import PlaneStats, Transmit
 from .icmp import RateLimit
-from .neighbours import LinkInfo, NextHop, Resolver
+from .neighbours import Resolver
 from .netfilter import NftError, NftGuard, delete_table, nft_available
 from .nfqueue import NfQueue, bind_free_queue
 
@@ -367,4 +367,4 @@ class DirectPlane(FastPath, Receive, Fragments, Transmit):
             log.error("firewall-mark queue rules not updated: %s", exc)
 
 
-__all__ = ["QUEUE_BASE", "DirectPlane", "LinkInfo", "NextHop", "PlaneStats", "Resolver"]
+__all__ = ["QUEUE_BASE", "DirectPlane"]

@@ -601,7 +601,7 @@ class Daemon:
 
     def restore(self, state: Any) -> None:
         """Bring back the table, timeouts and sysctls of ``state``."""
-        from lvs.state import apply_sysctls
+        from lvs.state import apply_sysctls, restore_sync
 
         problems = apply_sysctls(self.ipvs.sysctl, state.sysctl)
         if any(state.timeouts):
@@ -610,6 +610,8 @@ class Daemon:
             reply = self.run_ipvsadm(["-R"], state.rules)
             if reply["rc"] != 0:
                 problems.append(reply["stderr"].strip())
+        problems += restore_sync(self.ipvs, state)
+        self.syncd.refresh_params()
         dests = sum(len(svc.destinations) for svc in self.ipvs.services.values())
         how = "stopped cleanly" if state.clean else "did not stop cleanly (crash or kill)"
         if self.inherit is not None:
@@ -710,6 +712,8 @@ class Daemon:
             "transparent": self.opts.transparent,
         }
         plane: Any
+        if getattr(self.opts, "nat_engine", "proxy") == "kernel" and self.start_kernel_nat_plane():
+            return
         if self.opts.workers > 1:
             from forwarding.nat_pool import NatWorkerPlane
 
@@ -727,6 +731,31 @@ class Daemon:
             ctx.budget.reserve = self.opts.reserve_fds
         self.planes.append(plane)
         plane.start()
+
+    def start_kernel_nat_plane(self) -> bool:
+        """``--nat-engine kernel`` (forwarding/nat_kernel.py, experimental):
+        True if it serves; else the reason is logged and shown by
+        ``lvsadm --status``, and the proxy engine serves instead."""
+        from forwarding.nat_kernel import KernelNatPlane, KernelNatUnavailable
+
+        name = "".join(ch if ch.isalnum() else "_" for ch in (self.opts.socket or ""))
+        plane = KernelNatPlane(self.director, self.now, manage_vips=not self.opts.no_vip,
+                               table="pylvs_nat" + (f"_{name}" if name else ""))  # fmt: skip
+        if self.inherit is not None:
+            plane.vips.adopt(self.inherit.vips)
+        try:
+            plane.start()
+        except KernelNatUnavailable as exc:
+            text = f"--nat-engine kernel cannot start: {exc}; the proxy NAT engine serves instead"
+            log.error("%s", text)
+            self.warnings.append(text)
+            return False
+        if self.opts.workers > 1 or self.opts.transparent or self.opts.proxy_protocol:
+            text = "--nat-engine kernel ignores --workers, --transparent and --proxy-protocol (proxy options)"
+            log.warning("%s", text)
+            self.warnings.append(text)
+        self.planes.append(plane)
+        return True
 
     def start_direct_plane(self) -> None:
         """DR/TUN plane (forwarding/dr.py): it opens its capture socket and
@@ -880,6 +909,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="RIP:PORT=v1|v2",
         help="send a PROXY protocol header to this NAT real server (repeatable)",
+    )
+    ap.add_argument(
+        "--nat-engine",
+        choices=["proxy", "kernel"],
+        default="proxy",
+        help="how -m services are served: proxy (default: lvsd relays the connections) or kernel "
+        "(EXPERIMENTAL: lvsd decides each new flow's first packet through NFQUEUE and netfilter's NAT "
+        "moves the bytes; needs root, nftables and nfnetlink_queue; falls back to proxy with a message)",
     )
     ap.add_argument(
         "--transparent", action="store_true", help="NAT: connect to real servers from the client's address"
