@@ -419,15 +419,14 @@ class Daemon:
         self._peak_entries = max(self._peak_entries, n)
         if self._peak_entries < 20_000 or n * 4 > self._peak_entries:
             return
+        import contextlib
         import ctypes
         import gc
 
         before = _rss_kb()
         gc.collect()
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
         log.info("the table fell from %d to %d entries: memory given back, RSS %d -> %d kB",
                  self._peak_entries, n, before, _rss_kb())  # fmt: skip
         self._peak_entries = n
