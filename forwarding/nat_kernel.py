@@ -43,15 +43,23 @@ go away in between and the flows the old lvsd set up keep being translated
 (their bindings live in conntrack).  A clean stop deletes the table and its
 queue rule: flows through it are then no longer translated.
 
-Not done yet (the flows' later packets never reach Python, so the core only
-sees each flow's first packet): the entries' states after the first packet
-(a TCP entry stays SYN_RECV and counts as InActConn until it expires; no
-ESTABLISHED, FIN or TIME_WAIT), byte and packet counters after the first
-packet, IPVS timeouts imposed on the conntrack entries, deleting conntrack
-entries of a deleted real server (expire_nodest_conn), one-packet
-scheduling (conntrack keeps the binding), firewall-mark services, wildcard
-(0.0.0.0) services, the short-connection TIME_WAIT collision of a static
-DNAT (issue 16).  These are said in the plane's warnings and the README.
+State after the first packet: conntrack's events (:mod:`forwarding.ct_events`)
+move each entry to the TCP state conntrack reached (``Director.
+kernel_tcp_state``: ESTABLISHED, FIN_WAIT, TIME_WAIT...; so ActiveConn and
+InActConn follow the kernel), and a flow's end (conntrack DESTROY) adds its
+packet and byte counters (``nf_conntrack_acct``, switched on in the
+namespace) and expires its entry.
+
+Not done yet: counters of a flow arrive only when it ends (long flows do
+not show in ``--rate`` meanwhile); the IPVS timeouts are not imposed on the
+conntrack entries (an IPVS entry may expire while conntrack still
+translates its flow, whose later counters are then lost); deleting or
+quiescing a real server does not end its established flows
+(expire_nodest_conn); one-packet scheduling (conntrack keeps the binding);
+firewall-mark, wildcard (0.0.0.0) and port-0 services; events of every
+conntrack entry of the namespace are read (no kernel-side filter yet); the
+short-connection TIME_WAIT collision after DNAT (issue 16).  The README
+says the same.
 """
 
 from __future__ import annotations
@@ -66,10 +74,20 @@ from collections.abc import Callable
 from typing import Any
 
 from lvs.addr import format_ip
+from lvs.conn import (
+    TCP_S_CLOSE,
+    TCP_S_CLOSE_WAIT,
+    TCP_S_ESTABLISHED,
+    TCP_S_FIN_WAIT,
+    TCP_S_LAST_ACK,
+    TCP_S_SYN_RECV,
+    TCP_S_TIME_WAIT,
+)
+from lvs.constants import CONN_F_FWD_MASK, CONN_F_MASQ, IPPROTO_TCP
 from lvs.core import ACCEPT, DROP, FORWARD, REJECT, Director
 from lvs.model import Flow, Service
 
-from . import packet
+from . import ct_events, packet
 from .nat_common import ServedAddress
 from .nat_services import NatServices
 from .netfilter import (
@@ -95,11 +113,25 @@ ENQUEUE_CHAIN = "enqueue"
 
 _PROTO_NAMES = {6: "tcp", 17: "udp"}
 
+#: conntrack's TCP state -> the IPVS state the entry takes (SYN_SENT and
+#: SYN_SENT2 leave it where the first packet put it)
+CT_TO_IPVS = {
+    ct_events.CT_TCP_SYN_RECV: TCP_S_SYN_RECV,
+    ct_events.CT_TCP_ESTABLISHED: TCP_S_ESTABLISHED,
+    ct_events.CT_TCP_FIN_WAIT: TCP_S_FIN_WAIT,
+    ct_events.CT_TCP_CLOSE_WAIT: TCP_S_CLOSE_WAIT,
+    ct_events.CT_TCP_LAST_ACK: TCP_S_LAST_ACK,
+    ct_events.CT_TCP_TIME_WAIT: TCP_S_TIME_WAIT,
+    ct_events.CT_TCP_CLOSE: TCP_S_CLOSE,
+}
+#: first packets' lengths kept for the byte counters at most (see _first_len)
+MAX_FIRST_LEN = 1 << 20
+
 #: what this engine does not do yet, shown in lvsadm --status
 NOT_YET = (
-    "nat-engine kernel is EXPERIMENTAL: only each flow's first packet reaches lvsd, so entries stay in their "
-    "first state (TCP SYN_RECV, counted InActConn) until they expire, counters cover first packets only, "
-    "IPVS timeouts are not imposed on conntrack, a deleted real server keeps its established flows"
+    "nat-engine kernel is EXPERIMENTAL: states follow conntrack's events, counters arrive when a flow ends, "
+    "IPVS timeouts are not imposed on conntrack, a deleted real server keeps its established flows, "
+    "no fwmark/wildcard/port-0 services, no fix yet for short connections meeting TIME_WAIT"
 )
 
 
@@ -214,6 +246,13 @@ class KernelNatPlane(NatServices):
         self.dropped = 0
         self.accepted = 0
         self.replaced_table = False
+        self.ct: ct_events.ConntrackEvents | None = None
+        self.ct_accounting = False
+        #: the first packet's IP length by original tuple: process_in counted
+        #: it, conntrack's counters at the end include it
+        self._first_len: dict[tuple[int, int, int, int, int, int], int] = {}
+        self.ct_states = 0
+        self.ct_ended = 0
 
     # -- life cycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -241,6 +280,14 @@ class KernelNatPlane(NatServices):
             log.warning("replaced the nftables table inet %s left by an earlier lvsd (crash or kill?); "
                         "its flows keep their translation in conntrack", self.table)  # fmt: skip
         self.loop.add_reader(self.queue.fileno(), self._on_queue)
+        try:
+            self.ct = ct_events.ConntrackEvents()
+        except OSError as exc:
+            self.problem(f"kernel NAT engine: no conntrack events ({exc}): entries keep their first state",
+                         "ct")  # fmt: skip
+        else:
+            self.ct_accounting = ct_events.enable_accounting()
+            self.loop.add_reader(self.ct.fileno(), self._on_ct_events)
         self.follow()
         self._refresh()
         log.info("kernel NAT engine: table inet %s, NFQUEUE %d", self.table, self.queue.queue_num)
@@ -258,6 +305,12 @@ class KernelNatPlane(NatServices):
         successor lvsd owns it)."""
         self.unfollow()
         self._close_queue()
+        if self.ct is not None:
+            if self.loop is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_reader(self.ct.fileno())
+            self.ct.close()
+            self.ct = None
         if self.guard is not None:
             with contextlib.suppress(NftError, OSError):
                 delete_table(self.guard, self.nft)
@@ -279,7 +332,9 @@ class KernelNatPlane(NatServices):
             f"nat (kernel engine, EXPERIMENTAL): {len(self.served)} services in table inet {self.table}, "
             f"NFQUEUE {q.queue_num if q else '-'}; first packets {self.queued}: forwarded {self.forwarded}, "
             f"rejected {self.rejected}, dropped {self.dropped}, passed {self.accepted}; "
-            f"{len(self.marks)} real-server marks"
+            f"{len(self.marks)} real-server marks; conntrack events {self.ct.events if self.ct else 'off'}: "
+            f"{self.ct_states} state changes, {self.ct_ended} flows ended"
+            f"{'' if self.ct_accounting else ' (no conntrack accounting: counters cover first packets)'}"
         )
 
     def warnings(self) -> list[str]:
@@ -365,6 +420,9 @@ class KernelNatPlane(NatServices):
         v = self.director.process_in(flow, now, p[packet.P_TCPFLAGS], p[packet.P_IPLEN])
         if v.action == FORWARD and v.conn is not None:
             cp = v.conn
+            if self.ct_accounting and len(self._first_len) < MAX_FIRST_LEN:
+                key = (flow.protocol, flow.af, flow.caddr, flow.cport, flow.vaddr, flow.vport)
+                self._first_len[key] = p[packet.P_IPLEN]
             mark = self.marks.get((cp.daf, cp.daddr, cp.dport))
             if mark is None:
                 self._refresh()  # a real server added since the last refresh
@@ -383,6 +441,36 @@ class KernelNatPlane(NatServices):
         assert v.action == ACCEPT
         self.accepted += 1
         return NF_ACCEPT, pkt_mark
+
+    # -- what conntrack reports ------------------------------------------------------------
+    def _on_ct_events(self) -> None:
+        """Conntrack events of the flows this engine set up: TCP states move
+        the entries (``Director.kernel_tcp_state``); a flow's end adds its
+        counters (when accounting is on) and expires its entry (the kernel
+        no longer translates it)."""
+        ct = self.ct
+        if ct is None:
+            return
+        now = self.now()
+        lookup = self.director.conns.lookup_in
+        for ev in ct.receive():
+            cp = lookup(ev.protocol, ev.af, ev.saddr, ev.sport, ev.daddr, ev.dport)
+            if cp is None or cp.flags & CONN_F_FWD_MASK != CONN_F_MASQ:
+                continue
+            if ev.kind == ct_events.DESTROY:
+                key = (ev.protocol, ev.af, ev.saddr, ev.sport, ev.daddr, ev.dport)
+                first = self._first_len.pop(key, None)
+                if ev.orig_packets > 0 and first is not None:
+                    self.director.add_bytes(
+                        cp, ev.orig_bytes - first, max(ev.reply_bytes, 0), ev.orig_packets - 1,
+                        max(ev.reply_packets, 0), now,
+                    )  # fmt: skip
+                self.ct_ended += 1
+                self.director.expire_now(cp, now)
+            elif ev.protocol == IPPROTO_TCP and ev.tcp_state in CT_TO_IPVS:
+                state = CT_TO_IPVS[ev.tcp_state]
+                if state != cp.state and self.director.kernel_tcp_state(cp, state, now):
+                    self.ct_states += 1
 
 
 __all__ = [

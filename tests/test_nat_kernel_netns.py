@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections import Counter
 
 import pytest
@@ -124,15 +125,20 @@ def test_kernel_engine_netns() -> None:
             assert Counter(r["server"] for r in udp) == {"rs1": 2, "rs2": 2}, udp
             assert {r["peer"] for r in udp} == {CLIENT}
 
+            # conntrack's events move the entries: the short connections are
+            # over (TIME_WAIT, inactive); UDP entries are inactive
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                conns = adm("-L", "-n", "-c")
+                if conns.count("TIME_WAIT") == 6:
+                    break
+                time.sleep(0.2)
+            assert conns.count("TIME_WAIT") == 6 and conns.count("\nUDP ") == 4, (conns, adm("--status"))
+            assert f"{CLIENT}:" in conns
             listing = adm("-L", "-n")
             rows = [line.split() for line in listing.splitlines() if line.strip().startswith("->")]
             rows = [r for r in rows if r[1].startswith("172.16.")]
-            # each real server: 3 TCP entries (only the SYN seen: SYN_RECV, which
-            # the core counts as active) and 2 UDP ones (inactive)
-            assert [(r[-2], r[-1]) for r in rows] == [("3", "0")] * 2 + [("0", "2")] * 2, listing
-            conns = adm("-L", "-n", "-c")
-            assert conns.count("SYN_RECV") == 6 and conns.count("\nUDP ") == 4, conns
-            assert f"{CLIENT}:" in conns
+            assert [(r[-2], r[-1]) for r in rows] == [("0", "3")] * 2 + [("0", "2")] * 2, listing
 
             # a flow held open across a SIGKILL of lvsd
             hold = subprocess.Popen(
@@ -146,6 +152,15 @@ def test_kernel_engine_netns() -> None:
             hold.stdin.flush()
             before = hold.stdout.readline().strip()
             assert before.endswith(f"|{CLIENT}|before"), before
+            held = before.split("|")[0]
+            deadline = time.monotonic() + 10
+            while "ESTABLISHED" not in adm("-L", "-n", "-c") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            conns = adm("-L", "-n", "-c")
+            assert conns.count("ESTABLISHED") == 1, conns
+            rows = [line.split() for line in adm("-L", "-n", "-t", f"{VIP}:{PORT}").splitlines()]
+            active = {r[1].split(":")[0]: r[-2] for r in rows if r and r[0] == "->" and r[1][0].isdigit()}
+            assert active[rip(int(held[2:]))] == "1", (held, active)
             lvsd.send_signal(signal.SIGKILL)
             lvsd.wait(timeout=10)
             hold.stdin.write("after-kill\n")
@@ -175,3 +190,32 @@ def test_kernel_engine_netns() -> None:
             if lvsd.poll() is None:
                 lvsd.kill()
                 lvsd.wait(timeout=10)
+
+
+def test_conntrack_event_parsing() -> None:
+    """A ctnetlink DESTROY message as the kernel builds it (ctnetlink_conntrack_event):
+    original tuple, TCP state, both directions' counters."""
+    import struct
+
+    from forwarding.ct_events import DESTROY, parse_event
+    from forwarding.nfqueue import NLA_F_NESTED, iter_msgs, nla, nlmsg
+
+    def nest(kind: int, payload: bytes) -> bytes:
+        return nla(kind | NLA_F_NESTED, payload)
+
+    ip = nest(1, nla(1, socket.inet_aton("10.0.0.2")) + nla(2, socket.inet_aton("207.175.44.110")))
+    proto = nest(2, nla(1, bytes([6])) + nla(2, struct.pack("!H", 40000)) + nla(3, struct.pack("!H", 8080)))
+    body = (
+        nest(1, ip + proto)
+        + nest(4, nest(1, nla(1, bytes([7]))))
+        + nest(9, nla(1, struct.pack("!Q", 6)) + nla(2, struct.pack("!Q", 400)))
+        + nest(10, nla(1, struct.pack("!Q", 5)) + nla(2, struct.pack("!Q", 900)))
+    )
+    msg = nlmsg((1 << 8) | 2, 0, 1, socket.AF_INET, 0, body)
+    view = memoryview(msg)
+    (mtype, flags, start, end), = list(iter_msgs(view, 0, len(msg)))
+    ev = parse_event(view, mtype, flags, start, end)
+    assert ev is not None and ev.kind == DESTROY
+    assert (ev.protocol, ev.sport, ev.dport, ev.tcp_state) == (6, 40000, 8080, 7)
+    assert ev.saddr == int.from_bytes(socket.inet_aton("10.0.0.2"), "big")
+    assert (ev.orig_packets, ev.orig_bytes, ev.reply_packets, ev.reply_bytes) == (6, 400, 5, 900)
