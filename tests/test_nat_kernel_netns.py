@@ -187,6 +187,28 @@ def test_kernel_engine_netns() -> None:
             hold.stdin.close()
             hold.wait(timeout=10)
 
+            # a real server deleted: its established flow ends (the kernel's
+            # IPVS drops the packets of an entry whose dest is gone)
+            hold = subprocess.Popen(
+                [*t.prefix(t.client), PY, "-m", "tests.natk_prog", "hold", VIP, str(PORT)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            )  # fmt: skip
+            t.procs.append(hold)  # type: ignore[arg-type]
+            assert hold.stdin is not None and hold.stdout is not None
+            assert hold.stdout.readline().strip() == "connected"
+            hold.stdin.write("one\n")
+            hold.stdin.flush()
+            name = hold.stdout.readline().split("|")[0]
+            adm("-d", "-t", f"{VIP}:{PORT}", "-r", f"{rip(int(name[2:]))}:{PORT}")
+            hold.stdin.write("two\n")
+            hold.stdin.flush()
+            answer = hold.stdout.readline()
+            assert answer.startswith("error"), (answer, _read(log))
+            # the held flow and the short connection of the restart check there
+            assert "no longer available: 2 of 2 conntrack entries deleted" in _read(log), _read(log)
+            hold.stdin.close()
+            hold.wait(timeout=10)
+
             # a clean stop leaves no table, hence no queue rule
             lvsd.terminate()
             assert lvsd.wait(timeout=15) == 0, _read(log)
