@@ -281,6 +281,16 @@ class TcpSession(asyncio.Protocol):
         ctx = self.ctx
         ctx.accepted += 1
         peer = transport.get_extra_info("peername")
+        if not ctx.tcp_allowed():
+            # the descriptor budget (lvs/limits.py): refuse rather than run
+            # the control socket out of descriptors
+            ctx.limit_refused += 1
+            ctx.note("tcp-limit", f"{self.service.describe()}: connection from {peer[0]}:{peer[1]} refused: "
+                     f"{len(ctx.sessions)} TCP relays at the limit (descriptors {ctx.budget.limit}, "
+                     f"max-conns {ctx.budget.max_conns or 'none'})")  # fmt: skip
+            self.state = DONE
+            _rst(transport)
+            return
         service = self.service
         af = service.af
         vaddr = service.vaddr
@@ -385,6 +395,9 @@ class TcpSession(asyncio.Protocol):
                 ctx.connect_timeouts += 1
             else:
                 ctx.connect_failures += 1
+                cp = self.conn
+                ctx.note("tcp-connect", f"real server {ip_text(cp.daf, cp.daddr)}:{cp.dport} of "
+                         f"{self.service.describe()}: connect failed: {exc}")  # fmt: skip
                 if isinstance(exc, ConnectionRefusedError):
                     self.seg_out(RST, ctx.now())
             _rst(self.client)

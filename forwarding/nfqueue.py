@@ -342,6 +342,8 @@ class NfQueue:
         try:
             self.sock.send(data)
         except BlockingIOError:
+            # the socket's send never blocks on netlink in practice; one retry
+            # in blocking mode keeps packets from staying queued for good
             self.sock.setblocking(True)
             try:
                 self.sock.send(data)
@@ -352,17 +354,7 @@ class NfQueue:
         """All verdicts of one batch in one ``send``."""
         if not verdicts:
             return
-        data = self.verdict_messages(verdicts)
-        try:
-            self.sock.send(data)
-        except BlockingIOError:
-            # the socket's send never blocks on netlink in practice; one retry
-            # in blocking mode keeps packets from staying queued for good
-            self.sock.setblocking(True)
-            try:
-                self.sock.send(data)
-            finally:
-                self.sock.setblocking(False)
+        self.send_raw(self.verdict_messages(verdicts))
 
     def close(self) -> None:
         """Unbind (the kernel also does it when the socket closes) and close."""

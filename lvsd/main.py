@@ -724,6 +724,11 @@ class Daemon:
             plane = NatPlane(self.director, self.now, **options)
         if self.inherit is not None:
             plane.vips.adopt(self.inherit.vips)
+        ctx = getattr(plane, "ctx", None)
+        if ctx is not None:  # the limits (lvs/limits.py); --workers: each worker keeps the defaults
+            ctx.udp_rcvbuf = self.opts.udp_rcvbuf
+            ctx.budget.max_conns = self.opts.max_conns
+            ctx.budget.reserve = self.opts.reserve_fds
         self.planes.append(plane)
         plane.start()
 
@@ -877,6 +882,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: one per namespace under /var/lib/pylvs, or LVSD_STATE_DIR)",
     )
     ap.add_argument("--started-by", default="by hand", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--max-conns", type=int, default=0, metavar="N",
+        help="NAT: at most N TCP relays (further connections are reset, counted and logged); "
+        "default: as many as the descriptor limit allows after --reserve-fds",
+    )  # fmt: skip
+    ap.add_argument(
+        "--reserve-fds", type=int, default=64, metavar="N",
+        help="descriptors relays never take, so the control socket always answers (default 64)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--udp-rcvbuf", type=int, default=8 * 1024 * 1024, metavar="BYTES",
+        help="receive buffer of each UDP service's socket (default 8 MiB; drops are counted)",
+    )  # fmt: skip
     ap.add_argument(
         "--socket", help="control socket name (abstract) or path; default from LVSD_SOCKET or 'pylvs'"
     )
