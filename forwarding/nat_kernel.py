@@ -48,14 +48,15 @@ move each entry to the TCP state conntrack reached (``Director.
 kernel_tcp_state``: ESTABLISHED, FIN_WAIT, TIME_WAIT...; so ActiveConn and
 InActConn follow the kernel), and a flow's end (conntrack DESTROY) adds its
 packet and byte counters (``nf_conntrack_acct``, switched on in the
-namespace) and expires its entry.
+namespace) and expires its entry.  A real server that is no longer
+available (deleted) gets its flows' conntrack entries deleted, so their
+next packets meet the core's verdict as in the kernel (dropped, or passed
+on with expire_nodest_conn).
 
 Not done yet: counters of a flow arrive only when it ends (long flows do
 not show in ``--rate`` meanwhile); the IPVS timeouts are not imposed on the
 conntrack entries (an IPVS entry may expire while conntrack still
-translates its flow, whose later counters are then lost); deleting or
-quiescing a real server does not end its established flows
-(expire_nodest_conn); one-packet scheduling (conntrack keeps the binding);
+translates its flow, whose later counters are then lost); one-packet scheduling (conntrack keeps the binding);
 firewall-mark, wildcard (0.0.0.0) and port-0 services; events of every
 conntrack entry of the namespace are read (no kernel-side filter yet); the
 short-connection TIME_WAIT collision after DNAT (issue 16).  The README
@@ -130,7 +131,7 @@ MAX_FIRST_LEN = 1 << 20
 #: what this engine does not do yet, shown in lvsadm --status
 NOT_YET = (
     "nat-engine kernel is EXPERIMENTAL: states follow conntrack's events, counters arrive when a flow ends, "
-    "IPVS timeouts are not imposed on conntrack, a deleted real server keeps its established flows, "
+    "IPVS timeouts are not imposed on conntrack, "
     "no fwmark/wildcard/port-0 services, no fix yet for short connections meeting TIME_WAIT"
 )
 
