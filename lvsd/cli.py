@@ -34,7 +34,7 @@ from typing import TextIO
 
 from lvs import __version__
 
-from .client import Client, DaemonUnavailable, PermissionDenied
+from .client import Client, DaemonUnavailable, Impersonation, PermissionDenied
 
 #: the extras, listed by ``lvsadm --help`` after ipvsadm's own text
 EXTRAS_HELP = f"""
@@ -47,6 +47,7 @@ pylvs {__version__} extras (lvsadm talks to lvsd, this namespace's userspace IPV
   lvsadm --sysctl [net.ipv4.vs.NAME[=VALUE]]  read or set IPVS's sysctls
   lvsadm --drain -t|-u|-f SERVICE -r SERVER [--timeout S]  drain a real server, then delete it
   lvsadm --shutdown                   stop lvsd (its VIPs and nftables tables go with it)
+  lvsadm --restart                    hitless restart: a new lvsd takes the sockets, the old one drains
   --no-autostart                      never start lvsd (also LVSADM_NO_AUTOSTART=1)
 lvsd --http ADDR:PORT serves /metrics (node_exporter's IPVS names) and a live status page.
 """
@@ -82,8 +83,16 @@ def _extras(argv: list[str], client: Client) -> int | None:
     if head == "--status":
         reply = client.call("status")
         data = reply["data"]
-        for key in ("pid", "netns", "uptime", "services", "connections"):
-            print(f"{key}: {data[key]}")
+        for key in ("pid", "netns", "uptime", "services", "connections", "log", "state"):
+            if key in data:
+                print(f"{key}: {data[key]}")
+        if data.get("state_problem"):
+            print(f"warning: {data['state_problem']}")
+        restored = data.get("restored") or {}
+        if restored:
+            how = "did not stop cleanly" if restored.get("unclean") else "stopped cleanly"
+            print(f"restored: {restored['services']} services, {restored['dests']} real servers from "
+                  f"{restored['path']} (previous lvsd pid {restored['previous_pid']} {how})")  # fmt: skip
         for plane in data["planes"]:
             print(f"data plane: {plane}")
         for warning in data["warnings"]:
@@ -99,6 +108,13 @@ def _extras(argv: list[str], client: Client) -> int | None:
         return drain(argv[1:], client)
     if head == "--sysctl":
         return _sysctl(argv[1:], client)
+    if head == "--restart":
+        reply = client.call("restart")
+        if not reply.get("ok", True):
+            print(f"lvsadm: {reply.get('error')}", file=sys.stderr)
+            return 1
+        print(f"restarted: lvsd {reply['new_pid']} serves; lvsd {reply['old_pid']} drains its connections")
+        return 0
     if head == "--reload":
         reply = client.call("reload")
         if not reply.get("ok", True):
@@ -184,7 +200,8 @@ def print_health(health: list[dict] | None) -> None:
         quorum = "up" if vs["quorum_up"] else "DOWN"
         print(f"virtual server {vs['virtual_server']} (quorum {quorum}):")
         for rs in vs["real_servers"]:
-            line = f"  {rs['server']} {rs['state']} since {rs['since']:.1f}s, weight {rs['weight']}"
+            since = rs.get("since_utc") or f"{rs['since']:.1f} s after start"
+            line = f"  {rs['server']} {rs['state']} since {since}, weight {rs['weight']}"
             line += f", checkers {'+'.join(rs['checkers']) or 'none'}"
             if rs["state"] == "down" and rs["failed_checker"]:
                 line += f", failed: {rs['failed_checker']}: {rs['last_failure']}"
@@ -293,7 +310,7 @@ def _unknown_option(argv: list[str]) -> str | None:
 
     if not argv or not argv[0].startswith("-") or argv[0] == "-":
         return None
-    words = popt.Popt(grammar._OPTIONS, list(argv))
+    words = popt.Popt(grammar.OPTIONS, list(argv))
     try:
         words.next_opt()
     except popt.PoptError as exc:
@@ -337,6 +354,8 @@ def _main(argv: list[str] | None = None) -> int:
         return _shutdown()
     try:
         with Client(autostart=autostart) as client:
+            if client.started:
+                _tell_started(client)
             rc = _extras(argv, client)
             if rc is not None:
                 return rc
@@ -344,6 +363,9 @@ def _main(argv: list[str] | None = None) -> int:
             if _wants_stdin(argv):
                 stdin = sys.stdin.read()
             reply = client.call("ipvsadm", argv=argv, stdin=stdin)
+    except Impersonation as exc:
+        print(f"lvsadm: {exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         raise  # our output's reader left: not a missing kernel module
     except PermissionDenied as exc:
@@ -361,6 +383,28 @@ def _main(argv: list[str] | None = None) -> int:
     _write_raw(sys.stdout, reply["stdout"])
     _write_raw(sys.stderr, reply["stderr"])
     return int(reply["rc"])
+
+
+def _tell_started(client: Client) -> None:
+    """lvsadm had to start lvsd: say so when a previous one died, and what
+    the new one restored."""
+    try:
+        data = client.call("status").get("data", {})
+    except (DaemonUnavailable, OSError, ValueError):
+        return
+    restored = data.get("restored") or {}
+    if restored.get("unclean"):
+        print(
+            f"lvsadm: lvsd was not running: the previous lvsd (pid {restored.get('previous_pid')}) "
+            f"did not stop cleanly; started lvsd {data.get('pid')}, which restored "
+            f"{restored.get('services')} services and {restored.get('dests')} real servers "
+            f"from {restored.get('path')} (log: {data.get('log')})",
+            file=sys.stderr,
+        )
+        for problem in restored.get("problems", []):
+            print(f"lvsadm: restoring: {problem}", file=sys.stderr)
+    if data.get("state_problem"):
+        print(f"lvsadm: warning: {data['state_problem']}", file=sys.stderr)
 
 
 def _write_raw(stream: TextIO, text: str) -> None:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from .healthlab import stop
 from .natlab import Backends
+
+# every lvsd a test starts (autostarted ones too) keeps its state file and
+# default log in this session's own directory, never in /var/lib/pylvs
+if "LVSD_STATE_DIR" not in os.environ:
+    os.environ["LVSD_STATE_DIR"] = tempfile.mkdtemp(prefix=f"pylvs-state-{os.getpid()}-")
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -72,12 +73,15 @@ def running_lvsd(
     *extra: str,
     prefix: list[str] | None = None,
     socket_name: str | None = None,
-    stderr: int | IO[Any] = subprocess.PIPE,
+    stderr: int | IO[Any] | None = None,
     env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Start ``lvsd --foreground`` on a fresh control socket (``stderr`` where
-    its log goes, ``env`` extra environment); yield the socket name."""
+    its log goes, default a temporary file: lvsd logs every table change, and
+    an undrained pipe would block it); yield the socket name."""
     name = socket_name or unique_socket()
+    own_log = tempfile.TemporaryFile() if stderr is None else None  # noqa: SIM115 - closed below
+    stderr = own_log if own_log is not None else stderr
     proc = subprocess.Popen(
         [*(prefix or []), PY, "-m", "lvsd.main", "--foreground", "--socket", name, *extra],
         stdout=subprocess.DEVNULL, stderr=stderr, text=True, cwd=ROOT, env={**os.environ, **(env or {})},
@@ -86,12 +90,19 @@ def running_lvsd(
         wait_ready(name, prefix)
         yield name
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc)
+        if own_log is not None:
+            own_log.close()
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
 
 
 def control_exchange(name: str, payload: bytes, timeout: float) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ import pytest
 
 from lvs.simulate import Simulation
 from teaching.labsession import LabError, LabSession
+from tests.helpers import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("PYLVS_ARTIFACTS", ROOT / "tests" / "artifacts"))
@@ -106,12 +107,7 @@ def lab_server() -> Iterator[str]:
         assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
         yield m.group(0)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict]:
@@ -288,9 +284,4 @@ def test_chromium_full_exercise(lab_server: str, tmp_path: Path) -> None:
     finally:
         if devtools is not None:
             devtools.close()
-        browser.terminate()
-        try:
-            browser.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            browser.kill()
-            browser.wait()
+        terminate(browser, timeout=20)

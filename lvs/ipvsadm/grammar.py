@@ -287,7 +287,7 @@ _TABLE: tuple[Opt, ...] = tuple(
     )
 )
 
-_OPTIONS = OptionTable(_TABLE)
+OPTIONS = OptionTable(_TABLE)
 
 
 def _number(text: str, lo: int, hi: int) -> int | None:
@@ -663,7 +663,7 @@ def parse(argv: list[str], resolver: Resolver) -> Command:
     if not args:
         return Command(CMD_LIST)  # bare ipvsadm lists the table (main)
     st = _State()
-    popt = Popt(_OPTIONS, args)
+    popt = Popt(OPTIONS, args)
     try:
         first = _next_opt(popt)
     except PoptError:
