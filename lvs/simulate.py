@@ -457,9 +457,12 @@ def simulate(
     classic: bool = False,
     explain: bool = False,
     resolver: Resolver | None = None,
+    svc_hash_salt: int | None = None,
 ) -> None:
     """Run a scenario and write its JSON lines to ``out``."""
-    sim = Simulation(seed=seed, classic=classic, explain=explain, resolver=resolver)
+    sim = Simulation(
+        seed=seed, classic=classic, explain=explain, resolver=resolver, svc_hash_salt=svc_hash_salt
+    )
 
     def emit(obj: dict) -> None:
         out.write(json.dumps(obj) + "\n")

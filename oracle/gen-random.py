@@ -17,7 +17,7 @@ that the kernel's answer does not depend on wall-clock timing inside the VM:
 * every snapshot is preceded by ``sleep 3`` so that the rate estimator (2 s) has copied
   the counters that ``--stats`` shows.
 
-Kinds: ``mixed`` (every scheduler and flag, add/edit/delete/re-add of real servers while
+Kinds: ``quick`` (``mixed`` with fewer flows and operations, for a loaded lab), ``mixed`` (every scheduler and flag, add/edit/delete/re-add of real servers while
 connections are open, thresholds, sysctls, -E, one-packet services, persistence with
 netmask and expiry), ``trash`` (real servers deleted with connections and added back:
 the kernel's destination trash), ``wide`` (tables spread over the address space, listed
@@ -100,6 +100,8 @@ class Gen:
         self.held: list[tuple[Service, str]] = []
         self.src_base = 0
         self.nonlocal_tcp = 0
+        #: fewer flows per operation (quick scenarios)
+        self.flow_scale = 1.0
 
     def out(self, line: str) -> None:
         self.lines.append(line)
@@ -226,12 +228,12 @@ class Gen:
                 self.out(f"ipvsadm -a {svc.opt} -r {ep} {self.dest_opts(svc, ep)}")
             self.services.append(svc)
 
-    def op(self, svc: Service) -> None:
+    def op(self, svc: Service, snapshots: bool = True) -> None:
         rng = self.rng
         r = rng.random()
         alive = [ep for ep in svc.dests if ep not in svc.deleted]
         if r < 0.35:
-            self.flows(svc, rng.randint(2, 12), rng.choice([1, 1, 0]))
+            self.flows(svc, max(1, int(rng.randint(2, 12) * self.flow_scale)), rng.choice([1, 1, 0]))
             self.udp_repeat(svc)
         elif r < 0.47 and alive:
             ep = rng.choice(alive)
@@ -259,8 +261,21 @@ class Gen:
             # -Z takes the counters as the estimator last copied them: let it run first
             self.out("sleep 3")
             self.out(f"ipvsadm -Z {svc.opt}" if rng.random() < 0.5 else "ipvsadm -Z")
-        else:
+        elif snapshots:
             self.snapshot("mid")
+
+    def quick(self) -> None:
+        """``mixed`` made cheap for a loaded lab: 1-2 services, few flows, 4-9 operations,
+        one snapshot at the end (the flows, ipvsadm steps and that snapshot are compared)."""
+        rng = self.rng
+        self.header()
+        self.make_services(rng.randint(1, 2))
+        self.flow_scale = 0.5
+        for svc in self.services:
+            self.flows(svc, rng.randint(2, 6), 1)
+        for _ in range(rng.randint(4, 9)):
+            self.op(rng.choice(self.services), snapshots=False)
+        self.snapshot("end")
 
     def mixed(self) -> None:
         rng = self.rng
@@ -454,7 +469,7 @@ def main() -> int:
     ap.add_argument("seed", type=int)
     ap.add_argument("count", type=int)
     ap.add_argument("outdir", type=Path)
-    ap.add_argument("--kind", choices=["mixed", "trash", "wide"], default="mixed")
+    ap.add_argument("--kind", choices=["mixed", "quick", "trash", "wide"], default="mixed")
     ns = ap.parse_args()
     ns.outdir.mkdir(parents=True, exist_ok=True)
     for k in range(ns.count):
