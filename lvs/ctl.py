@@ -474,11 +474,13 @@ class IPVS:
 
     def trash_expire(self, now: float) -> None:
         """``ip_vs_dest_trash_expire``, every 60 s while the trash holds dests:
-        a dest still referenced by entries stays; the first run that finds it
-        unreferenced notes the time; 120 s after that it is freed."""
+        a dest still referenced by entries or by an lblc/lblcr cache stays;
+        the first run that finds it unreferenced notes the time; 120 s after
+        that it is freed."""
+        held = {id(d) for svc in self.services.values() if svc.scheduler for d in svc.scheduler.holds()}
         keep = []
         for dest in self.trash:
-            if dest.refcnt > 0:
+            if dest.refcnt > 0 or id(dest) in held:
                 keep.append(dest)
             elif dest.trash_since is None:
                 dest.trash_since = now
