@@ -33,7 +33,7 @@ from .constants import (
     IPPROTO_TCP,
     IPPROTO_UDP,
 )
-from .core import DROP, FORWARD, Director
+from .core import DROP, FORWARD, REJECT, Director
 from .ctl import IPVS
 from .ipvsadm.grammar import Resolver
 from .ipvsadm.names import NullResolver
@@ -201,7 +201,13 @@ class Simulation:
         if v.action != FORWARD or v.conn is None:
             # an entry the SYN was dropped on still shows in /proc/net/ip_vs_conn
             shown = v.conn if v.conn is not None and v.conn.hashed else None
-            return self._report("tcp", flow, src, dst, mark, shown, error="Connection refused")
+            line = self._report("tcp", flow, src, dst, mark, shown, error="Operation now in progress")
+            if v.action in (DROP, REJECT):
+                # nothing answers the client (the director's ICMP does not end a local
+                # connect): it resends its SYN after 1 s, meets the same answer, and the
+                # lab's connect timeout (1 s) gives up
+                self.sleep(SYN_RETRY)
+            return line
         cp = v.conn
         if not self.net.is_local(cp.daf, cp.daddr):
             # nobody answers: the entry stays SYN_RECV; the client's SYN timer
