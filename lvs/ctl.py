@@ -130,9 +130,12 @@ def unicast_dest(af: int, addr: int) -> bool:
     return not (addr >> 24 == 0 or addr >> 28 == 0xE or addr in (0xFFFFFFFF, 0x7FFFFFFF))
 
 
-def _addr_in_af(af: int, addr: int) -> int:
-    """``ip_vs_addr_equal(af, ...)``: an IPv4 comparison reads the first word only."""
-    return addr if af == AF_INET6 else addr & 0xFFFFFFFF
+def _addr_in_af(af: int, addr_af: int, addr: int) -> int:
+    """What ``ip_vs_addr_equal(af, ...)`` compares of an address of family
+    ``addr_af``: all of it for IPv6, the first 32-bit word for IPv4."""
+    if af == AF_INET6:
+        return addr
+    return (addr >> 96) & 0xFFFFFFFF if addr_af == AF_INET6 else addr & 0xFFFFFFFF
 
 
 class IPVS:
@@ -461,7 +464,7 @@ class IPVS:
                 and (
                     vkey.fwmark != 0
                     or (
-                        _addr_in_af(vkey.af, okey.addr) == _addr_in_af(vkey.af, vkey.addr)
+                        _addr_in_af(vkey.af, okey.af, okey.addr) == _addr_in_af(vkey.af, vkey.af, vkey.addr)
                         and okey.port == vkey.port
                     )
                 )
