@@ -18,7 +18,8 @@ that the kernel's answer does not depend on wall-clock timing inside the VM:
   the counters that ``--stats`` shows.
 
 Kinds: ``quick`` (``mixed`` with fewer flows and operations, for a loaded lab), ``batch``
-(``quick`` in address ranges of its own, for run-batch.sh), ``mixed`` (every scheduler
+(``quick`` in address ranges of its own, for run-batch.sh; ``trashb`` the same for
+``trash``), ``mixed`` (every scheduler
 and flag, add/edit/delete/re-add of real servers while connections are open, thresholds,
 sysctls, -E, one-packet services, persistence with netmask and expiry), ``trash`` (real
 servers deleted with connections and added back: the kernel's destination trash),
@@ -35,6 +36,8 @@ from pathlib import Path
 SCHEDULERS = ["rr", "wrr", "lc", "wlc", "fo", "ovf", "lblc", "lblcr", "dh", "sh", "mh", "sed", "nq", "twos"]
 METHODS = ["-m", "-g", "-i"]
 NONLOCAL_TCP_MAX = 0
+#: kinds made for run-batch.sh (address ranges and marks of their own, by the seed)
+BATCHED = ("batch", "trashb")
 SYSCTLS = {
     "expire_nodest_conn": [0, 0, 1],
     "expire_quiescent_template": [0, 0, 1],
@@ -107,13 +110,13 @@ class Gen:
         #: clients live in 10.<client_net>.0.0/16: 2, or for ``batch`` scenarios, which
         #: run-batch.sh records several to a VM boot, one of 16..23 by the seed, so
         #: that neighbours never reuse a client address and port
-        self.client_net = 16 + seed % 8 if kind == "batch" else 2
+        self.client_net = 16 + seed % 8 if kind in BATCHED else 2
         #: virtual addresses in 10.<vip_net>.0.0/24 and 10.<vip_net>.9.0/24, marks from
         #: mark_base + 1: 0 and 0, or 32..39 and 1000..8000 by the seed for ``batch``, so
         #: that a scenario never meets its predecessor's trashed servers (the trash is
         #: found by virtual address and port, or by mark)
-        self.vip_net = 32 + seed % 8 if kind == "batch" else 0
-        self.mark_base = 1000 * (1 + seed % 8) if kind == "batch" else 0
+        self.vip_net = 32 + seed % 8 if kind in BATCHED else 0
+        self.mark_base = 1000 * (1 + seed % 8) if kind in BATCHED else 0
 
     def out(self, line: str) -> None:
         self.lines.append(line)
@@ -293,6 +296,10 @@ class Gen:
     def batch(self) -> None:
         """``quick`` for run-batch.sh (several scenarios to one VM boot)."""
         self.quick()
+
+    def trashb(self) -> None:
+        """``trash`` for run-batch.sh."""
+        self.trash()
 
     def mixed(self) -> None:
         rng = self.rng
@@ -486,7 +493,7 @@ def main() -> int:
     ap.add_argument("seed", type=int)
     ap.add_argument("count", type=int)
     ap.add_argument("outdir", type=Path)
-    ap.add_argument("--kind", choices=["mixed", "quick", "batch", "trash", "wide"], default="mixed")
+    ap.add_argument("--kind", choices=["mixed", "quick", "batch", "trash", "trashb", "wide"], default="mixed")
     ns = ap.parse_args()
     ns.outdir.mkdir(parents=True, exist_ok=True)
     for k in range(ns.count):
