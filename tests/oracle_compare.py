@@ -73,7 +73,7 @@ def without_out_counters(snapshot: str) -> str:
 
 
 #: what the lab VM's resolver knows: its /etc/hosts, and the /etc/services setup.sh copied
-LAB_HOSTS = "127.0.0.1 localhost\n"
+LAB_HOSTS = (Path(__file__).parent / "data" / "lab" / "etc-hosts").read_text()
 LAB_SERVICES = Path(__file__).parent / "data" / "lab" / "etc-services"
 
 

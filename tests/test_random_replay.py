@@ -18,6 +18,7 @@ numbers in the kernel: its scenarios are held to the invariants instead.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ import pytest
 
 from lvs.constants import DEST_F_OVERLOAD
 from tests.oracle_compare import (
+    LAB_SERVICES,
     comparable,
     first_difference,
     lab_resolver,
@@ -152,3 +154,33 @@ def test_generator_is_deterministic(tmp_path: Path) -> None:
 
 def test_lab_resolver_names_ports() -> None:
     assert lab_resolver().services_table is not None
+
+
+def test_cli_replays_a_recorded_boot_with_its_salt() -> None:
+    """``lvsadm simulate --svc-hash-salt N`` prints the kernel order of that boot:
+    the /proc/net/ip_vs and --nosort outputs of a wide recording, byte for byte."""
+    trace = DATA / "random" / "traces" / "rnd-wide-3000.jsonl"
+    scenario_path = _scenario(trace)
+    recorded = load_trace(trace)
+    salt = salt_of(scenario_path.read_text().splitlines(), recorded)
+    assert salt is not None and salt % 16 == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "lvsd.cli", "simulate", "--svc-hash-salt", str(salt), str(scenario_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={
+            **os.environ,
+            "PYLVS_HOSTS": str(DATA / "lab" / "etc-hosts"),
+            "PYLVS_SERVICES": str(LAB_SERVICES),
+        },
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = [json.loads(line) for line in proc.stdout.splitlines()]
+    order = [
+        d for d in recorded if d.get("step") == "sh" and ("--nosort" in d["args"] or "/proc" in d["args"])
+    ]
+    assert order
+    mine = {(d["args"], d["output"]) for d in got if d.get("step") == "sh"}
+    assert {(d["args"], d["output"]) for d in order} <= mine
