@@ -120,14 +120,15 @@ def update_overload(dest: Dest) -> None:
 
 def unicast_dest(af: int, addr: int) -> bool:
     """Whether ``ip_vs_new_dest`` takes ``addr`` as a real server: an IPv4 one
-    must be unicast or local (``inet_addr_type``: not 0/8, 255.255.255.255,
-    multicast 224/4, or the loopback's broadcast 127.255.255.255); an IPv6 one
+    must be unicast or local (``inet_addr_type``: not 0.0.0.0 (6.1's
+    ``ipv4_is_zeronet``; 0.1.2.3 is taken), 255.255.255.255, multicast 224/4,
+    or the loopback's broadcast 127.255.255.255); an IPv6 one
     unicast and not link-local (``ipv6_addr_type``: not ::, ff00::/8, fe80::/10,
     or v4-mapped ::ffff:0:0/96).  (The kernel would take a link-local address
     configured on the director; pylvs sees no interface addresses.)"""
     if af == AF_INET6:
         return not (addr == 0 or addr >> 120 == 0xFF or addr >> 118 == 0xFE80 >> 6 or addr >> 32 == 0xFFFF)
-    return not (addr >> 24 == 0 or addr >> 28 == 0xE or addr in (0xFFFFFFFF, 0x7FFFFFFF))
+    return not (addr == 0 or addr >> 28 == 0xE or addr in (0xFFFFFFFF, 0x7FFFFFFF))
 
 
 def _addr_in_af(af: int, addr_af: int, addr: int) -> int:
