@@ -18,26 +18,21 @@ from .base import Outcome
 Probe = Callable[..., Awaitable[Outcome]]
 
 
+_PROBES: dict[str, Probe] = {}
+_MODULES = {
+    "TCP_CHECK": "tcp", "HTTP_GET": "http", "SSL_GET": "ssl", "UDP_CHECK": "udp", "DNS_CHECK": "dns",
+    "MISC_CHECK": "misc", "PING_CHECK": "ping", "SMTP_CHECK": "smtp",
+}  # fmt: skip
+
+
 def probe_for(kind: str) -> Probe:
-    """The probe of a checker kind (``TCP_CHECK``, ``HTTP_GET`` ...)."""
-    if kind == "TCP_CHECK":
-        from .tcp import probe
-    elif kind == "HTTP_GET":
-        from .http import probe
-    elif kind == "SSL_GET":
-        from .ssl import probe
-    elif kind == "UDP_CHECK":
-        from .udp import probe
-    elif kind == "DNS_CHECK":
-        from .dns import probe
-    elif kind == "MISC_CHECK":
-        from .misc import probe
-    elif kind == "PING_CHECK":
-        from .ping import probe
-    elif kind == "SMTP_CHECK":
-        from .smtp import probe
-    else:
-        raise KeyError(kind)
+    """The probe of a checker kind (``TCP_CHECK``, ``HTTP_GET`` ...); KeyError if none."""
+    probe = _PROBES.get(kind)
+    if probe is None:
+        import importlib
+
+        probe = importlib.import_module(f"checkers.{_MODULES[kind]}").probe
+        _PROBES[kind] = probe
     return probe
 
 

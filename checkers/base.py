@@ -89,7 +89,8 @@ async def timed(chk: Any, coro: Any) -> Outcome:
     """Run one attempt within connect_timeout; socket errors become a failed
     Outcome with the reason."""
     try:
-        return await asyncio.wait_for(coro, chk.connect_timeout)
+        async with asyncio.timeout(chk.connect_timeout):  # no extra task, unlike wait_for
+            return await coro
     except TimeoutError:
         return Outcome(False, f"timeout after {chk.connect_timeout:g} s")
     except OSError as exc:

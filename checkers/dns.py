@@ -47,7 +47,8 @@ async def probe(chk: Any) -> Outcome:
                 left = deadline - loop.time()
                 if left <= 0:
                     return Outcome(False, f"no answer within {chk.connect_timeout:g} s")
-                data = await asyncio.wait_for(loop.sock_recv(sock, 4096), left)
+                async with asyncio.timeout(left):
+                    data = await loop.sock_recv(sock, 4096)
                 if len(data) < 12:
                     continue
                 rid, flags = struct.unpack("!HH", data[:4])

@@ -61,7 +61,8 @@ async def probe(chk: Any) -> Outcome:
             left = deadline - loop.time()
             if left <= 0:
                 return Outcome(False, f"no echo reply within {chk.connect_timeout:g} s")
-            data, peer = await asyncio.wait_for(loop.sock_recvfrom(sock, 2048), left)
+            async with asyncio.timeout(left):
+                data, peer = await loop.sock_recvfrom(sock, 2048)
             if peer[0] != host:
                 continue
             if raw and not v6:

@@ -26,7 +26,8 @@ async def probe(chk: Any) -> Outcome:
             return Outcome(False, describe_error(exc))
         want = opts.get("require_reply")
         try:
-            data = await asyncio.wait_for(loop.sock_recv(sock, 65536), chk.connect_timeout)
+            async with asyncio.timeout(chk.connect_timeout):
+                data = await loop.sock_recv(sock, 65536)
         except TimeoutError:
             if want is not None:
                 return Outcome(False, f"no reply within {chk.connect_timeout:g} s")

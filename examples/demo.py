@@ -5,7 +5,10 @@
    control socket, configures a weighted round-robin service with lvsadm,
    sends 60 real HTTP requests and shows who answered, then the table with
    its counters and connection entries;
-3. stops everything it started.
+3. serves lvsd's status page and /metrics (``lvsd --http``) and prints
+   their URL; on a terminal it keeps a little traffic flowing so the page
+   moves, until Ctrl-C (``DEMO_SECONDS=N`` bounds it, 0 ends at once);
+4. stops everything it started.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def replay_part() -> None:
 
 
 def live_part() -> None:
-    vport, *ports = free_ports(4)
+    vport, http_port, *ports = free_ports(5)
     procs: list[subprocess.Popen] = []
     try:
         banner("2. Three HTTP backends and a real lvsd")
@@ -104,7 +107,8 @@ def live_part() -> None:
             procs.append(p)
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         lvsd = subprocess.Popen(
-            [PY, "-m", "lvsd.main", "--foreground", "--socket", SOCKET, "--no-vip"],
+            [PY, "-m", "lvsd.main", "--foreground", "--socket", SOCKET, "--no-vip", "--no-dr",
+             "--http", f"127.0.0.1:{http_port}"],
             env=ENV,
             stderr=subprocess.PIPE,
             text=True,
@@ -139,8 +143,9 @@ def live_part() -> None:
         lvsadm("-L", "-n", "--stats")
         print("$ lvsadm -L -c -n | head -5")
         print("\n".join(lvsadm("-L", "-c", "-n", show=False).splitlines()[:5]))
+        watch(vport, http_port)
     finally:
-        banner("5. Cleaning up")
+        banner("6. Cleaning up")
         for p in reversed(procs):
             p.terminate()
         for p in procs:
@@ -149,6 +154,31 @@ def live_part() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
         print("stopped lvsd and the backends")
+
+
+def watch(vport: int, http_port: int) -> None:
+    """Point at the status page and /metrics, and keep traffic flowing."""
+    import urllib.request
+
+    banner("5. Watch it: lvsd --http serves a live status page and Prometheus metrics")
+    url = f"http://127.0.0.1:{http_port}/"
+    print(f"status page:  {url}")
+    print(f"metrics:      {url}metrics   (node_exporter's node_ipvs_* names)")
+    with urllib.request.urlopen(url + "metrics", timeout=10) as resp:
+        lines = resp.read().decode().splitlines()
+    print("$ curl -s " + url + "metrics | grep '^node_ipvs_backend_weight'")
+    print("\n".join(line for line in lines if line.startswith("node_ipvs_backend_weight")))
+    seconds = float(os.environ.get("DEMO_SECONDS", "inf" if sys.stdin.isatty() else "0"))
+    if seconds <= 0:
+        return
+    print(f"\nopen {url} in a browser; 5 requests/s keep flowing; Ctrl-C stops the demo")
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            asyncio.run(fetch(vport))
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print()
 
 
 def main() -> int:

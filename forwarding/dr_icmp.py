@@ -5,9 +5,7 @@ take to 0, "fragmentation needed" (IPv4 with DF) / "packet too big" (IPv6)
 carrying the route MTU (less the tunnel overhead for TUN) for a packet that
 does not fit (``ensure_mtu_is_adequate``).  Built by scapy (slow path only),
 from the address the client used, quoting its packet, to the MAC it came
-from; rate limited per client like ``icmp_ratelimit`` (a burst of
-:data:`ICMP_BURST`, then one every :data:`ICMP_INTERVAL` seconds).  No ICMP
-error is ever sent about an ICMP error.
+from (the caller applies ``icmp_ratelimit``: :class:`forwarding.icmp.RateLimit`).
 """
 
 from __future__ import annotations
@@ -16,27 +14,11 @@ from typing import Any
 
 from lvs.addr import format_ip
 
-from . import packet as P
-
-ICMP_BURST = 6
-ICMP_INTERVAL = 1.0
+from . import packet
+from .packet import P_AF, P_DADDR, P_IPLEN, P_L3, P_SADDR
 
 
-def icmp_allowed(tokens: dict[int, tuple[float, float]], client: int, now: float) -> bool:
-    """``icmpv4_xrlim_allow``-like token bucket per client: a burst of 6,
-    then one per second.  ``tokens`` maps a client to (tokens, last time)."""
-    toks, last = tokens.get(client, (ICMP_BURST, now))
-    toks = min(ICMP_BURST, toks + (now - last) / ICMP_INTERVAL)
-    if toks < 1:
-        tokens[client] = (toks, now)
-        return False
-    tokens[client] = (toks - 1, now)
-    if len(tokens) > 4096:
-        tokens.clear()
-    return True
-
-
-def build_icmp_error(frame: bytes, p: P.Parsed, our_mac: bytes, kind: str, mtu: int = 0) -> bytes:
+def build_icmp_error(frame: bytes, p: packet.Parsed, our_mac: bytes, kind: str, mtu: int = 0) -> bytes:
     """An Ethernet frame with the ICMP error for the packet in ``frame``:
     port unreachable (``unreach``), TTL exceeded (``ttl``), fragmentation
     needed / packet too big (``toobig``, with ``mtu``).  The quote is as much
@@ -45,14 +27,14 @@ def build_icmp_error(frame: bytes, p: P.Parsed, our_mac: bytes, kind: str, mtu: 
     from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6PacketTooBig, ICMPv6TimeExceeded, IPv6
     from scapy.layers.l2 import Ether
 
-    l3 = p[7]
-    orig = frame[l3 : l3 + p[9]]
+    l3 = p[P_L3]
+    orig = frame[l3 : l3 + p[P_IPLEN]]
     client_mac = frame[6:12]
-    src = format_ip(p[0], p[4])
-    dst = format_ip(p[0], p[2])
+    src = format_ip(p[P_AF], p[P_DADDR])
+    dst = format_ip(p[P_AF], p[P_SADDR])
     mac = ":".join(f"{b:02x}" for b in our_mac)
     cmac = ":".join(f"{b:02x}" for b in client_mac)
-    if p[0] == P.AF_INET:
+    if p[P_AF] == packet.AF_INET:
         quote = orig[: 576 - 28]
         tos = (orig[1] & 0x1E) | 0xC0
         if kind == "unreach":
@@ -74,4 +56,4 @@ def build_icmp_error(frame: bytes, p: P.Parsed, our_mac: bytes, kind: str, mtu: 
     return bytes(pkt)
 
 
-__all__ = ["ICMP_BURST", "ICMP_INTERVAL", "build_icmp_error", "icmp_allowed"]
+__all__ = ["build_icmp_error"]

@@ -32,7 +32,7 @@ packet is looked up as traffic of its own):
 Then the packet is counted for the connection (``ip_vs_in_stats``, and
 ``in_pkts``) and sent on as ``ip_vs_icmp_xmit`` does for DR and TUN: through
 the connection's own transmitter, unchanged (no address to translate back),
-i.e. MAC rewrite for DR, encapsulated for TUN (see :mod:`forwarding.dr`).
+i.e. MAC rewrite for DR, encapsulated for TUN (see :mod:`forwarding.dr_xmit`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from . import packet as P
+from . import packet
 
 ICMP_DEST_UNREACH = 3
 ICMP_SOURCE_QUENCH = 4
@@ -51,9 +51,9 @@ ICMP_RELATED_TYPES = frozenset((ICMP_DEST_UNREACH, ICMP_SOURCE_QUENCH, ICMP_TIME
 ICMPV6_INFOMSG_MASK = 0x80
 ICMP_HLEN = 8
 #: the protocols IPVS schedules, hence whose errors it relates
-IPVS_PROTOCOLS = frozenset((P.IPPROTO_TCP, P.IPPROTO_UDP, P.IPPROTO_SCTP))
+IPVS_PROTOCOLS = frozenset((packet.IPPROTO_TCP, packet.IPPROTO_UDP, packet.IPPROTO_SCTP))
 
-_V6_SKIP = frozenset((P.IPPROTO_HOPOPTS, P.IPPROTO_ROUTING, P.IPPROTO_DSTOPTS))
+_V6_SKIP = frozenset((packet.IPPROTO_HOPOPTS, packet.IPPROTO_ROUTING, packet.IPPROTO_DSTOPTS))
 _PORTS = struct.Struct("!HH")
 #: (protocol, source address, source port, destination address, destination port)
 Quoted = tuple[int, int, int, int, int]
@@ -75,29 +75,29 @@ class Related:
     csum_ok: bool
 
 
-def is_icmp(p: P.Parsed) -> bool:
+def is_icmp(p: packet.Parsed) -> bool:
     """ICMP over IPv4 or ICMPv6 over IPv6 (the in-hook's first test)."""
-    return (p[P.P_PROTO] == P.IPPROTO_ICMP and p[P.P_AF] == P.AF_INET) or (
-        p[P.P_PROTO] == P.IPPROTO_ICMPV6 and p[P.P_AF] == P.AF_INET6
+    return (p[packet.P_PROTO] == packet.IPPROTO_ICMP and p[packet.P_AF] == packet.AF_INET) or (
+        p[packet.P_PROTO] == packet.IPPROTO_ICMPV6 and p[packet.P_AF] == packet.AF_INET6
     )
 
 
-def related(buf: Buf, p: P.Parsed) -> Related | None:
+def related(buf: Buf, p: packet.Parsed) -> Related | None:
     """The connection key of the ICMP error in ``buf`` (parsed as ``p`` by
     :func:`forwarding.packet.parse_frame`), or None when the kernel would not
     relate it to a connection (not an error, fragmented, a quote without
     ports or of a protocol IPVS does not handle, an error about an IPIP
     packet)."""
-    if not is_icmp(p) or p[P.P_FRAG] != P.FRAG_NONE:
+    if not is_icmp(p) or p[packet.P_FRAG] != packet.FRAG_NONE:
         return None
-    af = p[P.P_AF]
-    l4 = p[P.P_L4]
-    end = p[P.P_L3] + p[P.P_IPLEN]
+    af = p[packet.P_AF]
+    l4 = p[packet.P_L4]
+    end = p[packet.P_L3] + p[packet.P_IPLEN]
     if end - l4 < ICMP_HLEN:
         return None
     itype = buf[l4]
     code = buf[l4 + 1]
-    if af == P.AF_INET:
+    if af == packet.AF_INET:
         if itype not in ICMP_RELATED_TYPES:
             return None
         inner = _quoted_v4(buf, l4 + ICMP_HLEN, end)
@@ -108,11 +108,11 @@ def related(buf: Buf, p: P.Parsed) -> Related | None:
     if inner is None:
         return None
     proto, qsaddr, qsport, qdaddr, qdport = inner
-    if af == P.AF_INET:
-        csum_ok = P.ones_sum(buf[l4:end]) == 0xFFFF
+    if af == packet.AF_INET:
+        csum_ok = packet.ones_sum(buf[l4:end]) == 0xFFFF
     else:
-        n = P.pseudo_sum(af, p[P.P_SADDR], p[P.P_DADDR], P.IPPROTO_ICMPV6, end - l4)
-        csum_ok = P.ones_sum(buf[l4:end], n) == 0xFFFF
+        n = packet.pseudo_sum(af, p[packet.P_SADDR], p[packet.P_DADDR], packet.IPPROTO_ICMPV6, end - l4)
+        csum_ok = packet.ones_sum(buf[l4:end], n) == 0xFFFF
     # reversed: the quoted packet went from the VIP to the client
     return Related(proto, qdaddr, qdport, qsaddr, qsport, itype, code, csum_ok)
 
@@ -129,7 +129,7 @@ def _quoted_v4(buf: Buf, q: int, end: int) -> Quoted | None:
     proto = buf[q + 9]
     if proto not in IPVS_PROTOCOLS:
         return None  # IPIP (our own tunnel packets) included: not emulated
-    if int.from_bytes(buf[q + 6 : q + 8], "big") & P.IP_OFFMASK:
+    if int.from_bytes(buf[q + 6 : q + 8], "big") & packet.IP_OFFMASK:
         return None
     saddr = int.from_bytes(buf[q + 12 : q + 16], "big")
     daddr = int.from_bytes(buf[q + 16 : q + 20], "big")
@@ -153,7 +153,7 @@ def _quoted_v6(buf: Buf, q: int, end: int) -> Quoted | None:
                 return None
             nh, hlen = buf[pos], (buf[pos + 1] + 1) << 3
             pos += hlen
-        elif nh == P.IPPROTO_FRAGMENT:
+        elif nh == packet.IPPROTO_FRAGMENT:
             if end - pos < 8:
                 return None
             if int.from_bytes(buf[pos + 2 : pos + 4], "big") & 0xFFF8:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -53,7 +52,7 @@ from lvs.constants import AF_INET6, DEST_F_AVAILABLE, SVC_F_PERSISTENT
 from lvs.core import Director
 from lvs.model import Service
 
-from .nat_common import RelayContext, ServedAddress, log
+from .nat_common import RelayContext, ServedAddress, log, raise_nofile, tune_gc
 from .nat_services import NatServices
 from .nat_tcp import CONNECTING, TcpSession
 from .nat_udp import UdpService
@@ -65,6 +64,10 @@ IPV6_FREEBIND = 78
 SWEEP = 0.5
 #: listen() backlog of a virtual service
 BACKLOG = 4096
+#: listening sockets a predecessor lvsd handed over (lvsd/restart.py), by
+#: (protocol, family, host, port): :meth:`Listener.open` takes its socket
+#: from here instead of binding a new one, so no connection is refused
+INHERITED: dict[tuple[int, int, str, int], socket.socket] = {}
 
 
 class Listener(ServedAddress):
@@ -107,6 +110,11 @@ class Listener(ServedAddress):
         event loop takes the socket over as soon as it runs."""
         af = self.af
         self.reuse_port = reuse_port
+        inherited = INHERITED.pop((self.key.protocol, af, self.host, self.vport), None)
+        if inherited is not None:
+            self.sock = sock = inherited
+            self._serve_on(ctx, sock, on_error)
+            return
         sock = socket.socket(af, socket.SOCK_DGRAM if self.udp else socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -129,6 +137,9 @@ class Listener(ServedAddress):
             sock.close()
             raise
         self.sock = sock
+        self._serve_on(ctx, sock, on_error)
+
+    def _serve_on(self, ctx: RelayContext, sock: socket.socket, on_error: Callable[[str], None]) -> None:
         loop = asyncio.get_running_loop()
         if self.udp:
             front = self.front = UdpService(ctx, self)
@@ -212,6 +223,24 @@ class NatPlane(NatServices):
         tune_gc()
         self.follow()
         self._sweeper = self.loop.call_later(SWEEP, self._sweep)
+
+    def listening_sockets(self) -> list[list[Any]]:
+        """[protocol, family, host, port, fd] of every listening socket, for
+        a successor lvsd to inherit (lvsd/restart.py)."""
+        return [
+            [sf.key.protocol, sf.af, sf.host, sf.vport, sf.sock.fileno()]
+            for sf in self.served.values()
+            if sf.sock is not None and sf.sock.fileno() >= 0
+        ]
+
+    def stop_accepting(self) -> None:
+        """A successor serves now: stop taking connections and datagrams
+        (the sockets live on in the successor; the VIPs stay); established
+        TCP relays go on until they end."""
+        if self._sweeper is None:
+            return
+        self.vips.added.clear()  # the successor owns them now
+        self.unfollow()
 
     async def close(self) -> None:
         """Stop serving: listeners closed, relays reset, VIPs removed."""
@@ -330,27 +359,4 @@ class NatPlane(NatServices):
                     del front.ops[key]
 
 
-def tune_gc() -> None:
-    """Every relayed connection allocates a few container objects and leaves a
-    connection entry behind (TIME_WAIT, 2 minutes): with the default
-    thresholds the cyclic collector runs every few connections and walks a
-    table that only grows.  Collect young objects less often, and move what
-    exists at start (modules, the table) out of the collector's sight."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20000, 20, 50)
-
-
-def raise_nofile() -> None:
-    """Use as many descriptors as allowed: every relay costs two."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ImportError, ValueError, OSError):
-        pass
-
-
-__all__ = ["SWEEP", "Listener", "NatPlane", "raise_nofile", "tune_gc"]
+__all__ = ["SWEEP", "Listener", "NatPlane"]

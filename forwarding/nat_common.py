@@ -2,10 +2,12 @@
 need from the plane that runs them: :class:`RelayContext` (the core, the
 clock, the options, the counters) and :class:`ServedAddress` (the virtual
 address a session was accepted on); the plane's logger; the conversions
-between the core's integer addresses and their text."""
+between the core's integer addresses and their text; the process tuning
+every NAT plane does at start (descriptors, garbage collector)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -134,4 +136,27 @@ class ServedAddress:
         return ("UDP " if self.udp else "TCP ") + endpoint(self.af, self.host, self.vport)
 
 
-__all__ = ["RelayContext", "ServedAddress", "endpoint", "ip_int", "ip_text", "log"]
+def tune_gc() -> None:
+    """Every relayed connection allocates a few container objects and leaves a
+    connection entry behind (TIME_WAIT, 2 minutes): with the default
+    thresholds the cyclic collector runs every few connections and walks a
+    table that only grows.  Collect young objects less often, and move what
+    exists at start (modules, the table) out of the collector's sight."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20000, 20, 50)
+
+
+def raise_nofile() -> None:
+    """Use as many descriptors as allowed: every relay costs two."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+__all__ = ["RelayContext", "ServedAddress", "endpoint", "ip_int", "ip_text", "log", "raise_nofile", "tune_gc"]

@@ -58,7 +58,7 @@ from lvs.replication import (
     show_live_counts,
 )
 
-from .nat_common import ServedAddress
+from .nat_common import ServedAddress, raise_nofile, tune_gc
 from .nat_services import NatServices
 
 log = logging.getLogger("lvsd.workers")
@@ -426,6 +426,8 @@ class NatWorkerPlane(NatServices):
     def start(self) -> None:
         """Start the workers, then serve the current table through them."""
         self.loop = asyncio.get_running_loop()
+        raise_nofile()
+        tune_gc()
         self.pool.start(self.loop)
         self.follow()
         self._checker = self.loop.call_later(ENV_CHECK, self._check_env)

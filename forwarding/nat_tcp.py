@@ -303,13 +303,12 @@ class TcpSession(asyncio.Protocol):
     def proxy_header(self) -> bytes:
         """The PROXY protocol header for the real server (empty: none wanted)."""
         ctx = self.ctx
-        if not ctx.proxy_protocol:
+        if not ctx.proxy_protocol:  # the common case, per connection: no call
             return b""
         version = ctx.proxy_version(self.conn)
-        if not version:
-            return b""
         flow = self.flow
-        assert flow is not None
+        if not version or flow is None:
+            return b""
         af = flow.af
         return proxyproto.header(
             version,

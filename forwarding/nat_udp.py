@@ -232,10 +232,7 @@ class UdpService(asyncio.DatagramProtocol):
     def proxy_header(self, f: UdpFlow) -> bytes:
         """The PROXY protocol v2 header each datagram of ``f`` carries to its
         real server (empty: none wanted)."""
-        ctx = self.ctx
-        if not ctx.proxy_protocol:
-            return b""
-        version = ctx.proxy_version(f.conn)
+        version = self.ctx.proxy_version(f.conn)
         if not version:
             return b""
         service = self.service

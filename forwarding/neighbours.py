@@ -29,7 +29,7 @@ from typing import Any
 
 from lvs.addr import format_ip
 
-from . import packet as P
+from . import packet
 
 log = logging.getLogger("lvsd.dr")
 
@@ -91,14 +91,15 @@ class NetInfo:
     def link(self, ifindex: int) -> LinkInfo:
         msg = self.ipr.link("get", index=ifindex)[0]
         mac = msg.get("IFLA_ADDRESS") or "00:00:00:00:00:00"
-        return LinkInfo(ifindex, msg.get("IFLA_IFNAME"), P.mac_bytes(mac), int(msg.get("IFLA_MTU") or 1500))
+        mtu = int(msg.get("IFLA_MTU") or 1500)
+        return LinkInfo(ifindex, msg.get("IFLA_IFNAME"), packet.mac_bytes(mac), mtu)
 
     def all_links(self) -> list[LinkInfo]:
         out = []
         for msg in self.ipr.get_links():
             mac = msg.get("IFLA_ADDRESS") or "00:00:00:00:00:00"
             try:
-                raw = P.mac_bytes(mac)
+                raw = packet.mac_bytes(mac)
             except ValueError:
                 raw = bytes(6)
             out.append(LinkInfo(msg["index"], msg.get("IFLA_IFNAME"), raw, int(msg.get("IFLA_MTU") or 1500)))
@@ -155,7 +156,7 @@ class NetInfo:
             return None
         for m in msgs:
             if m.get("state", 0) & NUD_USABLE and m.get("NDA_LLADDR"):
-                return P.mac_bytes(m.get("NDA_LLADDR"))
+                return packet.mac_bytes(m.get("NDA_LLADDR"))
         return None
 
     def close(self) -> None:
@@ -180,13 +181,13 @@ def solicit(af: int, addr: int, src: int, link: LinkInfo, timeout: float = ARP_T
 
     mac = ":".join(f"{b:02x}" for b in link.mac)
     dst = format_ip(af, addr)
-    if af == P.AF_INET:
+    if af == packet.AF_INET:
         req = Ether(dst="ff:ff:ff:ff:ff:ff", src=mac) / ARP(
             op=1, hwsrc=mac, psrc=format_ip(af, src) if src else "0.0.0.0", pdst=dst
         )
         ans = srp1(req, iface=link.name, timeout=timeout, verbose=0)
         if ans is not None and ARP in ans and ans[ARP].op == 2:
-            return P.mac_bytes(ans[ARP].hwsrc)
+            return packet.mac_bytes(ans[ARP].hwsrc)
         return None
     import socket
 
@@ -199,7 +200,7 @@ def solicit(af: int, addr: int, src: int, link: LinkInfo, timeout: float = ARP_T
     )
     ans = srp1(req, iface=link.name, timeout=timeout, verbose=0)
     if ans is not None and ICMPv6ND_NA in ans:
-        return P.mac_bytes(ans.src)
+        return packet.mac_bytes(ans.src)
     return None
 
 
@@ -291,9 +292,9 @@ class Resolver:
             if mac is None:
                 nh.error = f"no neighbour answer for {format_ip(af, hop)}"
                 return nh
-            etype = P.ETH_P_IPV6 if af == P.AF_INET6 else P.ETH_P_IP
+            etype = packet.ETH_P_IPV6 if af == packet.AF_INET6 else packet.ETH_P_IP
             nh.ifindex = oif
-            nh.l2 = P.ethernet_header(mac, link.mac, etype)
+            nh.l2 = packet.ethernet_header(mac, link.mac, etype)
             nh.src = src
             nh.mtu = rmtu or link.mtu
             nh.ok = True

@@ -42,7 +42,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import packet as P
+from . import packet
 from .tun import decap_gue, decap_payload
 
 log = logging.getLogger("lvs-realserver")
@@ -89,7 +89,7 @@ class RealServer:
         gre: bool = True,
         tun_name: str = "lvstun%d",
     ) -> None:
-        self.vips = {(P.AF_INET6 if ":" in v else P.AF_INET, _ip_int(v)) for v in vips}
+        self.vips = {(packet.AF_INET6 if ":" in v else packet.AF_INET, _ip_int(v)) for v in vips}
         self.gue_port = gue_port
         self.counters = Counters()
         self.sel = selectors.DefaultSelector()
@@ -97,9 +97,9 @@ class RealServer:
         self.tun_fd, self.tun_name = open_tun(tun_name)
         protos = []
         if ipip:
-            protos += [P.IPPROTO_IPIP, P.IPPROTO_IPV6]
+            protos += [packet.IPPROTO_IPIP, packet.IPPROTO_IPV6]
         if gre:
-            protos.append(P.IPPROTO_GRE)
+            protos.append(packet.IPPROTO_GRE)
         for fam in (socket.AF_INET, socket.AF_INET6):
             for proto in protos:
                 try:
@@ -136,18 +136,18 @@ class RealServer:
                 c.malformed += 1
                 return False
             ihl = (data[0] & 0x0F) << 2
-            res = decap_payload(proto, data[ihl:], P.AF_INET)
+            res = decap_payload(proto, data[ihl:], packet.AF_INET)
         else:
-            res = decap_payload(proto, data, P.AF_INET6)
+            res = decap_payload(proto, data, packet.AF_INET6)
         if res is None:
             c.malformed += 1
             return False
         af, inner = res
-        p = P.parse_ip(inner)
+        p = packet.parse_ip(inner)
         if p is None:
             c.malformed += 1
             return False
-        if (af, p[P.P_DADDR]) not in self.vips:
+        if (af, p[packet.P_DADDR]) not in self.vips:
             c.not_vip += 1
             return False
         os.write(self.tun_fd, inner)

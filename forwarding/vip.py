@@ -179,8 +179,28 @@ class VipManager:
         log.info("VIPs on %s: %d changes in one batch", self.ifname, len(ops))
         return [f"ip -batch on {self.ifname}: {p}" for p in problems[:10]]
 
-    def close(self) -> None:
-        """Remove every address this manager added."""
+    @classmethod
+    def remove_left_over(cls, vips: list[tuple[int, str]], ifname: str = "lo") -> list[str]:
+        """Remove addresses a dead lvsd added and never removed (its state
+        file lists them); returns warnings.  Absent ones are no error."""
+        manager = cls(True, ifname)
+        for af, host in vips:
+            manager._queue("del", af, host)
+        warnings = manager.flush()
+        manager.close()
+        return warnings
+
+    def adopt(self, vips: list[tuple[int, str]]) -> None:
+        """Take over addresses a predecessor added (hitless restart): they
+        stay on ``lo`` and are removed by this manager when unused."""
+        for key in vips:
+            self.added.add((int(key[0]), str(key[1])))
+
+    def close(self, keep: bool = False) -> None:
+        """Remove every address this manager added (``keep``: leave them to
+        a successor)."""
+        if keep:
+            self.added.clear()
         for key in list(self.added):
             self._remove(key)
         self.flush()

@@ -166,6 +166,13 @@ def _step_lines(acc: Account) -> list[str]:
             out.append(f"take {st['server']}: {st['why']}")
         elif kind == "note":
             out.append(st["text"] + ":")
+        elif kind == "overload":
+            out.append(_overload_line(st["check"]))
+        elif kind == "shrink":
+            out.append(
+                f"set unchanged for {st['unchanged_for']:.0f}s > {st['expiration']:.0f}s:"
+                f" its most loaded member {st['removed']} leaves the set (after the pick, as in the kernel)"
+            )
         elif kind == "pass":
             out.append(f"pass at current weight cw={st['cw']}:")
         elif kind == "compare":
@@ -299,15 +306,6 @@ def render_scheduler(acc: Account) -> list[str]:
         else:
             out.append(f"cache not used ({acc['cache_refused']}): weighted least-connection over the service")
     out += _step_lines(acc)
-    if name == "lblcr":
-        if acc.get("shrink"):
-            sh = acc["shrink"]
-            out.append(
-                f"set unchanged for {sh['unchanged_for']:.0f}s > {sh['expiration']:.0f}s:"
-                f" its most loaded member {sh['removed']} leaves the set"
-            )
-        if acc.get("overload_check"):
-            out.append(_overload_line(acc["overload_check"]))
     if acc.get("cache_write"):
         out.append(acc["cache_write"])
     if name == "wrr":

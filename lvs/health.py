@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from .addr import format_ip
 from .constants import (
-    AF_INET6,
     CONN_F_MASQ,
     INT_MAX,
     IPPROTO_SCTP,
@@ -229,6 +228,8 @@ class RsState:
     sorry: bool = False
     #: handed to the operator (``lvsadm --drain``): checks go on, the table is left alone
     released: bool = False
+    #: up/down transitions since start (kept across reloads)
+    transitions: int = 0
 
     def describe(self) -> str:
         proto = self.vs.conf.keys[0].protocol if self.vs.conf.keys else 0
@@ -479,12 +480,7 @@ class HealthMonitor:
                 rs = chk.rs
                 rs.last_failure = reason
                 rs.failed_checker = chk.kind
-                if chk.retry and chk.has_run:
-                    self._log(
-                        f"{chk.kind} on service {chk.describe()} failed after {chk.retry} retries: {reason}."
-                    )
-                else:
-                    self._log(f"{chk.kind} on service {chk.describe()} failed: {reason}.")
+                self._log(_failure_words(chk, reason, bool(chk.retry and chk.has_run)))
                 if chk.kind == "MISC_CHECK" and chk.cur_weight:
                     chk.rs.effective_weight -= chk.cur_weight
                     chk.cur_weight = 0
@@ -538,6 +534,7 @@ class HealthMonitor:
             return False
         rs.alive = alive
         rs.since = now
+        rs.transitions += 1
         if alive:
             rs.last_failure = ""
         self._script(rs.conf.notify_up if alive else rs.conf.notify_down)
@@ -584,6 +581,7 @@ class HealthMonitor:
                 self._ipvs_cmd("del", vs, sorry, now)
                 sorry.alive = False
                 sorry.since = now
+                sorry.transitions += 1
                 self._perform_quorum_state(vs, True, now)
             self._script(vs.conf.quorum_up)
             return
@@ -600,6 +598,7 @@ class HealthMonitor:
                 self._ipvs_cmd("add", vs, sorry, now)
                 sorry.alive = True
                 sorry.since = now
+                sorry.transitions += 1
             self._script(vs.conf.quorum_down)
 
     def _perform_quorum_state(self, vs: VsState, add: bool, now: float) -> None:
@@ -678,7 +677,7 @@ class HealthMonitor:
                 if p is None:
                     continue
                 adopted.add(id(rs))
-                rs.alive, rs.set, rs.since = p.alive, p.set, p.since
+                rs.alive, rs.set, rs.since, rs.transitions = p.alive, p.set, p.since, p.transitions
                 rs.last_failure, rs.failed_checker = p.last_failure, p.failed_checker
                 pchk = {(c.kind, c.af, c.host, c.port): c for c in p.checkers}
                 for chk in rs.checkers:
@@ -771,8 +770,92 @@ def _success_words(chk: Checker) -> str:
     if chk.kind == "TCP_CHECK":
         return f"TCP connection to {chk.describe()} success."
     if chk.kind == "MISC_CHECK":
-        return f"Misc check for {chk.describe()} succeeded."
+        return f"Misc check for [{chk.describe()} VS {chk.vs.conf.name}] by [{_script_name(chk)}] succeeded."
+    if chk.kind == "UDP_CHECK":
+        return f"UDP connection to {chk.describe()} success."
     return f"{chk.kind} on service {chk.describe()} succeeded."
+
+
+def _failure_words(chk: Checker, reason: str, after_retries: bool) -> str:
+    """The checker's failure line in keepalived's words, with the reason
+    (keepalived logs that on a line of its own with log_all_failures)."""
+    if chk.kind == "MISC_CHECK":
+        how = (
+            f"after {chk.retry} retries" if after_retries else "with retry disabled" if not chk.retry else ""
+        )
+        who = f"[{chk.describe()} VS {chk.vs.conf.name}] by [{_script_name(chk)}]"
+        return f"Misc check for {who} failed {how} ({reason})."
+    # check_http.c says HTTP_CHECK for both HTTP_GET and SSL_GET
+    name = "HTTP_CHECK" if chk.kind in ("HTTP_GET", "SSL_GET") else chk.kind
+    if after_retries:
+        return f"{name} on service {chk.describe()} failed after {chk.retry} retries: {reason}."
+    return f"{name} on service {chk.describe()} failed: {reason}."
+
+
+def _script_name(chk: Checker) -> str:
+    words = split_command(str(chk.conf.options.get("misc_path", ""))) or ["?"]
+    return words[0]
+
+
+_ESCAPES = {"a": "\a", "b": "\b", "E": "\x1b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def split_command(text: str) -> list[str] | None:
+    """keepalived's alloc_strvec_quoted_escaped: words split on white space,
+    ``'`` and ``"`` quote (and are removed), backslash escapes (``\\xHH``,
+    ``\\cX``, octal, ``\\n`` and the like, else the character itself).
+    None for an unterminated quote or a trailing backslash."""
+    words: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i] in " \t\f\n\r\v":
+            i += 1
+        if i >= n:
+            return words
+        word: list[str] = []
+        quote = ""
+        while i < n:
+            ch = text[i]
+            if ch == "\\":
+                i += 1
+                if i >= n:
+                    return None
+                ch = text[i]
+                if ch == "x" and i + 1 < n and text[i + 1] in "0123456789abcdefABCDEF":
+                    j = i + 1
+                    while j < n and text[j] in "0123456789abcdefABCDEF":
+                        j += 1
+                    word.append(chr(int(text[i + 1 : j], 16) & 0xFF))
+                    i = j
+                elif ch == "c" and i + 1 < n:
+                    word.append(chr(ord(text[i + 1]) & 0x1F))
+                    i += 2
+                elif ch in "01234567":
+                    j = i
+                    while j < n and j < i + 3 and text[j] in "01234567":
+                        j += 1
+                    word.append(chr(int(text[i:j], 8) & 0xFF))
+                    i = j
+                else:
+                    word.append(_ESCAPES[ch].encode().decode("unicode_escape") if ch in _ESCAPES else ch)
+                    i += 1
+            elif quote:
+                if ch == quote:
+                    quote = ""
+                else:
+                    word.append(ch)
+                i += 1
+            elif ch in "'\"":
+                quote = ch
+                i += 1
+            elif ch in " \t\f\n\r\v":
+                break
+            else:
+                word.append(ch)
+                i += 1
+        if quote:
+            return None
+        words.append("".join(word))
 
 
 def fmt_vs(key: ServiceKey) -> str:
@@ -783,7 +866,6 @@ def fmt_vs(key: ServiceKey) -> str:
 
 
 __all__ = [
-    "AF_INET6",
     "CHECKER_KINDS",
     "Checker",
     "CheckerConf",
@@ -795,5 +877,5 @@ __all__ = [
     "VsState",
     "fmt_vs",
     "real_weight",
-    "replace",
+    "split_command",
 ]

@@ -48,7 +48,7 @@ from .constants import (
     TUN_TYPE_GUE,
     TUN_TYPE_IPIP,
 )
-from .health import CHECKER_KINDS, CheckerConf, RealServerConf, VirtualServerConf, fmt_vs
+from .health import CHECKER_KINDS, CheckerConf, RealServerConf, VirtualServerConf, fmt_vs, split_command
 from .model import ServiceKey
 from .sched import get_scheduler
 
@@ -248,67 +248,6 @@ def _script(node: Node) -> str:
     if split_command(node.args[0]) is None:
         raise _fail(node, f"String '{node.args[0]}': missing terminating quote")
     return node.args[0]
-
-
-_ESCAPES = {"a": "\a", "b": "\b", "E": "\x1b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
-
-
-def split_command(text: str) -> list[str] | None:
-    """keepalived's alloc_strvec_quoted_escaped: words split on white space,
-    ``'`` and ``"`` quote (and are removed), backslash escapes (``\\xHH``,
-    ``\\cX``, octal, ``\\n`` and the like, else the character itself).
-    None for an unterminated quote or a trailing backslash."""
-    words: list[str] = []
-    i, n = 0, len(text)
-    while True:
-        while i < n and text[i] in " \t\f\n\r\v":
-            i += 1
-        if i >= n:
-            return words
-        word: list[str] = []
-        quote = ""
-        while i < n:
-            ch = text[i]
-            if ch == "\\":
-                i += 1
-                if i >= n:
-                    return None
-                ch = text[i]
-                if ch == "x" and i + 1 < n and text[i + 1] in "0123456789abcdefABCDEF":
-                    j = i + 1
-                    while j < n and text[j] in "0123456789abcdefABCDEF":
-                        j += 1
-                    word.append(chr(int(text[i + 1 : j], 16) & 0xFF))
-                    i = j
-                elif ch == "c" and i + 1 < n:
-                    word.append(chr(ord(text[i + 1]) & 0x1F))
-                    i += 2
-                elif ch in "01234567":
-                    j = i
-                    while j < n and j < i + 3 and text[j] in "01234567":
-                        j += 1
-                    word.append(chr(int(text[i:j], 8) & 0xFF))
-                    i = j
-                else:
-                    word.append(_ESCAPES[ch].encode().decode("unicode_escape") if ch in _ESCAPES else ch)
-                    i += 1
-            elif quote:
-                if ch == quote:
-                    quote = ""
-                else:
-                    word.append(ch)
-                i += 1
-            elif ch in "'\"":
-                quote = ch
-                i += 1
-            elif ch in " \t\f\n\r\v":
-                break
-            else:
-                word.append(ch)
-                i += 1
-        if quote:
-            return None
-        words.append("".join(word))
 
 
 def _ip(node: Node, text: str) -> tuple[int, int]:

@@ -50,6 +50,7 @@ __all__ = [
     "families",
     "go_float",
     "go_ip",
+    "release_steps",
     "render",
     "render_chunks",
     "snapshot",
@@ -62,9 +63,9 @@ BACKEND_LABELS = ("local_address", "local_port", "remote_address", "remote_port"
 SERVICE_LABELS = ("local_address", "local_port", "proto", "local_mark")
 
 #: services walked per step of :func:`snapshot_steps`
-SNAPSHOT_CHUNK = 200
+SNAPSHOT_CHUNK = 50
 #: samples per chunk of :func:`render_chunks`
-RENDER_CHUNK = 5000
+RENDER_CHUNK = 1000
 
 _TOTALS = (
     ("node_ipvs_connections_total", "The total number of connections made."),
@@ -102,21 +103,41 @@ class Family:
     type: str
     help: str
     labels: tuple[str, ...] = ()
-    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+    samples: Sequence[tuple[tuple[str, ...], float]] = field(default_factory=list)
+
+
+class Column(Sequence[tuple[tuple[str, ...], float]]):
+    """The samples of one family, read lazily from shared rows: (labels,
+    row[index]) for each (labels, row), built only when sliced, so making
+    the families costs nothing and rendering spreads the work over chunks."""
+
+    def __init__(self, rows: list[tuple[tuple[str, ...], tuple[int, ...]]], index: int) -> None:
+        self.rows = rows
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, which: Any) -> Any:
+        i = self.index
+        if isinstance(which, slice):
+            return [(labels, row[i]) for labels, row in self.rows[which]]
+        labels, row = self.rows[which]
+        return (labels, row[i])
 
 
 @dataclass
 class TableSnapshot:
     """What a scrape reports, copied from the table: totals, and per service
     and per real server the values node_exporter and ``--rate`` show.
-    ``backends`` maps node_exporter's label values to [active, inactive,
-    weight, cps, inpps, outpps, inbps, outbps], summed over rows that share
-    labels."""
+    ``backends`` lists (node_exporter's label values, (active, inactive,
+    weight, cps, inpps, outpps, inbps, outbps)), rows that share labels
+    summed into one; ``services`` lists (service labels, the five rates)."""
 
     counters: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
     rates: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
-    services: dict[tuple[str, ...], list[int]] = field(default_factory=dict)
-    backends: dict[tuple[str, ...], list[int]] = field(default_factory=dict)
+    services: list[tuple[tuple[str, ...], tuple[int, ...]]] = field(default_factory=list)
+    backends: list[tuple[tuple[str, ...], tuple[int, ...]]] = field(default_factory=list)
 
 
 def go_ip(af: int, value: int) -> str:
@@ -147,36 +168,54 @@ def snapshot_steps(ipvs: Any, chunk: int = SNAPSHOT_CHUNK) -> Generator[None, No
     service's row and its real servers."""
     snap = TableSnapshot(counters=ipvs.stats.counters(), rates=ipvs.stats.rates())
     services = list(ipvs.services.values())
-    backends = snap.backends
+    service_at: dict[tuple[str, ...], int] = {}  # labels -> index in snap.services
+    backend_at: dict[tuple[str, ...], int] = {}
+    ips: dict[tuple[int, int], str] = {}  # real servers recur across services
+    ports: dict[int, str] = {}
     for start in range(0, len(services), chunk):
         for svc in services[start : start + chunk]:
             local_address, local_port, proto, local_mark = service_labels(svc)
             key = (local_address, local_port, proto, local_mark)
-            row = snap.services.get(key)
             rates = svc.stats.rates()
-            if row is None:
-                snap.services[key] = list(rates)
-            else:
-                for i, value in enumerate(rates):
-                    row[i] += value
+            _add_row(snap.services, service_at, key, rates)
             for dest in svc.destinations:
-                labels = (
-                    local_address,
-                    local_port,
-                    go_ip(dest.af, dest.addr),
-                    str(dest.port),
-                    proto,
-                    local_mark,
-                )
+                where = (dest.af, dest.addr)
+                address = ips.get(where)
+                if address is None:
+                    address = ips[where] = go_ip(dest.af, dest.addr)
+                port = ports.get(dest.port)
+                if port is None:
+                    port = ports[dest.port] = str(dest.port)
+                labels = (local_address, local_port, address, port, proto, local_mark)
                 values = (dest.activeconns, dest.inactconns, dest.weight, *dest.stats.rates())
-                have = backends.get(labels)
-                if have is None:
-                    backends[labels] = list(values)
-                else:
-                    for i, value in enumerate(values):
-                        have[i] += value
+                _add_row(snap.backends, backend_at, labels, values)
         yield
     return snap
+
+
+def _add_row(
+    rows: list[tuple[tuple[str, ...], tuple[int, ...]]],
+    index: dict[tuple[str, ...], int],
+    labels: tuple[str, ...],
+    values: tuple[int, ...],
+) -> None:
+    """Append a row, or add it to the row with the same labels (node_exporter sums them)."""
+    at = index.get(labels)
+    if at is None:
+        index[labels] = len(rows)
+        rows.append((labels, values))
+    else:
+        have = rows[at]
+        rows[at] = (have[0], tuple(a + b for a, b in zip(have[1], values)))
+
+
+def release_steps(snap: TableSnapshot, chunk: int = 5000) -> Iterator[None]:
+    """Drop a big snapshot a slice at a time (freeing 10^5 rows in one go
+    takes tens of milliseconds), yielding between slices."""
+    for rows in (snap.backends, snap.services):
+        while rows:
+            del rows[-chunk:]
+            yield
 
 
 def snapshot(ipvs: Any) -> TableSnapshot:
@@ -196,17 +235,16 @@ def families(snap: TableSnapshot, extra: Iterable[Family] = ()) -> list[Family]:
         Family(name, "counter", text, (), [((), float(value))])
         for (name, text), value in zip(_TOTALS, snap.counters)
     ]
-    backend_rows = list(snap.backends.items())
+    backend_rows = snap.backends
     for index, (name, text) in enumerate(_BACKEND_GAUGES):
+        out.append(Family(name, "gauge", text, BACKEND_LABELS, Column(backend_rows, index)))
+    for index, (suffix, text) in enumerate(_RATES):
         out.append(
             Family(
-                name, "gauge", text, BACKEND_LABELS, [(labels, row[index]) for labels, row in backend_rows]
+                f"pylvs_{suffix}", "gauge", f"Whole table: {text}{_RATE_NOTE}.", (), [((), snap.rates[index])]
             )
         )
-    for index, (suffix, text) in enumerate(_RATES):
-        out.append(Family(f"pylvs_{suffix}", "gauge", f"Whole table: {text}{_RATE_NOTE}.", (), []))
-        out[-1].samples.append(((), snap.rates[index]))
-    service_rows = list(snap.services.items())
+    service_rows = snap.services
     for index, (suffix, text) in enumerate(_RATES):
         out.append(
             Family(
@@ -214,7 +252,7 @@ def families(snap: TableSnapshot, extra: Iterable[Family] = ()) -> list[Family]:
                 "gauge",
                 f"Per virtual service: {text}{_RATE_NOTE}.",
                 SERVICE_LABELS,
-                [(labels, row[index]) for labels, row in service_rows],
+                Column(service_rows, index),
             )
         )
     for index, (suffix, text) in enumerate(_RATES):
@@ -224,7 +262,7 @@ def families(snap: TableSnapshot, extra: Iterable[Family] = ()) -> list[Family]:
                 "gauge",
                 f"Per real server: {text}{_RATE_NOTE}.",
                 BACKEND_LABELS,
-                [(labels, row[3 + index]) for labels, row in backend_rows],
+                Column(backend_rows, 3 + index),
             )
         )
     out.extend(extra)
@@ -266,28 +304,72 @@ def _label_text(names: Sequence[str], values: Sequence[str], order: Sequence[int
 
 def render_chunks(fams: Iterable[Family], chunk: int = RENDER_CHUNK) -> Iterator[str]:
     """The text exposition of ``fams``, in pieces of at most ``chunk``
-    samples (so a caller can yield to its loop between pieces).  Label
-    strings are built once per label set and shared by every family that
-    uses the same label values."""
-    label_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+    samples (so a caller can yield to its loop between pieces).  The label
+    text of a label-value tuple is built once and shared by every family
+    that holds the same tuple object (the snapshot's rows are shared)."""
+    label_text: dict[tuple[int, int], str] = {}
+    keep: list[tuple[str, ...]] = []  # the tuples whose id() keys label_text stay alive
     for fam in fams:
-        order = sorted(range(len(fam.labels)), key=lambda i: fam.labels[i])
+        names = fam.labels
+        order = sorted(range(len(names)), key=lambda i: names[i])
         doc = fam.help.replace("\\", r"\\").replace("\n", r"\n")
         head = f"# HELP {fam.name} {doc}\n# TYPE {fam.name} {fam.type}\n"
         samples = fam.samples
         if not samples:
             yield head
             continue
+        name = fam.name
+        names_id = id(names)
+        if isinstance(samples, Column):
+            yield from _render_column(name, head, names, order, samples, chunk, label_text, keep)
+            continue
         for start in range(0, len(samples), chunk):
             lines = [head] if start == 0 else []
-            name = fam.name
             for values, value in samples[start : start + chunk]:
-                key = (fam.labels, values)
-                text = label_cache.get(key)
+                key = (names_id, id(values))
+                text = label_text.get(key)
                 if text is None:
-                    text = label_cache[key] = _label_text(fam.labels, values, order)
-                lines.append(f"{name}{text} {go_float(value)}\n")
+                    text = label_text[key] = _label_text(names, values, order)
+                    keep.append(values)
+                if value.__class__ is int and 0 <= value < 1_000_000:
+                    lines.append(f"{name}{text} {value}.0\n")
+                else:
+                    lines.append(f"{name}{text} {go_float(value)}\n")
             yield "".join(lines)
+    # the label texts and their keys go a slice at a time, like the rows
+    while keep:
+        for _ in range(min(chunk * 4, len(label_text))):
+            label_text.popitem()
+        del keep[-chunk * 4 :]
+        yield ""
+
+
+def _render_column(
+    name: str,
+    head: str,
+    names: tuple[str, ...],
+    order: list[int],
+    column: Column,
+    chunk: int,
+    label_text: dict[tuple[int, int], str],
+    keep: list[tuple[str, ...]],
+) -> Iterator[str]:
+    """render_chunks for a :class:`Column`: straight from the shared rows."""
+    rows, index, names_id = column.rows, column.index, id(names)
+    for start in range(0, len(rows), chunk):
+        lines = [head] if start == 0 else []
+        append = lines.append
+        for values, row in rows[start : start + chunk]:
+            text = label_text.get((names_id, id(values)))
+            if text is None:
+                text = label_text[(names_id, id(values))] = _label_text(names, values, order)
+                keep.append(values)
+            value = row[index]
+            if value.__class__ is int and 0 <= value < 1_000_000:
+                append(f"{name}{text} {value}.0\n")
+            else:
+                append(f"{name}{text} {go_float(value)}\n")
+        yield "".join(lines)
 
 
 def render(fams: Iterable[Family]) -> str:

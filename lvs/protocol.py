@@ -21,9 +21,11 @@ OPS = (
     "json",  # what: services|conns|stats -> data
     "proc",  # name: ip_vs|ip_vs_conn|ip_vs_conn_sync|ip_vs_stats -> text
     "reload",  # re-read the YAML config and apply the difference
-    "sysctl",  # name, value? -> value
+    "sysctl",  # name, value? -> value, text (as /proc/sys shows it)
     "drain",  # service (argv), server, timeout? -> progress; or status: true -> progress of that drain
+    "shutdown",  # -> pid; lvsd then stops as on SIGTERM
     "ping",
+    "restart",  # hitless restart: a new lvsd inherits the sockets -> old_pid, new_pid
 )
 
 
@@ -36,6 +38,8 @@ class Request:
     id: int
     op: str
     args: dict[str, Any]
+    #: (pid, uid) of the process that sent it (SO_PEERCRED), for the log
+    peer: tuple[int, int] | None = None
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -66,6 +70,10 @@ def decode_request(line: bytes) -> Request:
         stdin = args.get("stdin", "")
         if not isinstance(stdin, str):
             raise ProtocolError("stdin must be a string")
+    if op == "sysctl":
+        name = args.get("name")
+        if not isinstance(name, str):
+            raise ProtocolError("name must be a string")
     return Request(rid, op, args)
 
 

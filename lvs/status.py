@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from . import json_views
 from .addr import format_ip
 from .constants import AF_INET
 from .ipvsadm import listing
@@ -148,22 +149,22 @@ class Events:
 def services_steps(
     ipvs: Any, now: float, chunk: int = SERVICES_CHUNK, limit: int | None = None
 ) -> Generator[None, None, dict[str, Any]]:
-    """``lvsadm --json services`` (:func:`lvs.ipvsadm.listing.services_json`),
+    """``lvsadm --json services`` (:func:`lvs.json_views.services_json`),
     ``chunk`` services per step, the first ``limit`` of them in ipvsadm's
     order (``total_services`` says how many there are); each service also
     carries its page ``id`` (:func:`service_id`)."""
     header = {k: getattr(ipvs, k) for k in ("version", "conn_tab_size") if hasattr(ipvs, k)}
-    whole = listing.services_json(
+    whole = json_views.services_json(
         SimpleNamespace(services={}, stats=ipvs.stats, remote_conns=[], **header), now
     )
-    ordered = listing._ordered_services(ipvs, 0)
+    ordered = listing.ordered_services(ipvs)
     whole["total_services"] = len(ordered)
     if limit is not None:
         ordered = ordered[:limit]
     out: list[dict[str, Any]] = []
     for start in range(0, len(ordered), chunk):
         for svc in ordered[start : start + chunk]:
-            row = listing._service_json(svc)
+            row = json_views.service_json(svc)
             row["id"] = service_id(svc)
             out.append(row)
         yield
@@ -178,5 +179,5 @@ def conns_view(ipvs: Any, now: float, limit: int, remote: list[Any] | None = Non
     conns = getattr(ipvs, "conns", None) or ()
     remote = remote or []
     chosen = list(itertools.islice(itertools.chain(conns, remote), max(0, limit)))
-    rows = listing.conns_json(SimpleNamespace(conns=chosen, remote_conns=[]), now)
+    rows = json_views.conns_json(SimpleNamespace(conns=chosen, remote_conns=[]), now)
     return {"total": len(conns) + len(remote), "shown": len(rows), "conns": rows}

@@ -59,26 +59,105 @@ class Sysctls:
     def names(self) -> list[str]:
         return [f.name for f in fields(self) if f.name != "sync_period"]
 
-    def set(self, name: str, value: str) -> None:
-        """Set one sysctl from its text; raises KeyError or ValueError."""
-        if name not in self.names():
+    def get(self, name: str) -> int:
+        """The value of a known sysctl; KeyError for any other name (so
+        ``__class__``, ``__dict__`` and the like are never answered)."""
+        if name not in _RULES:
             raise KeyError(name)
-        words = value.split()
-        if not words:
-            raise ValueError(f"empty value for {name}")
-        number = int(words[0])
-        if number < 0:
-            raise ValueError(f"negative value for {name}")
+        return int(getattr(self, name))
+
+    def set(self, name: str, value: str) -> None:
+        """Set one sysctl from its text as ``/proc/sys/net/ipv4/vs/NAME``
+        does; raises KeyError (no such file) or SysctlError (EINVAL)."""
+        if name not in _RULES:
+            raise KeyError(name)
+        number = check_value(name, value)
         if name == "sync_threshold":
             # proc_do_sync_threshold: "threshold period", threshold < period
             # unless the period is 0
-            period = int(words[1]) if len(words) > 1 else self.sync_period
-            if period < 0 or (period and number >= period):
-                raise ValueError("sync_threshold must be below sync_period")
+            words = str(value).split()
+            period = check_value("sync_threshold", words[1]) if len(words) > 1 else self.sync_period
+            if number < 0 or period < 0 or (period and number >= period):
+                raise SysctlError("sync_threshold must be below sync_period")
             self.sync_period = period
-        elif name == "sync_version" and number > 1:
-            raise ValueError("sync_version is 0 or 1")
         setattr(self, name, number)
+
+
+class SysctlError(ValueError):
+    """A value the kernel's proc handler refuses with EINVAL."""
+
+
+INT_MAX = 2**31 - 1
+INT_MIN = -(2**31)
+ULONG_MAX = 2**64 - 1
+#: the kernel's tick rate: proc_dointvec_jiffies refuses seconds above
+#: INT_MAX / HZ (Debian kernels are built with HZ=250)
+HZ = 250
+
+# How each file is parsed, after ip_vs_ctl.c's vs_vars table (and
+# ip_vs_lblc.c/ip_vs_lblcr.c for the two expirations):
+#   "int"      proc_dointvec: any value that fits an int, negative included
+#   "minmax"   proc_dointvec_minmax with the bounds given
+#   "defense"  proc_do_defense_mode: 0..3
+#   "ports"    proc_do_sync_ports: a power of two, at least 1
+#   "ulong"    proc_doulongvec_minmax: 0..ULONG_MAX, no sign
+#   "jiffies"  proc_dointvec_jiffies: seconds, at most INT_MAX / HZ
+_RULES: dict[str, tuple[str, int, int]] = {
+    "am_droprate": ("int", INT_MIN, INT_MAX),
+    "amemthresh": ("int", INT_MIN, INT_MAX),
+    "backup_only": ("int", INT_MIN, INT_MAX),
+    "cache_bypass": ("int", INT_MIN, INT_MAX),
+    "conn_reuse_mode": ("int", INT_MIN, INT_MAX),
+    "conntrack": ("int", INT_MIN, INT_MAX),
+    "drop_entry": ("defense", 0, 3),
+    "drop_packet": ("defense", 0, 3),
+    "expire_nodest_conn": ("int", INT_MIN, INT_MAX),
+    "expire_quiescent_template": ("int", INT_MIN, INT_MAX),
+    "ignore_tunneled": ("int", INT_MIN, INT_MAX),
+    "nat_icmp_send": ("int", INT_MIN, INT_MAX),
+    "pmtu_disc": ("int", INT_MIN, INT_MAX),
+    "secure_tcp": ("defense", 0, 3),
+    "sloppy_tcp": ("int", INT_MIN, INT_MAX),
+    "sloppy_sctp": ("int", INT_MIN, INT_MAX),
+    "snat_reroute": ("int", INT_MIN, INT_MAX),
+    "sync_persist_mode": ("int", INT_MIN, INT_MAX),
+    "sync_ports": ("ports", 1, INT_MAX),
+    "sync_qlen_max": ("ulong", 0, ULONG_MAX),
+    "sync_refresh_period": ("jiffies", INT_MIN // HZ, INT_MAX // HZ),
+    "sync_retries": ("minmax", 0, 3),
+    "sync_sock_size": ("int", INT_MIN, INT_MAX),
+    "sync_threshold": ("int", INT_MIN, INT_MAX),
+    "sync_version": ("minmax", 0, 1),
+    "run_estimation": ("int", INT_MIN, INT_MAX),
+    "lblc_expiration": ("jiffies", INT_MIN // HZ, INT_MAX // HZ),
+    "lblcr_expiration": ("jiffies", INT_MIN // HZ, INT_MAX // HZ),
+}
+
+
+def is_known(name: object) -> bool:
+    return isinstance(name, str) and name in _RULES
+
+
+def check_value(name: str, text: str) -> int:
+    """The number ``echo TEXT > /proc/sys/net/ipv4/vs/NAME`` would store, or
+    SysctlError ("Invalid argument") where the kernel answers EINVAL.  Only
+    the first number counts, as for a one-int table entry."""
+    kind, low, high = _RULES[name]
+    words = str(text).split()
+    if not words:
+        raise SysctlError(f"{name}: empty value")
+    word = words[0]
+    digits = word[1:] if word[:1] == "-" else word
+    if not digits.isdigit() or not digits.isascii():
+        raise SysctlError(f"{name}: {word!r} is not a number")
+    if kind == "ulong" and word.startswith("-"):
+        raise SysctlError(f"{name}: must not be negative")
+    number = int(word)
+    if not low <= number <= high:
+        raise SysctlError(f"{name}: {number} is out of range [{low}, {high}]")
+    if kind == "ports" and number & (number - 1):
+        raise SysctlError(f"{name}: {number} is not a power of two")
+    return number
 
 
 def default_tcp_timeouts() -> list[float]:

@@ -18,9 +18,10 @@ from typing import Any
 
 from lvs.protocol import encode
 
-from .names import socket_address
+from .names import Impersonation, candidate_addresses, verify_peer
 
 START_TIMEOUT = 10.0
+__all__ = ["Client", "DaemonUnavailable", "Impersonation", "PermissionDenied"]
 
 
 class DaemonUnavailable(Exception):
@@ -32,33 +33,50 @@ class PermissionDenied(Exception):
 
 
 def _connect(address: str) -> socket.socket:
+    """Connect and check who listens (SO_PEERCRED) before anything is sent."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(address)
+    try:
+        sock.connect(address)
+        verify_peer(sock, address)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
-def connect(autostart: bool = True, name: str | None = None) -> socket.socket:
-    """A connected control socket; starts lvsd if allowed and needed."""
-    address = socket_address(name)
-    try:
-        return _connect(address)
-    except (ConnectionRefusedError, FileNotFoundError):
-        if not autostart:
-            raise DaemonUnavailable("no lvsd is running in this network namespace") from None
+def _try(addresses: list[str]) -> socket.socket | None:
+    for address in addresses:
+        try:
+            return _connect(address)
+        except (ConnectionRefusedError, FileNotFoundError, NotADirectoryError):
+            continue
+    return None
+
+
+def connect(autostart: bool = True, name: str | None = None) -> tuple[socket.socket, bool]:
+    """A connected control socket, and whether lvsadm had to start lvsd for it.
+    Raises Impersonation when someone else's process answers."""
+    addresses = candidate_addresses(name)
+    sock = _try(addresses)
+    if sock is not None:
+        return sock, False
+    if not autostart:
+        raise DaemonUnavailable("no lvsd is running in this network namespace")
     start_daemon(name)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
-        try:
-            return _connect(address)
-        except (ConnectionRefusedError, FileNotFoundError):
-            if time.monotonic() > deadline:
-                raise DaemonUnavailable("lvsd did not start") from None
-            time.sleep(0.02)
+        sock = _try(addresses[-1:])
+        if sock is not None:
+            return sock, True
+        if time.monotonic() > deadline:
+            raise DaemonUnavailable("lvsd did not start")
+        time.sleep(0.02)
 
 
 def start_daemon(name: str | None = None) -> None:
-    """Start ``lvsd`` in the background in this namespace."""
-    cmd = [sys.executable, "-m", "lvsd.main"]
+    """Start ``lvsd`` in the background in this namespace (it restores the
+    namespace's state file and logs to syslog or its log file)."""
+    cmd = [sys.executable, "-m", "lvsd.main", "--started-by", "lvsadm"]
     if name:
         cmd += ["--socket", name]
     extra = os.environ.get("LVSD_ARGS")
@@ -73,7 +91,7 @@ class Client:
     """One connection to lvsd."""
 
     def __init__(self, autostart: bool = True, name: str | None = None) -> None:
-        self.sock = connect(autostart, name)
+        self.sock, self.started = connect(autostart, name)
         self.file = self.sock.makefile("rb")
         self._id = 0
 

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import glob
+import json
 import logging
 import os
 import random
+import sys
 from collections.abc import Callable
 from typing import Any
 
+from checkers import Outcome, probe_for
 from lvs.config import Config, apply_config
 from lvs.health import Checker, HealthMonitor, VirtualServerConf
 from lvs.keepalived_conf import KeepalivedConfError, KeepalivedConfig, parse_keepalived, split_command
@@ -32,19 +36,58 @@ SAFETY_MARGIN = 5.0
 SCRIPT_TIMEOUT = 30.0
 
 
-def read_keepalived(path: str) -> KeepalivedConfig:
-    """Read ``path`` and its includes (globs, relative to the including file's
+def read_sources(path: str, yaml: bool) -> dict[str, str]:
+    """The configuration's file texts: ``path`` and, for keepalived.conf, every
+    file its ``include`` globs name (relative to the including file's
     directory, in sorted order, as keepalived resolves them)."""
+    texts = {path: _read(path)}
+    if not yaml:
+        parse_keepalived(texts[path], path, _recording_includer(texts))
+    return texts
 
+
+def _recording_includer(texts: dict[str, str]) -> Any:
     def include(pattern: str, parent: str) -> list[tuple[str, str]]:
         base = os.path.dirname(os.path.abspath(parent))
         full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
         out = []
         for name in sorted(glob.glob(full)):
-            out.append((name, _read(name)))
+            if name not in texts:
+                texts[name] = _read(name)
+            out.append((name, texts[name]))
         return out
 
-    return parse_keepalived(_read(path), path, include)
+    return include
+
+
+def _replaying_includer(texts: dict[str, str]) -> Any:
+    """Includes answered from texts read before (the checker process parses
+    exactly what lvsd parsed)."""
+
+    def include(pattern: str, parent: str) -> list[tuple[str, str]]:
+        base = os.path.dirname(os.path.abspath(parent))
+        full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
+        return [(name, texts[name]) for name in sorted(texts) if fnmatch.fnmatchcase(name, full)]
+
+    return include
+
+
+def parse_sources(
+    path: str, yaml: bool, texts: dict[str, str]
+) -> tuple[list[VirtualServerConf], Config | None, list[str], list[str]]:
+    """(checked services, the rest of a YAML file, warnings, skipped-block lines)."""
+    if yaml:
+        from lvs.config import parse_config
+
+        cfg = parse_config(texts[path], path)
+        return cfg.health, cfg, cfg.warnings, []
+    kcfg = parse_keepalived(texts[path], path, _replaying_includer(texts))
+    return kcfg.services, None, kcfg.warnings, kcfg.skipped
+
+
+def read_keepalived(path: str) -> KeepalivedConfig:
+    """Read and parse ``path`` with its includes."""
+    return parse_keepalived(_read(path), path, _recording_includer({}))
 
 
 def _read(path: str) -> str:
@@ -79,29 +122,44 @@ class HealthRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.probes_run = 0
+        self._closing = False
+        #: when the loop wakes next by itself
+        self._wake_at = 0.0
         #: told each line the monitor logs (kind "log"/"warning", text): lvsd's event list
         self.on_log: Callable[[str, str], None] | None = None
         #: per checker (Checker.ident): [passed, failed, seconds the last probe took]
         self.check_stats: dict[int, list[float]] = {}
+        #: log the configuration's warnings (the checker process leaves that to lvsd)
+        self.report = True
+        #: the file texts last parsed (what the checker process is given)
+        self.sources: dict[str, str] = {}
+        #: bumped at each reload: verdicts of an older configuration are dropped
+        self.generation = 0
+        #: in the checker process: told each checker change (ident, ok, reason, exit code)
+        self.emit: Callable[[dict[str, Any]], None] | None = None
+        #: in lvsd with a checker process: that process
+        self.child: CheckerProcess | None = None
 
     def _read(self) -> tuple[list[VirtualServerConf], Config | None]:
-        """The checked services, and (YAML) the rest of the file.  Raises
-        KeepalivedConfError or ConfigError, worded FILE:LINE: ..."""
-        if self.yaml:
-            from .config import load_config
+        """Read the file(s) and parse them: the checked services, and (YAML)
+        the rest.  Raises KeepalivedConfError or ConfigError (FILE:LINE: ...)."""
+        texts = read_sources(self.path, self.yaml)
+        return self._parse(texts)
 
-            cfg = load_config(self.path)
-            for line in cfg.warnings:
+    def _parse(self, texts: dict[str, str]) -> tuple[list[VirtualServerConf], Config | None]:
+        services, plain, warnings, skipped = parse_sources(self.path, self.yaml, texts)
+        if self.report:
+            for line in skipped:
+                log.info("%s", line)
+            for line in warnings:
                 log.warning("%s", line)
-            return cfg.health, cfg
-        kcfg = read_keepalived(self.path)
-        self._report(kcfg)
-        return kcfg.services, None
+        self.sources = texts
+        return services, plain
 
     # -- life cycle ---------------------------------------------------------------------------
-    def load(self) -> None:
+    def load(self, texts: dict[str, str] | None = None) -> None:
         """Read the file and build the table (start-up)."""
-        services, plain = self._read()
+        services, plain = self._parse(texts) if texts is not None else self._read()
         now = self.now()
         if plain is not None:
             apply_config(self.ipvs, plain, now)
@@ -109,10 +167,10 @@ class HealthRunner:
         self.monitor.start(now)
         self._drain()
 
-    def reload(self) -> list[str]:
+    def reload(self, texts: dict[str, str] | None = None) -> list[str]:
         """Re-read the file; keep the state (and connections) of unchanged real
         servers.  A file with errors changes nothing."""
-        services, plain = self._read()
+        services, plain = self._parse(texts) if texts is not None else self._read()
         now = self.now()
         monitor = HealthMonitor(self.ipvs, services, random.Random())
         monitor.adopt(self.monitor or HealthMonitor(self.ipvs, []), now)
@@ -124,8 +182,11 @@ class HealthRunner:
         changes = apply_config(self.ipvs, whole, now)
         monitor.resync_flags()
         self.monitor = monitor
+        self.generation += 1
         self._drain()
         self._wake.set()
+        if self.child is not None:
+            self.child.send({"op": "reload", "gen": self.generation, "files": self.sources})
         return changes
 
     def _report(self, cfg: KeepalivedConfig) -> None:
@@ -134,10 +195,39 @@ class HealthRunner:
         for line in cfg.warnings:
             log.warning("%s", line)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+    def start(self, child: bool = False) -> None:
+        """Run the probes here, or (``child``) in a checker process of their
+        own, as keepalived runs its checkers in a child: lvsd's loop then
+        only applies what changes (a checker going up or down)."""
+        if child:
+            self.child = CheckerProcess(self)
+            self._task = asyncio.create_task(self.child.run())
+        else:
+            self._task = asyncio.create_task(self._loop())
+
+    def verdict(self, msg: dict[str, Any]) -> None:
+        """A checker changed in the checker process: apply it here."""
+        monitor = self.monitor
+        if monitor is None or msg.get("gen") != self.generation:
+            return
+        ident = msg.get("ident")
+        if not isinstance(ident, int) or not 0 <= ident < len(monitor.checkers):
+            return
+        chk = monitor.checkers[ident]
+        ok = bool(msg.get("ok"))
+        if not ok:
+            chk.retry_it = chk.retry  # the checker process counted the retries
+        code = msg.get("exit_code")
+        monitor.result(
+            chk, ok, str(msg.get("reason", "")), self.now(), code if isinstance(code, int) else None
+        )
+        self._drain()
 
     async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self.child is not None:
+            self.child.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -149,7 +239,7 @@ class HealthRunner:
 
     # -- the loop -----------------------------------------------------------------------------
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:
             self._wake.clear()
             monitor = self.monitor
             wait = 1.0
@@ -165,18 +255,22 @@ class HealthRunner:
                     wait = max(0.0, min(wait, nxt - self.now()))
                 if len(self.running) >= self.max_parallel:
                     wait = 1.0  # woken when a probe finishes
+            self._wake_at = self.now() + wait
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # arrives as the event is set (and it is set a thousand times a second with 1,000
+            # checkers), which left lvsd running its checks after SIGTERM
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def _probe(self, monitor: HealthMonitor, chk: Checker) -> None:
-        from checkers import Outcome, probe_for
-
         limit = chk.connect_timeout
         if chk.kind == "MISC_CHECK":
             limit = float(chk.conf.options.get("misc_timeout") or chk.delay_loop) + 2.0
         started = self.now()
         try:
-            outcome = await asyncio.wait_for(probe_for(chk.kind)(chk), limit + SAFETY_MARGIN)
+            async with asyncio.timeout(limit + SAFETY_MARGIN):  # no extra task, unlike wait_for
+                outcome = await probe_for(chk.kind)(chk)
         except asyncio.CancelledError:
             raise
         except TimeoutError:
@@ -190,9 +284,16 @@ class HealthRunner:
         stats[2] = self.now() - started
         if monitor is not self.monitor:
             return  # reloaded meanwhile: the new monitor has its own schedule
+        before = (chk.is_up, chk.has_run, chk.last_exit_code)
         monitor.result(chk, outcome.ok, outcome.reason, self.now(), outcome.exit_code)
+        if self.emit is not None and (chk.is_up, chk.has_run, chk.last_exit_code) != before:
+            self.emit({"gen": self.generation, "ident": chk.ident, "ok": outcome.ok, "reason": outcome.reason,
+                       "exit_code": outcome.exit_code})  # fmt: skip
         self._drain()
-        self._wake.set()
+        # wake the loop only when this checker's next attempt comes before the loop's own wake
+        # (or probes were held back): with 1,000 checkers this saves ~1,000 loop turns a second
+        if chk.due < self._wake_at or len(self.running) >= self.max_parallel:
+            self._wake.set()
 
     def _drain(self) -> None:
         monitor = self.monitor
@@ -201,6 +302,8 @@ class HealthRunner:
         items, monitor.outbox = monitor.outbox, []
         changed = False
         for item in items:
+            if item.kind == "script" and self.emit is not None:
+                continue  # the checker process: lvsd runs the scripts
             if item.kind == "script":
                 task = asyncio.get_running_loop().create_task(run_script(item.text))
                 self.running.add(task)
@@ -274,3 +377,63 @@ async def run_script(command: str) -> None:
         return
     if status:
         log.info("script %s exited with status %d", command, status)
+
+
+class CheckerProcess:
+    """lvsd's checker child (``python -m lvsd.checkerd``), as keepalived's
+    Keepalived_healthcheckers: it parses the same file texts, runs every
+    probe with the same policy, and writes one JSON line each time a checker
+    changes (and its counters once a second); lvsd applies those to the
+    table.  A child that dies is started again with the current texts."""
+
+    def __init__(self, runner: HealthRunner) -> None:
+        self.runner = runner
+        self.proc: asyncio.subprocess.Process | None = None
+        self._stopping = False
+
+    def send(self, msg: dict[str, Any]) -> None:
+        proc = self.proc
+        if proc is not None and proc.stdin is not None and proc.returncode is None:
+            proc.stdin.write((json.dumps(msg) + "\n").encode())
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    async def run(self) -> None:
+        runner = self.runner
+        while not self._stopping:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "lvsd.checkerd", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, limit=1 << 24,
+            )  # fmt: skip
+            log.info("checker process started (pid %d)", self.proc.pid)
+            self.send({"op": "load", "path": runner.path, "yaml": runner.yaml, "gen": runner.generation,
+                       "files": runner.sources})  # fmt: skip
+            assert self.proc.stdout is not None
+            try:
+                while True:
+                    line = await self.proc.stdout.readline()
+                    if not line:
+                        break
+                    try:
+                        msg = json.loads(line)
+                    except ValueError:
+                        continue
+                    if msg.get("op") == "stats":
+                        if msg.get("gen") == runner.generation:
+                            runner.check_stats = {int(k): v for k, v in msg.get("stats", {}).items()}
+                            runner.probes_run = int(msg.get("probes", 0))
+                    else:
+                        runner.verdict(msg)
+            finally:
+                if self.proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        self.proc.kill()
+                await self.proc.wait()
+            if not self._stopping:
+                log.error("checker process (pid %d) exited with %s; starting it again", self.proc.pid,
+                          self.proc.returncode)  # fmt: skip
+                await asyncio.sleep(1.0)

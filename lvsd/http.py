@@ -278,10 +278,11 @@ class HttpServer:
         )
         if head_only:
             return
-        async for piece in metrics.scrape(self.daemon):
-            writer.write(piece.encode("utf-8"))
-            if writer.transport.get_write_buffer_size() > 1 << 20:
-                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        async with contextlib.aclosing(metrics.scrape(self.daemon)) as pieces:
+            async for piece in pieces:
+                writer.write(piece.encode("utf-8"))
+                if writer.transport.get_write_buffer_size() > 1 << 20:
+                    await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
 
     # -- the JSON API -------------------------------------------------------------
     async def api_services(self, query: dict[str, list[str]]) -> bytes:

@@ -17,17 +17,21 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lvs.core import Director
 from lvs.ctl import IPVS
 from lvs.protocol import Request
 
-from .names import socket_address
+from . import names
+from .durable import StateWriter, write_atomically
 from .observe import Observer
 from .resolver import default_resolver
-from .server import AccessPolicy, ControlServer
+from .server import AccessPolicy, AlreadyRunning, ControlServer
 from .syncd import SyncDaemons
+
+if TYPE_CHECKING:
+    from forwarding.nat_pool import NatWorkerPlane
 
 log = logging.getLogger("lvsd")
 
@@ -50,7 +54,7 @@ class Daemon:
         self.director.reset_clock(self.now())
         self.planes: list[Any] = []
         #: the NAT plane when it runs in worker processes (``--workers N``)
-        self.worker_plane: Any = None
+        self.worker_plane: NatWorkerPlane | None = None
         self.warnings: list[str] = []
         self.config = None
         #: keepalived.conf health checking (--keepalived-conf), if any
@@ -64,6 +68,26 @@ class Daemon:
         #: history, events, counts; the HTTP listener and procfs writer (lvsd/observe.py)
         self.observer = Observer(self)
         self.server = ControlServer(self.handle, AccessPolicy(opts.allow_group), opts.socket)
+        #: the state file: ``--state`` or the namespace's default
+        self.state_path = opts.state or names.state_path(opts.socket)
+        #: what the start found: restored table, previous lvsd's fate
+        self.restored: dict[str, Any] = {}
+        self.state_problem: str | None = None
+        self._dirty = False
+        self._save_soon = False
+        #: where the log goes (for ``lvsadm --status``)
+        self.log_target = getattr(opts, "log_target_text", "stderr")
+        self.stop_reason = "unknown"
+        #: hitless restart: the successor's pid once it serves
+        self.handing_over = False
+        self.handed_over = False
+        self.successor = 0
+        self.argv: list[str] = list(getattr(opts, "argv", []))
+        self.inherit: Any = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.writer: StateWriter | None = StateWriter(self.state_path, self.render_state)
+        self.durable: asyncio.Future[Any] | None = None
+        self.server.pending_write = self.pending_write
         #: the sync daemon's sockets (``--start-daemon``), see lvsd/syncd.py
         self.syncd = SyncDaemons(self.director, self.now)
 
@@ -82,10 +106,13 @@ class Daemon:
             conns = _needs_workers(req)
             if conns is not None:
                 return self._observed(req, self.gathered(pool, req, conns))
+        if req.op == "restart":
+            return self._observed(req, self.restart(_who(req.peer)))
         try:
             reply = self._handle(req)
         finally:
             self.flush_planes()
+            self.save_if_dirty()
         self.observer.on_reply(req, reply)
         return reply
 
@@ -108,7 +135,7 @@ class Daemon:
             self.ipvs.remote_conns = []
             self.flush_planes()
 
-    def worker_pool(self) -> Any:
+    def worker_pool(self) -> NatWorkerPlane | None:
         """The NAT plane of worker processes (``--workers N``), if any: its
         ``query`` and ``connections`` give what the workers hold."""
         return self.worker_plane
@@ -126,7 +153,7 @@ class Daemon:
         if op == "ping":
             return {"pong": True}
         if op == "ipvsadm":
-            return self.run_ipvsadm(req.args["argv"], req.args.get("stdin", ""))
+            return self.run_ipvsadm(req.args["argv"], req.args.get("stdin", ""), req.peer)
         if op == "status":
             return {"data": self.status()}
         try:
@@ -137,25 +164,78 @@ class Daemon:
         except BadRequest as exc:
             return {"ok": False, "error": str(exc)}
         if op == "reload":
-            return self.reload()
+            return self.reload(_who(req.peer))
         if op == "sysctl":
-            return self.sysctl(req.args)
+            return self.sysctl(req.args, req.peer)
         if op == "drain":
             return self.drain(req.args)
         if op == "shutdown":
-            log.info("shutdown asked for by lvsadm --shutdown")
-            asyncio.get_running_loop().call_soon(self._stop.set)
+            self.stop_reason = f"lvsadm --shutdown by {_who(req.peer)}"
+            log.info("shutdown asked for by lvsadm --shutdown (%s)", _who(req.peer))
+            # a moment for lvsadm to read this and hang up before the server closes
+            asyncio.get_running_loop().call_later(0.2, self._stop.set)
             return {"pid": os.getpid()}
         return {"ok": False, "error": f"unsupported operation {op}"}
 
-    def run_ipvsadm(self, argv: list[str], stdin: str = "") -> dict[str, Any]:
+    def run_ipvsadm(
+        self, argv: list[str], stdin: str = "", peer: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
         from lvs.ipvsadm.commands import run
 
         out, err = io.StringIO(), io.StringIO()
         rc = run(argv, self.ipvs, self.now(), out, err, default_resolver(), stdin=io.StringIO(stdin))
         self.seq += 1
+        if _changes_table(argv):
+            words = " ".join(argv)
+            if len(words) > 300:
+                words = words[:300] + "..."
+            if rc == 0:
+                lines = stdin.count("\n") if stdin else 0
+                log.info("table change by %s: ipvsadm %s%s", _who(peer), words,
+                         f" ({lines} lines)" if lines else "")  # fmt: skip
+            else:
+                log.info("refused change by %s: ipvsadm %s -> rc %d: %s", _who(peer), words, rc,
+                         err.getvalue().strip()[:300])  # fmt: skip
+            self.table_changed()
         return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue(), "seq": self.seq}
 
+    # -- durability ---------------------------------------------------------------
+    def table_changed(self, reason: str | None = None) -> None:
+        """Record that the table changed (admin, reload, health checks):
+        the state file is rewritten before the current request is answered,
+        or at once from the event loop for changes outside a request.
+        ``reason`` (e.g. a health transition) is logged."""
+        if reason:
+            log.info("table change: %s", reason)
+        self._dirty = True
+        if not self._save_soon:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._save_soon = True
+            loop.call_soon(self._deferred_save)
+
+    def _deferred_save(self) -> None:
+        self._save_soon = False
+        self.flush_planes()
+        self.save_if_dirty()
+
+    def _on_table_event(self, what: str, svc: Any) -> None:
+        self.table_changed()
+
+    def save_if_dirty(self) -> None:
+        if self._dirty and not self.handed_over:
+            self._dirty = False
+            self.save_state(clean=False)
+
+    def vips_added(self) -> list[tuple[int, str]]:
+        out: list[tuple[int, str]] = []
+        for plane in self.planes:
+            vips = getattr(plane, "vips", None)
+            if vips is not None:
+                out.extend(vips.added)
+        return out
     def drain(self, args: dict[str, Any]) -> dict[str, Any]:
         """``lvsadm --drain``: weight 0 now, deleted at 0 active connections or
         at the timeout (:mod:`lvs.drain`); ``status`` asks how it goes."""
@@ -215,28 +295,33 @@ class Daemon:
             "services": len(self.ipvs.services),
             "connections": len(self.director.conns) + (pool.connections() if pool is not None else 0),
             "planes": [p.describe() for p in self.planes],
+            "log": self.log_target,
+            "state": self.state_path,
+            "state_problem": self.state_problem,
+            "restored": self.restored,
+            "denied": self.server.denied,
             "warnings": list(self.warnings) + [w for p in self.planes for w in p.warnings()],
             "sync": self.syncd.describe(),
             "health": self.health.status() if self.health is not None else None,
         }
 
     def json_view(self, what: str) -> Any:
-        from lvs.ipvsadm import listing
+        from lvs import json_views
 
         if what == "services":
-            data = listing.services_json(self.ipvs, self.now())
+            data = json_views.services_json(self.ipvs, self.now())
             if self.health is not None:
                 self.health.annotate(data)
             return data
         if what == "conns":
-            return listing.conns_json(self.ipvs, self.now())
+            return json_views.conns_json(self.ipvs, self.now())
         if what == "timeouts":
             tcp, tcpfin, udp = self.ipvs.get_timeouts()
             return {"tcp": tcp, "tcpfin": tcpfin, "udp": udp}
         if what == "daemons":
             return [vars(d) for d in self.ipvs.daemons.values()]
         if what == "sysctl":
-            return {name: getattr(self.ipvs.sysctl, name) for name in self.ipvs.sysctl.names()}
+            return {name: self.ipvs.sysctl.get(name) for name in self.ipvs.sysctl.names()}
         raise BadRequest(f"unknown view {what!r}")
 
     def proc_view(self, name: str) -> str:
@@ -253,32 +338,53 @@ class Daemon:
             raise BadRequest(f"unknown /proc view {name!r}")
         return views[name]()
 
-    def reload(self) -> dict[str, Any]:
+    def reload(self, who: str = "SIGHUP") -> dict[str, Any]:
         """SIGHUP / ``lvsadm --reload``: re-read --config or --keepalived-conf;
         unchanged services, real servers, their health and connections stay;
-        a file with errors changes nothing."""
+        a file with errors changes nothing.  The result is logged with who
+        asked."""
         if self.health is None:
+            log.warning("reload asked by %s: lvsd runs without --config, nothing to reload", who)
             return {"ok": False, "error": "lvsd runs without --config: nothing to reload"}
         from lvs.config import ConfigError
         from lvs.keepalived_conf import KeepalivedConfError
 
+        source = self.opts.keepalived_conf or self.opts.config
         try:
-            return {"changes": self.health.reload()}
+            changes = self.health.reload()
         except (KeepalivedConfError, ConfigError) as exc:
+            log.error("reload of %s asked by %s failed, table unchanged: %s", source, who, exc)
             return {"ok": False, "error": str(exc)}
+        log.info("reload of %s asked by %s: %d changes%s", source, who, len(changes),
+                 (": " + "; ".join(map(str, changes[:50]))) if changes else "")  # fmt: skip
+        if changes:
+            self.table_changed()
+        return {"changes": changes}
 
-    def sysctl(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = str(args.get("name", ""))
+    def sysctl(self, args: dict[str, Any], peer: tuple[int, int] | None = None) -> dict[str, Any]:
+        """The ``sysctl`` op: only the names in lvs/sysctl.py answer; values
+        are checked as the kernel's proc handlers check them."""
+        from lvs.sysctl import SysctlError, is_known
+
+        name = args.get("name", "")
+        if not is_known(name):
+            return {"ok": False, "error": f"unknown sysctl {name}"}
         if "value" in args:
+            old = self.ipvs.sysctl.get(name)
             try:
                 self.ipvs.sysctl.set(name, str(args["value"]))
-                self.syncd.refresh_params()
-            except (KeyError, ValueError):
-                return {"ok": False, "error": f"bad sysctl {name}"}
-        try:
-            return {"value": getattr(self.ipvs.sysctl, name)}
-        except AttributeError:
-            return {"ok": False, "error": f"unknown sysctl {name}"}
+            except SysctlError as exc:
+                log.info("refused sysctl by %s: %s=%s: %s", _who(peer), name, args["value"], exc)
+                return {"ok": False, "error": f"bad sysctl {name}: Invalid argument ({exc})"}
+            new = self.ipvs.sysctl.get(name)
+            self.syncd.refresh_params()
+            if new != old:
+                log.info("sysctl change by %s: net.ipv4.vs.%s %d -> %d", _who(peer), name, old, new)
+                self.table_changed()
+        sysctls = self.ipvs.sysctl
+        value = sysctls.get(name)
+        text = f"{value}\t{sysctls.sync_period}" if name == "sync_threshold" else str(value)
+        return {"value": value, "text": text}
 
     # -- life cycle -------------------------------------------------------------
     async def ticker(self) -> None:
@@ -305,39 +411,291 @@ class Daemon:
                 self.health.load()
             except (KeepalivedConfError, ConfigError) as exc:
                 raise SystemExit(f"lvsd: {exc}") from None
-        if self.opts.state and os.path.exists(self.opts.state):
-            self.restore_state(self.opts.state)
+        # the lock first: a second lvsd must not touch the first one's VIPs
+        from .restart import inherited
+
+        inh = self.inherit = inherited()
+        try:
+            if inh is not None:
+                self.server.bind(inh.ctl, inh.lock)
+                self.server.note_pid()
+                from forwarding.nat import INHERITED
+
+                INHERITED.update(inh.listeners)
+                inh.listeners = INHERITED
+            else:
+                self.server.bind()
+        except (AlreadyRunning, names.UnsafePath) as exc:
+            log.error("not starting: %s", exc)
+            raise SystemExit(f"lvsd: {exc}") from None
+        previous = self.read_state()
+        if previous is not None:
+            if inh is None:
+                self.remove_stale_vips(previous)
+            if source:
+                how = "stopped cleanly" if previous.clean else "did not stop cleanly (crash or kill)"
+                level = logging.INFO if previous.clean else logging.WARNING
+                log.log(level, "previous lvsd (pid %s) %s; the table comes from %s (the state file "
+                        "is restored only without a configuration)", previous.pid or "?", how,
+                        source)  # fmt: skip
+            else:
+                self.restore(previous)
+        self.ipvs.listeners.append(self._on_table_event)
         self.start_planes()
         self.flush_planes()
+        self.save_state(clean=False)
         await self.server.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        log.info("lvsd listening on %r", socket_address(self.opts.socket))
+        loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2)
+        log.info("lvsd %d started (%s) on %s; state %s; %d services",
+                 os.getpid(), self.opts.started_by, self.server.address, self.state_path,
+                 len(self.ipvs.services))  # fmt: skip
         ticker = asyncio.create_task(self.ticker())
         if self.health is not None:
-            self.health.start()
+            self.health.start(child=not self.opts.health_in_process)
         await self.observer.start()
+        if inh is not None:
+            from .restart import signal_ready
+
+            signal_ready(inh)
+            log.info("took over from lvsd %d: %d services, listening sockets and VIPs inherited",
+                     inh.old_pid, len(self.ipvs.services))  # fmt: skip
         await self._stop.wait()
+        log.info("lvsd %d stopping: %s", os.getpid(), self.stop_reason)
         ticker.cancel()
         self.syncd.close()
         await self.observer.close()
         if self.health is not None:
             await self.health.close()
-        await self.server.close()
+        await self.server.close(unlink=not self.handed_over)
         for plane in self.planes:
+            if self.handed_over and hasattr(plane, "guard"):
+                continue  # DR/TUN: already shut, its nftables table is the successor's
             await plane.close()
-        if self.opts.state:
-            self.save_state(self.opts.state)
+        if self.writer is not None:
+            self.writer.close()
+        if self.handed_over:
+            log.info("lvsd %d stopped (%s)", os.getpid(), self.stop_reason)
+            return
+        self.save_state(clean=True)
+        log.info("lvsd %d stopped (%s): table of %d services saved in %s", os.getpid(), self.stop_reason,
+                 len(self.ipvs.services), self.state_path)  # fmt: skip
+
+    # -- hitless restart (lvsd/restart.py) ---------------------------------------------
+    async def restart(self, who: str) -> dict[str, Any]:
+        """``lvsadm --restart`` / SIGUSR2: start a successor that inherits
+        the sockets, then stop accepting and drain."""
+        from .restart import start_successor
+
+        if self.handing_over or self.handed_over:
+            return {"ok": False, "error": "a restart is already under way"}
+        if self.worker_plane is not None:
+            return {"ok": False, "error": "--restart is not supported with --workers yet"}
+        if self.server.sock is None:
+            return {"ok": False, "error": "lvsd is not serving yet"}
+        self.handing_over = True
+        try:
+            self.flush_planes()
+            write_atomically(self.state_path, self.render_state(clean=False))
+            nat = self.nat_plane()
+            fds = {
+                "ctl": self.server.sock.fileno(),
+                "lock": self.server.lock_fd,
+                "listeners": nat.listening_sockets() if nat is not None else [],
+                "vips": [list(v) for v in self.vips_added()],
+            }
+            log.info("restart asked by %s: starting a new lvsd with %d listening sockets", who,
+                     len(fds["listeners"]))  # fmt: skip
+            await self.observer.close()  # its HTTP port is the successor's
+            new_pid = await start_successor(self.argv, fds)
+        except (OSError, RuntimeError) as exc:
+            log.error("restart asked by %s failed, this lvsd (pid %d) goes on serving: %s", who,
+                      os.getpid(), exc)  # fmt: skip
+            await self.observer.start()
+            return {"ok": False, "error": f"restart failed: {exc}"}
+        finally:
+            self.handing_over = False
+        self.handed_over = True
+        self.successor = new_pid
+        relays = len(nat.ctx.sessions) if nat is not None else 0
+        log.info("restart: lvsd %d serves now; this lvsd (pid %d) stops accepting and drains %d relays",
+                 new_pid, os.getpid(), relays)  # fmt: skip
+        self._background(self._drain_and_exit())
+        return {"old_pid": os.getpid(), "new_pid": new_pid}
+
+    def nat_plane(self) -> Any:
+        from forwarding.nat import NatPlane
+
+        for plane in self.planes:
+            if isinstance(plane, NatPlane):
+                return plane
+        return None
+
+    async def _drain_and_exit(self) -> None:
+        from .restart import DRAIN_TIMEOUT
+
+        await asyncio.sleep(0.2)  # the restart reply reaches lvsadm first
+        await self.server.close(unlink=False)
+        nat = self.nat_plane()
+        if nat is not None:
+            nat.stop_accepting()
+        for plane in self.planes:
+            if hasattr(plane, "guard"):  # DR/TUN: the successor owns the nftables table
+                plane.guard = None
+                plane.shutdown()
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while nat is not None and nat.ctx.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        left = len(nat.ctx.sessions) if nat is not None else 0
+        drained = ", relays drained"
+        if left:
+            drained = f", {left} relays still open after {DRAIN_TIMEOUT:.0f} s are reset"
+        self.stop_reason = f"handed over to lvsd {self.successor}{drained}"
+        self._stop.set()
+
+    def _on_sigusr2(self) -> None:
+        self._background(self.restart("SIGUSR2"))
+
+    def _background(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_stop_signal(self, sig: int) -> None:
+        self.stop_reason = f"{signal.Signals(sig).name} received"
+        self._stop.set()
 
     def _on_sighup(self) -> None:
-        reply = self.reload()
+        self.reload("SIGHUP")
         self.flush_planes()
-        if reply.get("ok", True):
-            log.info("configuration reloaded: %s", reply.get("changes"))
+        self.save_if_dirty()
+
+    # -- the state file -------------------------------------------------------------
+    def read_state(self) -> Any:
+        """The previous lvsd's state, or None (no file, or a damaged one: logged)."""
+        from lvs.state import StateError, parse
+
+        try:
+            with open(self.state_path, encoding="utf-8") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.state_problem = f"cannot read {self.state_path}: {exc}"
+            log.error("%s", self.state_problem)
+            return None
+        try:
+            return parse(text)
+        except StateError as exc:
+            # an old -S file given with --state: restore it as such
+            if text.lstrip().startswith(("-A", "-a", "--")) or not text.strip():
+                from lvs.state import State
+
+                return State(rules=text, clean=True)
+            self.state_problem = f"{self.state_path}: {exc}"
+            log.error("%s; starting with an empty table", self.state_problem)
+            return None
+
+    def restore(self, state: Any) -> None:
+        """Bring back the table, timeouts and sysctls of ``state``."""
+        from lvs.state import apply_sysctls
+
+        problems = apply_sysctls(self.ipvs.sysctl, state.sysctl)
+        if any(state.timeouts):
+            self.ipvs.set_timeouts(*state.timeouts)
+        if state.rules.strip():
+            reply = self.run_ipvsadm(["-R"], state.rules)
+            if reply["rc"] != 0:
+                problems.append(reply["stderr"].strip())
+        dests = sum(len(svc.destinations) for svc in self.ipvs.services.values())
+        how = "stopped cleanly" if state.clean else "did not stop cleanly (crash or kill)"
+        if self.inherit is not None:
+            how = "handed its sockets over (hitless restart)"
+        self.restored = {
+            "path": self.state_path,
+            "services": len(self.ipvs.services),
+            "dests": dests,
+            "previous_pid": state.pid,
+            "unclean": not state.clean and self.inherit is None,
+            "problems": problems,
+        }
+        log.log(logging.INFO if state.clean or self.inherit is not None else logging.WARNING,
+                "previous lvsd (pid %s) %s; restored %d services, %d real servers, timeouts %s "
+                "and sysctls from %s", state.pid or "?", how, len(self.ipvs.services), dests,
+                "/".join(map(str, self.ipvs.get_timeouts())), self.state_path)  # fmt: skip
+        for problem in problems:
+            log.error("restoring %s: %s", self.state_path, problem)
+
+    def remove_stale_vips(self, state: Any) -> None:
+        """VIPs the previous lvsd added to ``lo`` and did not remove (it was
+        killed): take them away; the data planes add back those still served."""
+        if not state.vips or state.clean:
+            return
+        try:
+            from forwarding.vip import VipManager
+        except ImportError:  # pragma: no cover
+            return
+        for warning in VipManager.remove_left_over(state.vips):
+            log.warning("%s", warning)
+        log.info("removed %d VIPs a dead lvsd left on lo: %s", len(state.vips),
+                 ", ".join(h for _, h in state.vips[:20]))  # fmt: skip
+
+    def save_state(self, clean: bool) -> asyncio.Future[Any] | None:
+        """Write the state file atomically (write, fsync, rename, fsync of the
+        directory: a crash leaves the old or the new file).  Inside the
+        event loop the writer thread does it with group commit and the
+        returned future is done once it is on disk; outside (start, stop)
+        it is written at once."""
+        path = self.state_path
+        try:
+            if not self.opts.state:
+                names.ensure_private_dir(os.path.dirname(os.path.abspath(path)))
+        except (OSError, names.UnsafePath) as exc:
+            self._state_failed(exc)
+            return None
+        if not clean and self.writer is not None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                fut = self.writer.changed()
+                fut.add_done_callback(self._state_written)
+                self.durable = fut
+                return fut
+        try:
+            write_atomically(path, self.render_state(clean))
+            self.state_problem = None
+        except OSError as exc:
+            self._state_failed(exc)
+        return None
+
+    def render_state(self, clean: bool = False) -> str:
+        from lvs.state import render, snapshot
+
+        return render(snapshot(self.ipvs, self.vips_added(), os.getpid(), clean))
+
+    def _state_written(self, fut: asyncio.Future[Any]) -> None:
+        error = fut.result()
+        if error is None:
+            self.state_problem = None
         else:
-            log.error("reload failed: %s", reply.get("error"))
+            self._state_failed(error)
+
+    def _state_failed(self, exc: BaseException) -> None:
+        if self.state_problem is None:
+            log.error("cannot write the state file %s: %s (the table would not survive a crash)",
+                      self.state_path, exc)  # fmt: skip
+        self.state_problem = f"cannot write {self.state_path}: {exc}"
+
+    def pending_write(self) -> asyncio.Future[Any] | None:
+        """The write a reply must wait for (the control server awaits it
+        after releasing its lock, so concurrent clients share an fsync)."""
+        fut, self.durable = self.durable, None
+        return fut if fut is not None and not fut.done() else None
 
     def start_planes(self) -> None:
         if not self.opts.no_dr:
@@ -360,6 +718,8 @@ class Daemon:
             from forwarding.nat import NatPlane
 
             plane = NatPlane(self.director, self.now, **options)
+        if self.inherit is not None:
+            plane.vips.adopt(self.inherit.vips)
         self.planes.append(plane)
         plane.start()
 
@@ -372,20 +732,6 @@ class Daemon:
         plane = DirectPlane(self.director, self.now, table="pylvs" + (f"_{name}" if name else ""))
         self.planes.append(plane)
         plane.start()
-
-    def save_state(self, path: str) -> None:
-        from lvs.ipvsadm.listing import save_rules
-
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(save_rules(self.ipvs, numeric=True))
-        os.replace(tmp, path)
-
-    def restore_state(self, path: str) -> None:
-        with open(path, encoding="utf-8") as fh:
-            reply = self.run_ipvsadm(["-R"], fh.read())
-        if reply["rc"] != 0:
-            log.error("restoring %s: %s", path, reply["stderr"].strip())
 
 
 def _needs_workers(req: Request) -> bool | None:
@@ -415,6 +761,49 @@ def _needs_workers(req: Request) -> bool | None:
     return None
 
 
+def _argv_for_successor(argv: list[str]) -> list[str]:
+    """lvsd's own arguments without ``--started-by`` (a successor gets its own)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--started-by":
+            skip = True
+            continue
+        if arg.startswith("--started-by="):
+            continue
+        out.append(arg)
+    return out
+
+
+def _who(peer: tuple[int, int] | None) -> str:
+    """The peer of a control request, for the log: pid and uid (user)."""
+    if peer is None:
+        return "lvsd"
+    pid, uid = peer
+    try:
+        import pwd
+
+        user = pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        user = "?"
+    return f"pid {pid} uid {uid} ({user})"
+
+
+def _changes_table(argv: list[str]) -> bool:
+    """Would this ipvsadm command change the table (not a listing, save,
+    help or version)?"""
+    from lvs.ipvsadm.grammar import CMD_HELP, CMD_LIST, CMD_SAVE, CMD_VERSION, UsageError, parse
+
+    try:
+        cmd = parse(list(argv), default_resolver())
+    except (UsageError, ValueError, OSError):
+        return False
+    return cmd.kind not in (CMD_LIST, CMD_SAVE, CMD_HELP, CMD_VERSION)
+
+
 def _netns_id() -> str:
     try:
         return os.readlink("/proc/self/ns/net")
@@ -423,7 +812,15 @@ def _netns_id() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lvsd", description="pylvs daemon: IPVS tables and data planes")
+    ap = argparse.ArgumentParser(
+        prog="lvsd",
+        description="pylvs daemon: IPVS tables and data planes",
+        epilog="When a real server goes down: give lvsd your keepalived.conf (--keepalived-conf) or checks "
+        "in the YAML config; failed real servers leave the table (or go to weight 0 with inhibit_on_failure) "
+        "and "
+        "come back when their checks pass; `lvsadm --status` shows each one's health. To take one out by "
+        "hand without breaking its connections: lvsadm --drain -t|-u|-f SERVICE -r SERVER [--timeout S].",
+    )
     ap.add_argument(
         "--foreground", "-F", action="store_true", help="stay in the foreground (for service managers)"
     )
@@ -440,7 +837,17 @@ def build_parser() -> argparse.ArgumentParser:
         "remove failed real servers and add them back when they recover (SIGHUP / lvsadm --reload re-reads "
         "it; vrrp_* blocks are left to `keepalived --vrrp`)",
     )
-    ap.add_argument("--state", help="save the table here on exit and restore it on start (ipvsadm -S format)")
+    ap.add_argument(
+        "--health-in-process",
+        action="store_true",
+        help="run the health checkers' probes in lvsd's own event loop instead of a checker child process",
+    )
+    ap.add_argument(
+        "--state",
+        help="the state file: written atomically after every change, read back on start "
+        "(default: one per namespace under /var/lib/pylvs, or LVSD_STATE_DIR)",
+    )
+    ap.add_argument("--started-by", default="by hand", help=argparse.SUPPRESS)
     ap.add_argument(
         "--socket", help="control socket name (abstract) or path; default from LVSD_SOCKET or 'pylvs'"
     )
@@ -473,7 +880,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(for prometheus-node-exporter --path.procfs DIR)",
     )
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    ap.add_argument("--log-file", help="log here instead of stderr")
+    ap.add_argument(
+        "--log-file",
+        help="log here (default: stderr with --foreground, else syslog through /dev/log, "
+        "else a file beside the state file)",
+    )
     return ap
 
 
@@ -496,27 +907,73 @@ def main(argv: list[str] | None = None) -> int:
             parse_listen(opts.http)
         except ValueError as exc:
             parser.error(str(exc))
-    logging.basicConfig(
-        level=getattr(logging, opts.log_level.upper()),
-        filename=opts.log_file,
-        format="%(asctime)s lvsd[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
+    opts.log_target_text = setup_logging(opts)
+    opts.argv = _argv_for_successor(list(sys.argv[1:] if argv is None else argv))
     if opts.workers > 1:
         _log_workers_alike(opts.log_file, opts.log_level)
     if not opts.foreground:
         _daemonize()
-    try:
-        import uvloop
+    import uvloop
 
-        uvloop.install()
-    except ImportError:  # pragma: no cover
-        pass
+    uvloop.install()
     try:
         asyncio.run(Daemon(opts).run())
     except OSError as exc:
         print(f"lvsd: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+LOG_FORMAT = "%(asctime)s lvsd[%(process)d] %(levelname)s %(name)s: %(message)s"
+SYSLOG_FORMAT = "lvsd[%(process)d]: %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(opts: argparse.Namespace) -> str:
+    """Send the log where an operator finds it and say where (for ``lvsadm
+    --status``): ``--log-file``; else stderr in the foreground (the service
+    manager keeps it); else syslog/journald through ``/dev/log`` when
+    something listens there; else a file beside the state file, never
+    /dev/null."""
+    import logging.handlers
+
+    level = getattr(logging, opts.log_level.upper())
+    root = logging.getLogger()
+    root.setLevel(level)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler: logging.Handler
+    if opts.log_file:
+        handler = logging.FileHandler(opts.log_file)
+        where = f"file {os.path.abspath(opts.log_file)}"
+    elif opts.foreground:
+        handler = logging.StreamHandler(sys.stderr)
+        where = "stderr"
+    else:
+        handler, where = _syslog_or_file(opts)
+    handler.setFormatter(logging.Formatter(SYSLOG_FORMAT if where.startswith("syslog") else LOG_FORMAT))
+    root.addHandler(handler)
+    return where
+
+
+def _syslog_or_file(opts: argparse.Namespace) -> tuple[logging.Handler, str]:
+    import logging.handlers
+
+    if os.path.exists("/dev/log"):
+        try:
+            handler = logging.handlers.SysLogHandler(
+                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
+            )
+            return handler, "syslog (/dev/log)"
+        except OSError:
+            pass
+    path = os.path.splitext(opts.state or names.state_path(opts.socket))[0] + ".log"
+    try:
+        if not opts.state:
+            names.ensure_private_dir(os.path.dirname(path))
+        opts.log_file = path  # workers log there too
+        return logging.FileHandler(path), f"file {path}"
+    except (OSError, names.UnsafePath):
+        return logging.StreamHandler(sys.stderr), "stderr (no /dev/log and no writable log file)"
 
 
 def _log_workers_alike(log_file: str | None, level: str) -> None:

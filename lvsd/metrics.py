@@ -21,7 +21,9 @@ writes byte for byte what :func:`lvs.metrics.render` writes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+import contextlib
+import gc
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -220,17 +222,46 @@ async def _drive(steps: Any) -> Any:
         await asyncio.sleep(0)
 
 
+_gc_holds = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def gc_held() -> Iterator[None]:
+    """No cyclic collection while a scrape runs.  A scrape of a big table
+    makes a few hundred thousand short-lived containers (the snapshot); with
+    the collector on they get promoted and set off full collections, each
+    walking the whole table in one go (1.2 s for 10,000 services x 10 real
+    servers on the loaded test machine, benchmarks/RESULTS.md): exactly the
+    stall the chunking avoids.  The snapshot is freed by reference counting
+    when the scrape ends, so nothing is left for the collector to promote."""
+    global _gc_holds, _gc_was_enabled
+    if _gc_holds == 0:
+        _gc_was_enabled = gc.isenabled()
+        gc.disable()
+    _gc_holds += 1
+    try:
+        yield
+    finally:
+        _gc_holds -= 1
+        if _gc_holds == 0 and _gc_was_enabled:
+            gc.enable()
+
+
 async def scrape(daemon: Any) -> AsyncIterator[str]:
     """The exposition in pieces.  With ``--workers`` the workers are asked
     for their counts first, so the figures are as of this scrape."""
     pool = daemon.worker_pool()
     if pool is not None:
         await pool.query(False)
-    snap = await _drive(table_metrics.snapshot_steps(daemon.ipvs))
-    fams = table_metrics.families(snap, daemon_families(daemon))
-    for piece in table_metrics.render_chunks(fams):
-        yield piece
-        await asyncio.sleep(0)
+    with gc_held():
+        snap = await _drive(table_metrics.snapshot_steps(daemon.ipvs))
+        fams = table_metrics.families(snap, daemon_families(daemon))
+        for piece in table_metrics.render_chunks(fams):
+            yield piece
+            await asyncio.sleep(0)
+        del fams
+        await _drive(table_metrics.release_steps(snap))
     registry = daemon.observer.process_registry
     if registry is not None:
         yield generate_latest(registry).decode("utf-8")

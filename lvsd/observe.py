@@ -95,26 +95,21 @@ class Observer:
         self.events.add(time.time(), kind, text)
 
     def health_log(self, kind: str, text: str) -> None:
-        """A line the health monitor logged (keepalived's words): an event,
-        and the real servers' states are compared with the last seen, so
-        every up/down transition is counted."""
+        """A line the health monitor logged (keepalived's words): an event.
+        (Transitions are counted by the monitor itself, RsState.transitions:
+        scanning every real server on every line cost O(servers) per line,
+        12 s of stalled loop at the start of 1,000 checked servers.)"""
         self.event("health", text)
-        self.health_transitions()
 
     def health_transitions(self) -> dict[tuple[str, str], list[Any]]:
+        """(virtual server, real server) -> [alive, up/down transitions]."""
         health = getattr(self.daemon, "health", None)
         monitor = getattr(health, "monitor", None)
         if monitor is None:
             return self.health_seen
         for vs in monitor.vss:
             for rs in [*vs.rs, *([vs.sorry] if vs.sorry else [])]:
-                key = (vs.conf.name, rs.describe())
-                seen = self.health_seen.get(key)
-                if seen is None:
-                    self.health_seen[key] = [rs.alive, 0]
-                elif seen[0] != rs.alive:
-                    seen[0] = rs.alive
-                    seen[1] += 1
+                self.health_seen[(vs.conf.name, rs.describe())] = [rs.alive, rs.transitions]
         return self.health_seen
 
     def on_reply(self, req: Any, reply: Any) -> None:

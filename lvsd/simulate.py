@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from lvs.simulate import ScenarioError, simulate, simulate_report
 
@@ -19,7 +20,7 @@ def _teaching(ns: argparse.Namespace, lines: list[str]) -> int:
     except ImportError as exc:
         print(f"lvsadm simulate: plots need matplotlib (pip install 'pylvs[teach]'): {exc}", file=sys.stderr)
         return 2
-    title = ns.scenario or ""
+    title = Path(ns.scenario).stem if ns.scenario and ns.scenario != "-" else "scenario"
     if ns.disruption:
         d = series.disruption(servers=ns.servers)
         print("\n".join(series.disruption_table(d)))

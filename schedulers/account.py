@@ -18,7 +18,12 @@ step is one of:
   "replaced"}``: the kernel's test ``prod(left) op prod(right)``; true means
   the challenger replaces the candidate;
 * ``{"kind": "pick", "server", "why"}``: taken at once;
-* ``{"kind": "pass", "cw"}``: wrr starts a pass at current weight ``cw``.
+* ``{"kind": "pass", "cw"}``: wrr starts a pass at current weight ``cw``;
+* ``{"kind": "note", "text"}``: a new phase of the walk (nq, lblcr);
+* ``{"kind": "overload", "check"}``: lblcr's locality overload test on
+  the set's least loaded member (:func:`locality_overload`);
+* ``{"kind": "shrink", "unchanged_for", "expiration", "removed"}``: lblcr
+  drops the most loaded member of a set stable for longer than its expiration.
 """
 
 from __future__ import annotations

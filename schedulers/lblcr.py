@@ -251,9 +251,11 @@ class LBLCRScheduler(CacheGC, Scheduler):
                 "expiration": self.ctx.lblcr_expiration,
                 "removed": None if most is None else most.endpoint(),
             }
+            add_step(acc, {"kind": "shrink", **acc["shrink"]})
         if member is not None:
             check = locality_overload(member, svc.destinations)
             acc["overload_check"] = check
+            add_step(acc, {"kind": "overload", "check": check})
             if not check["overloaded"]:
                 acc["chosen"] = member.endpoint()
                 return acc

@@ -291,10 +291,14 @@ class MHScheduler(Scheduler):
         ihash = _slot(value)
         lookup = self._lookup
         dest = lookup[ihash]
-        owned: dict[str, int] = {}
-        for d in lookup:
-            if d is not None:
-                owned[d.endpoint()] = owned.get(d.endpoint(), 0) + 1
+        cached = getattr(self, "_owned", None)
+        if cached is None or cached[0] is not lookup:
+            owned: dict[str, int] = {}
+            for d in lookup:
+                if d is not None:
+                    owned[d.endpoint()] = owned.get(d.endpoint(), 0) + 1
+            self._owned = cached = (lookup, owned)  # counted once per table
+        owned = dict(cached[1])
         acc = new_account(
             self,
             address=format_ip(flow.af, flow.caddr),

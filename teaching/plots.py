@@ -51,10 +51,15 @@ def _flows_axes(ax, s: Series, colours: dict[str, str]) -> None:  # type: ignore
 
 
 def _conns_axes(ax, s: Series, colours: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    any_active = any(any(v) for v in s.active.values())
     for name in s.servers:
-        ax.step(s.x, s.active[name], where="post", color=colours[name], linewidth=1.4)
+        if any_active:
+            ax.step(s.x, s.active[name], where="post", color=colours[name], linewidth=1.4)
         ax.step(s.x, s.inactive[name], where="post", color=colours[name], linewidth=1, linestyle="--")
-    ax.set_title("active (solid) and inactive (dashed) connections")
+    if any_active:
+        ax.set_title("active (solid) and inactive (dashed) connections")
+    else:
+        ax.set_title("inactive connections (dashed; nothing was ever active, as with UDP)")
     _time_marks(ax, s)
     ax.set_xlabel("flow number")
     ax.set_ylabel("connections")

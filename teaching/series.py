@@ -42,7 +42,7 @@ class Series:
     #: (service, scheduler, owners of buckets/slots) for dh/sh/mh services at the end
     tables: list[tuple[str, str, list[str | None]]] = field(default_factory=list)
     schedulers: list[str] = field(default_factory=list)
-    #: (flow number, label): where the schedulers in use changed (``-E -s``)
+    #: (flow number, label): table changes between flows (-a, -d, -e, -E)
     marks: list[tuple[int, str]] = field(default_factory=list)
 
     def totals(self) -> dict[str, int]:
@@ -63,7 +63,6 @@ def collect(lines: Iterable[str], title: str = "", seed: int = 0, classic: bool 
     s = Series(title=title)
     counts: dict[str, int] = {}
     dropped = 0
-    in_use: list[str] = []
 
     def dests() -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
@@ -87,6 +86,9 @@ def collect(lines: Iterable[str], title: str = "", seed: int = 0, classic: bool 
     def emit(ev: dict) -> None:
         nonlocal dropped
         if "i" not in ev:
+            label = _change_label(ev) if s.x else None
+            if label:
+                s.marks.append((s.x[-1] + 1, label))
             return
         rs = ev.get("real_server")
         if rs is None:
@@ -95,10 +97,6 @@ def collect(lines: Iterable[str], title: str = "", seed: int = 0, classic: bool 
             counts[rs] = counts.get(rs, 0) + 1
             add_server(rs)
         now = dests()
-        current = sorted({svc.sched_name for svc in sim.ipvs})
-        if in_use and current != in_use:
-            s.marks.append((ev["i"] + 1, "now " + ", ".join(current)))
-        in_use[:] = current
         for name in now:
             add_server(name)
         s.x.append(ev["i"] + 1)
@@ -117,6 +115,28 @@ def collect(lines: Iterable[str], title: str = "", seed: int = 0, classic: bool 
         if table is not None:
             s.tables.append((svc.describe(), svc.sched_name, table))
     return s
+
+
+def _change_label(ev: dict) -> str | None:
+    """A short label for an ipvsadm step that changes real servers or the
+    scheduler: ``-d 10.1.0.3:53``, ``-e 10.1.0.4:53 w=0``, ``-E -s sh``."""
+    if ev.get("step") != "ipvsadm" or ev.get("rc") != 0:
+        return None
+    words = ev["args"].split()
+    if not words or words[0] not in ("-a", "-d", "-e", "-E"):
+        return None
+
+    def after(opt: str) -> str | None:
+        return words[words.index(opt) + 1] if opt in words[:-1] else None
+
+    parts = [words[0]]
+    if after("-r"):
+        parts.append(str(after("-r")))
+    if words[0] != "-d" and after("-w") is not None:
+        parts.append(f"w={after('-w')}")
+    if words[0] == "-E" and after("-s"):
+        parts.append(f"-s {after('-s')}")
+    return " ".join(parts)
 
 
 def _server_key(name: str) -> tuple[int, int, int]:

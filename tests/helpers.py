@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from lvs.addr import parse_ip
 from lvsd.names import socket_address
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,12 +73,15 @@ def running_lvsd(
     *extra: str,
     prefix: list[str] | None = None,
     socket_name: str | None = None,
-    stderr: int | IO[Any] = subprocess.PIPE,
+    stderr: int | IO[Any] | None = None,
     env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Start ``lvsd --foreground`` on a fresh control socket (``stderr`` where
-    its log goes, ``env`` extra environment); yield the socket name."""
+    its log goes, default a temporary file: lvsd logs every table change, and
+    an undrained pipe would block it); yield the socket name."""
     name = socket_name or unique_socket()
+    own_log = tempfile.TemporaryFile() if stderr is None else None  # noqa: SIM115 - closed below
+    stderr = own_log if own_log is not None else stderr
     proc = subprocess.Popen(
         [*(prefix or []), PY, "-m", "lvsd.main", "--foreground", "--socket", name, *extra],
         stdout=subprocess.DEVNULL, stderr=stderr, text=True, cwd=ROOT, env={**os.environ, **(env or {})},
@@ -85,12 +90,19 @@ def running_lvsd(
         wait_ready(name, prefix)
         yield name
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc)
+        if own_log is not None:
+            own_log.close()
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
 
 
 def control_exchange(name: str, payload: bytes, timeout: float) -> list[dict[str, Any]]:
@@ -115,3 +127,8 @@ def control_exchange(name: str, payload: bytes, timeout: float) -> list[dict[str
         data += chunk
     s.close()
     return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def ip(text: str) -> int:
+    """The core's integer for an address literal (IPv4 or IPv6)."""
+    return parse_ip(text)[1]

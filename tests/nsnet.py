@@ -8,7 +8,11 @@ layout (client, director, real servers), generalised to N real servers.
     real server k (1..N): eth1 = 172.16.0.(1+k)/24 (RIP), eth0 =
                  10.0.0.(2+k)/24 (direct path back to the client)
 
-Everything is torn down by :meth:`Topology.close` (namespaces, hence their
+With ``nat=True`` the real servers have no path of their own to the client:
+no eth0, a default route through the director (172.16.0.1), which forwards.
+
+:class:`Lab` is a topology with an lvsd in the director namespace; :class:`Labs`
+tears down what a fixture built.  Everything is torn down by :meth:`Topology.close` (namespaces, hence their
 interfaces, addresses, nftables tables; the processes started through
 :meth:`Topology.spawn` are killed first).
 """
@@ -23,6 +27,9 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
+
+from .helpers import can_netns, lvsadm, running_lvsd
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -51,8 +58,6 @@ def sh(*args: str, check: bool = True, timeout: float = 30) -> subprocess.Comple
 def dr_netns_reason() -> str | None:
     """None if the DR/TUN namespace tests can run here (root, network
     namespaces, nft for lvsd's rules), else the reason to skip them."""
-    from .helpers import can_netns
-
     why = can_netns()
     if why is None and sh("sh", "-c", "command -v nft", check=False).returncode != 0:
         why = "needs nft (make netdeps)"
@@ -60,12 +65,13 @@ def dr_netns_reason() -> str | None:
 
 
 class Topology:
-    def __init__(self, n_rs: int = 1, v6: bool = False) -> None:
+    def __init__(self, n_rs: int = 1, v6: bool = False, nat: bool = False) -> None:
         tag = f"{os.getpid() % 10000}{uuid.uuid4().hex[:4]}"
         self.client = f"lvc{tag}"
         self.director = f"lvd{tag}"
         self.rs = [f"lvr{k}{tag}" for k in range(1, n_rs + 1)]
         self.v6 = v6
+        self.nat = nat
         self.procs: list[subprocess.Popen[str]] = []
         self.made: list[str] = []
         try:
@@ -127,6 +133,9 @@ class Topology:
             self.ns(d, "ip", "link", "set", f"veth1{k}", "master", "br1", "up")
             self.ns(r, "ip", "link", "set", "eth1", "up")
             self.ns(r, "ip", "addr", "add", f"{rip(k)}/24", "dev", "eth1")
+            if self.nat:
+                self.ns(r, "ip", "route", "add", "default", "via", DIP)
+                continue
             sh(
                 "ip",
                 "link",
@@ -148,6 +157,8 @@ class Topology:
             if self.v6:
                 self.ns(r, "ip", "addr", "add", f"{rip6(k)}/64", "dev", "eth1", "nodad")
                 self.ns(r, "ip", "addr", "add", f"2001:db8:10::{2 + k:x}/64", "dev", "eth0", "nodad")
+        if self.nat:
+            self.sysctl(d, "net.ipv4.ip_forward", "1")
         # let IPv6 link-local addresses settle quietly: no DAD noise needed
         for n in (self.client, self.director, *self.rs):
             self.sysctl(n, "net.ipv6.conf.all.accept_dad", "0")
@@ -168,10 +179,12 @@ class Topology:
         ):
             self.sysctl(r, key, val)
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[str]:
-        """Run a process in a namespace; wait for its "ready" line if it prints one."""
+    def spawn(self, name: str, *args: str, stdin: int | None = None) -> subprocess.Popen[str]:
+        """Run a process in a namespace (stdout and stderr piped); it is
+        killed by :meth:`close`."""
         p = subprocess.Popen(
             [*self.prefix(name), *args],
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -235,3 +248,86 @@ class Topology:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Lab:
+    """A topology with a running lvsd in the director namespace, serving ``vip``."""
+
+    def __init__(self, topo: Topology, sock: str, vip: str = VIP) -> None:
+        self.t = topo
+        self.sock = sock
+        self.vip = vip
+        self.pre = topo.prefix(topo.director)
+        #: the lvs-realserver processes (TUN)
+        self.decaps: list[subprocess.Popen[str]] = []
+
+    def adm(self, *args: str, ok: bool = True) -> str:
+        r = lvsadm(self.sock, *args, prefix=self.pre)
+        if ok:
+            assert r.returncode == 0, (args, r.stdout, r.stderr)
+        return r.stdout + r.stderr
+
+    def tcp(self, n: int, *extra: str) -> list[dict]:
+        return self.t.clients("tcp", self.vip, 8080, n, *extra)
+
+    def diag(self) -> str:
+        """What a failed distribution check prints: the tables and lvsd's
+        own account of the plane (for intermittent failures)."""
+        parts = [self.adm("-L", "-n", "--stats", ok=False), self.adm("-L", "-n", "-c", ok=False)]
+        parts.append(self.adm("--status", ok=False))
+        return "\n".join(parts)
+
+    def udp(self, n: int, *extra: str) -> list[dict]:
+        return self.t.clients("udp", self.vip, 8080, n, *extra)
+
+
+def start_realservers(
+    t: Topology, kind: str, n: int, gue_port: int = 6080, vip: str = VIP
+) -> list[subprocess.Popen[str]]:
+    """The VIP on each real server's lo and, for TUN, its lvs-realserver
+    (returned, ready)."""
+    decaps = []
+    for k in range(1, n + 1):
+        t.realserver_vip(k, vip)
+        if kind == "tun":
+            p = t.spawn(
+                t.rs[k - 1], PY, "-m", "forwarding.realserver", "--vip", vip, "--gue-port", str(gue_port),
+                "--lifetime", "200",
+            )  # fmt: skip
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            assert line.startswith("ready"), line
+            decaps.append(p)
+    return decaps
+
+
+class Labs:
+    """What a lab fixture built: topologies and the lvsd serving each, torn
+    down in reverse (lvsd first: it removes its nftables table; then the
+    namespaces)."""
+
+    def __init__(self) -> None:
+        self._made: list[Any] = []
+
+    def topology(self, n_rs: int, v6: bool = False) -> Topology:
+        topo = Topology(n_rs, v6=v6)
+        self._made.append(topo)
+        return topo
+
+    def lvsd(self, topo: Topology) -> str:
+        cm = running_lvsd("--no-vip", prefix=topo.prefix(topo.director))
+        sock = cm.__enter__()
+        self._made.append(cm)
+        return sock
+
+    def close(self) -> None:
+        for obj in reversed(self._made):
+            if isinstance(obj, Topology):
+                obj.close()
+            else:
+                obj.__exit__(None, None, None)
+
+
+def servers(results: list[dict]) -> list[str]:
+    assert all(r["ok"] and r["intact"] for r in results), results
+    return [r["server"] for r in results]

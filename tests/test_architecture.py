@@ -1,6 +1,7 @@
 """The house rules (docs/architecture.md), read from the source with ``ast``.
 
-* No import cycle between two project modules, counting imports inside
+* Each room imports only what it may (``ROOMS``), and no import cycle joins
+  two project modules, counting imports inside
   ``if TYPE_CHECKING:`` blocks and function bodies.
 * ``lvs/`` and ``schedulers/`` are pure: they import no I/O module (sockets,
   event loops, threads, processes, clock, signals), read no file, argv,
@@ -28,8 +29,17 @@ IO_MODULES = frozenset(
      "multiprocessing", "concurrent", "socketserver", "http", "urllib", "shutil", "tempfile", "pathlib",
      "fcntl", "select", "mmap", "io_uring", "pyroute2", "scapy", "grp", "pwd"}
 )
-#: the project packages a pure module may import (anything else of the project is a shell)
-PURE_MAY_IMPORT = {"lvs": {"lvs"}, "schedulers": {"lvs", "schedulers"}}
+#: the rooms (docs/architecture.md) and the project packages each may import:
+#: the shells only the core, the program everything
+ROOMS: dict[str, set[str] | None] = {
+    "lvs": {"lvs"},
+    "schedulers": {"lvs", "schedulers"},
+    "forwarding": {"lvs", "forwarding"},
+    "checkers": {"lvs", "checkers"},
+    "teaching": {"lvs", "teaching"},
+    "lvsd": None,  # the program wires everything
+}
+PURE_MAY_IMPORT = {package: ROOMS[package] for package in PURE}
 #: attribute reads that reach the host: environment, argv, standard streams,
 #: the clock, the entropy pool, process identity, files by descriptor
 HOST_ATTRIBUTES = frozenset(
@@ -188,6 +198,41 @@ def test_no_import_cycle() -> None:
     graph = import_graph()
     cycles = strongly_connected(graph)
     assert not cycles, "\n".join(_cycle_text(c, graph) for c in cycles)
+
+
+def test_every_package_has_a_room() -> None:
+    missing = set(project_packages()) - set(ROOMS)
+    assert not missing, f"add {sorted(missing)} to ROOMS here and to docs/architecture.md"
+
+
+def test_rooms_import_only_what_they_may() -> None:
+    """The data planes, checkers, schedulers and teaching import the core and
+    nothing else of the project; only the program (lvsd/) wires them."""
+    problems = []
+    for module, edges in import_graph().items():
+        allowed = ROOMS.get(module.split(".")[0])
+        if allowed is None:
+            continue
+        for target, line in sorted(edges.items()):
+            if target.split(".")[0] not in allowed:
+                problems.append(f"{MODULES[module].relative_to(ROOT)}:{line}: {module} imports {target}")
+    assert not problems, "\n".join(problems)
+
+
+def test_tests_share_helpers_not_test_modules() -> None:
+    """What several test files need lives in a helper module (helpers.py,
+    natlab.py, nsnet.py, ...), never in another test file."""
+    problems = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module or ''}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(n.split(".")[-1].startswith(("test_", "conftest")) for n in names):
+                problems.append(f"tests/{path.name}:{node.lineno}")
+    assert not problems, "imports of test modules: " + ", ".join(problems)
 
 
 def test_cycle_finder_finds_a_cycle() -> None:

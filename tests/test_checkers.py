@@ -26,10 +26,8 @@ from checkers import Outcome, probe_for
 from lvs.ctl import IPVS
 from lvs.health import Checker, HealthMonitor
 from lvs.keepalived_conf import parse_keepalived
+from tests.healthlab import free_port, start_server, stop, table, wait_for
 from tests.helpers import can_netns, running_lvsd
-from tests.test_health_e2e import free_port, procs, start_server, stop, table, wait_for
-
-assert procs  # the fixture, imported for the tests below
 
 UDP = 2
 
@@ -241,6 +239,11 @@ def test_quorum_loss_brings_the_sorry_server(tmp_path: Path, procs: list) -> Non
     for p in (p1, p2, sorry):
         procs.append(start_server("http", "127.0.0.1", str(p)))
     conf = tmp_path / "keepalived.conf"
+    events = tmp_path / "events"
+
+    def note(word: str) -> str:
+        return f"\"/bin/sh -c 'echo {word} >> {events}'\""
+
     conf.write_text(
         f"""virtual_server 127.0.0.1 {vport} {{
     delay_loop 1
@@ -248,11 +251,15 @@ def test_quorum_loss_brings_the_sorry_server(tmp_path: Path, procs: list) -> Non
     lb_kind NAT
     protocol TCP
     quorum 2
+    quorum_up {note("quorum-up")}
+    quorum_down {note("quorum-down")}
     sorry_server 127.0.0.1 {sorry}
     real_server 127.0.0.1 {p1} {{
         TCP_CHECK {{ connect_timeout 1 }}
     }}
     real_server 127.0.0.1 {p2} {{
+        notify_down {note("p2-down")}
+        notify_up {note("p2-up")}
         TCP_CHECK {{ connect_timeout 1 }}
     }}
 }}
@@ -265,3 +272,15 @@ def test_quorum_loss_brings_the_sorry_server(tmp_path: Path, procs: list) -> Non
         wait_for(sock, lambda t: f":{sorry}" in t and f":{p1}" not in t and f":{p2}" not in t, 10)
         procs[1] = start_server("http", "127.0.0.1", str(p2))
         wait_for(sock, lambda t: f":{sorry}" not in t and f":{p1}" in t and f":{p2}" in t, 10)
+        deadline = time.monotonic() + 5
+        # quorum_up runs at start too (keepalived: "Gained quorum" at start-up); scripts of one
+        # transition run side by side, so only the order of the transitions is fixed
+        want = [{"quorum-up"}, {"p2-down", "quorum-down"}, {"p2-up", "quorum-up"}]
+
+        def seen() -> list[set[str]]:
+            words = events.read_text().split() if events.exists() else []
+            return [set(words[0:1]), set(words[1:3]), set(words[3:5])] if len(words) == 5 else []
+
+        while seen() != want and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert seen() == want, events.read_text()

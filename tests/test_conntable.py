@@ -52,11 +52,7 @@ from lvs.model import Dest, Flow, Service, ServiceKey
 from lvs.proto_tcp import ACK, FIN, PSH, RST, SYN
 from lvs.sched import conn_overhead
 from lvs.timerwheel import SLOT, TimerWheel
-
-
-def ip(text: str) -> int:
-    return parse_ip(text)[1]
-
+from tests.helpers import ip
 
 VIP1, VIP2, VIP3 = ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3")
 REAL = [ip(f"192.168.0.{i}") for i in (1, 2, 3)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 
-from lvs.addr import parse_ip
 from lvs.conn import (
     CTPL_S_ASSURED,
     TCP_S_CLOSE,
@@ -43,12 +42,7 @@ from lvs.core import ACCEPT, DROP, FORWARD, REJECT, Director, Verdict
 from lvs.ctl import IPVS, DestSpec, ServiceSpec
 from lvs.model import Dest, Flow, ServiceKey
 from lvs.proto_tcp import ACK, FIN, RST, SYN
-
-
-def ip(text: str) -> int:
-    """The integer of a dotted IPv4 address."""
-    return parse_ip(text)[1]
-
+from tests.helpers import ip
 
 VIP = ip("10.0.0.1")
 CLIENT = ip("172.16.1.5")

@@ -250,7 +250,11 @@ def test_state_is_saved_on_exit_and_restored_on_start(tmp_path: Path) -> None:
         lvsadm(name, "-A", "-t", "10.0.0.1:80", "-s", "sh", "-b", "sh-port")
         lvsadm(name, "-a", "-t", "10.0.0.1:80", "-r", "10.1.0.1:80", "-w", "4")
         saved = lvsadm(name, "-S", "-n").stdout
-    assert state.read_text() == saved
+    assert json.loads(state.read_text())["rules"] == saved
+    with running_lvsd("--no-nat", "--state", str(state)) as name:
+        assert lvsadm(name, "-S", "-n").stdout == saved
+    # an ipvsadm -S file given as --state is read as such
+    state.write_text(saved)
     with running_lvsd("--no-nat", "--state", str(state)) as name:
         assert lvsadm(name, "-S", "-n").stdout == saved
 

@@ -22,10 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from forwarding import packet as P
-from forwarding import tun as T
+from forwarding import packet, tun
 from forwarding.capture import TP_STATUS_CSUMNOTREADY, layout_frames
-from forwarding.dr import DirectPlane, LinkInfo, NextHop, Resolver
+from forwarding.dr import DirectPlane
 from lvs.addr import parse_ip
 from lvs.conn import TCP_S_ESTABLISHED, TCP_S_FIN_WAIT
 from lvs.constants import (
@@ -40,6 +39,8 @@ from lvs.core import Director
 from lvs.ctl import IPVS, DestSpec, ServiceSpec
 from lvs.model import Flow, ServiceKey
 
+from .drfakes import IFX_IN, RS_INT, VIP, VIP_INT, FailingTx, FakeTx, OneHopResolver, PlainTx
+
 scapy_all = pytest.importorskip("scapy.all")
 Ether = scapy_all.Ether
 IP = scapy_all.IP
@@ -47,91 +48,6 @@ TCP = scapy_all.TCP
 UDP = scapy_all.UDP
 Raw = scapy_all.Raw
 
-VIP = "207.175.44.110"
-VIP_INT = parse_ip(VIP)[1]
-RS = ("172.16.0.2", "172.16.0.3")
-RS_INT = tuple(parse_ip(r)[1] for r in RS)
-IFX_IN = 2
-
-
-class FakeTx:
-    """Records frames; ``sender`` like TxSockets (the fast path's route)."""
-
-    def __init__(self) -> None:
-        self.frames: list[tuple[int, bytes]] = []
-        self.sent = 0
-        self.errors = 0
-
-    def send(self, ifindex: int, frame: bytes | bytearray) -> bool:
-        self.frames.append((ifindex, bytes(frame)))
-        self.sent += 1
-        return True
-
-    def sender(self, ifindex: int):
-        frames = self.frames
-
-        def send(frame: bytes) -> None:
-            frames.append((ifindex, bytes(frame)))
-
-        return send
-
-    def count(self, sent: int, errors: int = 0) -> None:
-        self.sent += sent
-        self.errors += errors
-
-    def close(self) -> None:
-        pass
-
-
-class PlainTx(FakeTx):
-    """A transmitter without ``sender``: the fast path falls back to send()."""
-
-    sender = None  # type: ignore[assignment]
-
-
-class FailingTx(FakeTx):
-    """Every send fails (a full socket buffer, a vanished interface)."""
-
-    def send(self, ifindex: int, frame: bytes | bytearray) -> bool:
-        self.errors += 1
-        return False
-
-    def sender(self, ifindex: int):
-        def send(frame: bytes) -> None:
-            raise BlockingIOError(11, "Resource temporarily unavailable")
-
-        return send
-
-
-class StableResolver(Resolver):
-    """Every real server one hop away on interface 3 (MTU 1500), one NextHop
-    object per address (as the real cache keeps them)."""
-
-    def __init__(self) -> None:
-        super().__init__(None)
-        self.links = {IFX_IN: LinkInfo(IFX_IN, "in0", b"\x02\x00\x00\x00\x00\x02", 1500)}
-        self.hops: dict[tuple[int, int], NextHop] = {}
-
-    def lookup(self, af: int, addr: int, now: float) -> NextHop:
-        nh = self.hops.get((af, addr))
-        if nh is None:
-            etype = P.ETH_P_IPV6 if af == P.AF_INET6 else P.ETH_P_IP
-            mac = b"\x02\x00\x00\x00\x01" + bytes((addr & 0xFF,))
-            nh = self.hops[(af, addr)] = NextHop(
-                ifindex=3,
-                l2=P.ethernet_header(mac, b"\x02\x00\x00\x00\x00\x03", etype),
-                src=parse_ip("172.16.0.1")[1],
-                mtu=1500,
-                expires=1e18,
-                ok=True,
-            )
-        return nh
-
-    def link(self, ifindex: int) -> LinkInfo | None:
-        return self.links.get(ifindex)
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -158,7 +74,7 @@ def make_plane(cfg: Config, fast: bool) -> tuple[DirectPlane, FakeTx]:
     tx = FailingTx() if cfg.failing_tx else PlainTx() if cfg.plain_tx else FakeTx()
     plane = DirectPlane(
         director, lambda: 0.0, guard=False, capture=False, tx=tx,  # type: ignore[arg-type]
-        resolver=StableResolver(), fast_path=fast,
+        resolver=OneHopResolver(), fast_path=fast,
     )  # fmt: skip
     plane.start()
     return plane, tx
@@ -235,7 +151,7 @@ events = st.one_of(
 # driving and comparing
 # -----------------------------------------------------------------------------
 def run(cfg: Config, fast: bool, evs: list) -> tuple[DirectPlane, FakeTx]:
-    T._ids = itertools.count(1)  # the IPIP identification counter, same for both runs
+    tun._ids = itertools.count(1)  # the IPIP identification counter, same for both runs
     plane, tx = make_plane(cfg, fast)
     ipvs = plane.ipvs
     t = 1.0
@@ -456,9 +372,9 @@ def test_account_in_equals_process_in(tcp: bool, batches: list[tuple[int, int, f
         d = Director(ipvs)
         flow = Flow(socket.AF_INET, proto, parse_ip("10.0.0.2")[1], 40000, VIP_INT, 8080)
         t = 1.0
-        v = d.process_in(flow, t, P.TCP_SYN, 60)
+        v = d.process_in(flow, t, packet.TCP_SYN, 60)
         if tcp:
-            d.process_in(flow, t, P.TCP_ACK, 52)
+            d.process_in(flow, t, packet.TCP_ACK, 52)
         cp = v.conn
         assert cp is not None
         for n, size, dt in batches:
@@ -467,7 +383,7 @@ def test_account_in_equals_process_in(tcp: bool, batches: list[tuple[int, int, f
                 d.account_in(cp, t, n, n * size)
             else:
                 for _ in range(n):
-                    d.process_in(flow, t, P.TCP_ACK | P.TCP_PSH, size)
+                    d.process_in(flow, t, packet.TCP_ACK | packet.TCP_PSH, size)
         dest = cp.dest
         assert dest is not None
         conn = tuple(getattr(cp, f) for f in CONN_FIELDS)

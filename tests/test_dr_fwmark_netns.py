@@ -20,8 +20,21 @@ from collections.abc import Iterator
 import pytest
 
 from .helpers import lvsadm, running_lvsd
-from .nsnet import PY, ROOT, VIP, VIP6, Topology, dr_netns_reason, rip, rip6, sh
-from .test_dr_tun_netns import Lab, Labs, servers, start_realservers
+from .nsnet import (
+    PY,
+    ROOT,
+    VIP,
+    VIP6,
+    Lab,
+    Labs,
+    Topology,
+    dr_netns_reason,
+    rip,
+    rip6,
+    servers,
+    sh,
+    start_realservers,
+)
 
 _why = dr_netns_reason()
 pytestmark = [
@@ -280,23 +293,23 @@ def test_fwmark_v6_dr() -> None:
 # 4. verdict batching (no kernel needed)
 # -----------------------------------------------------------------------------
 def test_verdict_runs_become_batches() -> None:
-    from forwarding import nfqueue as Q
+    from forwarding import nfqueue
 
-    q = object.__new__(Q.NfQueue)
+    q = object.__new__(nfqueue.NfQueue)
     q.queue_num = 5
     q._seq = 0
     q.verdict_msgs = 0
-    ids = [(1, Q.NF_DROP), (2, Q.NF_DROP), (3, Q.NF_DROP), (4, Q.NF_ACCEPT), (5, Q.NF_DROP), (6, Q.NF_DROP)]
+    ids = [(1, nfqueue.NF_DROP), (2, nfqueue.NF_DROP), (3, nfqueue.NF_DROP), (4, nfqueue.NF_ACCEPT), (5, nfqueue.NF_DROP), (6, nfqueue.NF_DROP)]
     data = q.verdict_messages(ids)
     got = []
-    for mtype, _flags, body, end in Q.iter_msgs(data, 0, len(data)):
+    for mtype, _flags, body, end in nfqueue.iter_msgs(data, 0, len(data)):
         (res_id,) = struct.unpack_from("!H", data, body + 2)
-        for kind, s, _e in Q.iter_attrs(data, body + 4, end):
-            assert kind == Q.NFQA_VERDICT_HDR
+        for kind, s, _e in nfqueue.iter_attrs(data, body + 4, end):
+            assert kind == nfqueue.NFQA_VERDICT_HDR
             got.append((mtype & 0xFF, res_id, *struct.unpack_from("!II", data, s)))
     assert got == [
-        (Q.NFQNL_MSG_VERDICT_BATCH, 5, Q.NF_DROP, 3),
-        (Q.NFQNL_MSG_VERDICT, 5, Q.NF_ACCEPT, 4),
-        (Q.NFQNL_MSG_VERDICT_BATCH, 5, Q.NF_DROP, 6),
+        (nfqueue.NFQNL_MSG_VERDICT_BATCH, 5, nfqueue.NF_DROP, 3),
+        (nfqueue.NFQNL_MSG_VERDICT, 5, nfqueue.NF_ACCEPT, 4),
+        (nfqueue.NFQNL_MSG_VERDICT_BATCH, 5, nfqueue.NF_DROP, 6),
     ]
     assert q.verdict_msgs == 3

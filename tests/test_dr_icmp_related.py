@@ -14,18 +14,17 @@ import socket
 
 import pytest
 
-from forwarding import icmp_related as IR
-from forwarding import packet as P
-from forwarding import tun as T
+from forwarding import icmp_related, packet, tun
 from forwarding.capture import Target, compile_filter, run_filter
-from forwarding.dr import DirectPlane, LinkInfo, NextHop, Resolver
-from lvs.addr import parse_ip
+from forwarding.dr import DirectPlane
 from lvs.constants import CONN_F_DROUTE, CONN_F_TUNNEL, TUN_TYPE_GUE, TUN_TYPE_IPIP
 from lvs.core import Director
 from lvs.ctl import IPVS, DestSpec, ServiceSpec
 from lvs.model import ServiceKey
 
-from .test_dr_fastpath import PlainTx as Tx
+from .drfakes import DIP, IFX_IN, IFX_OUT, OUR_MAC, RS, RS6, VIP, VIP6, OneHopResolver, rs_mac
+from .drfakes import PlainTx as Tx
+from .helpers import ip
 
 scapy_all = pytest.importorskip("scapy.all")
 Ether = scapy_all.Ether
@@ -41,56 +40,22 @@ ICMPv6ParamProblem = scapy_all.ICMPv6ParamProblem
 ICMPv6DestUnreach = scapy_all.ICMPv6DestUnreach
 ICMPv6EchoRequest = scapy_all.ICMPv6EchoRequest
 
-VIP = "207.175.44.110"
-VIP6 = "2001:db8:ffff::110"
 CLIENT = "10.0.0.2"
 CLIENT6 = "2001:db8:10::2"
 ROUTER = "10.0.0.254"
 ROUTER6 = "2001:db8:10::fe"
-RS = ("172.16.0.2", "172.16.0.3")
-RS6 = ("2001:db8:16::2", "2001:db8:16::3")
-DIP = "172.16.0.1"
-DIP6 = "2001:db8:16::1"
-IFX_IN = 2
-IFX_OUT = 3
-OUR_MAC = b"\x02\x00\x00\x00\x00\x03"
 
 
-def ip_int(text: str) -> int:
-    return parse_ip(text)[1]
-
-
-def rs_mac(addr: int) -> bytes:
-    return b"\x02\x00\x00\x00\x01" + bytes((addr & 0xFF,))
-
-
-class OneHopResolver(Resolver):
-    """Every real server on interface 3, one hop away, MTU 1500."""
-
-    def __init__(self) -> None:
-        super().__init__(None)
-        self.links = {IFX_IN: LinkInfo(IFX_IN, "in0", b"\x02\x00\x00\x00\x00\x02", 1500)}
-
-    def lookup(self, af: int, addr: int, now: float) -> NextHop:
-        etype = P.ETH_P_IPV6 if af == P.AF_INET6 else P.ETH_P_IP
-        src = ip_int(DIP6 if af == P.AF_INET6 else DIP)
-        return NextHop(IFX_OUT, P.ethernet_header(rs_mac(addr), OUR_MAC, etype), src, 1500, 1e18, True)
-
-    def link(self, ifindex: int) -> LinkInfo | None:
-        return self.links.get(ifindex)
-
-    def close(self) -> None:
-        pass
 
 
 def make_plane(af: int, fwd: int, tun_type: int = TUN_TYPE_IPIP) -> tuple[DirectPlane, Tx, IPVS]:
     ipvs = IPVS()
-    vip = ip_int(VIP6 if af == socket.AF_INET6 else VIP)
+    vip = ip(VIP6 if af == socket.AF_INET6 else VIP)
     for proto in (6, 17):
         key = ServiceKey(af, proto, vip, 8080)
         ipvs.add_service(ServiceSpec(key, "rr"))
         for rs in RS6 if af == socket.AF_INET6 else RS:
-            ipvs.add_dest(key, DestSpec(af, ip_int(rs), 8080, fwd=fwd, tun_type=tun_type, tun_port=6080))
+            ipvs.add_dest(key, DestSpec(af, ip(rs), 8080, fwd=fwd, tun_type=tun_type, tun_port=6080))
     tx = Tx()
     plane = DirectPlane(
         Director(ipvs), lambda: 1.0, guard=False, capture=False, tx=tx,  # type: ignore[arg-type]
@@ -172,7 +137,7 @@ def test_dr_v4_error_goes_to_the_connections_real_server(icmp) -> None:
     orig = IP(frame[14:])
     assert sent.ttl == orig.ttl - 1
     assert bytes(sent[ICMP]) == bytes(orig[ICMP])
-    assert P.ipv4_header_ok(out, 14, 20)
+    assert packet.ipv4_header_ok(out, 14, 20)
     ln = len(frame) - 14
     assert (dest.stats.inpkts, dest.stats.inbytes, cp.in_pkts) == (
         before[0] + 1,
@@ -235,7 +200,7 @@ def test_malformed_and_fragmented_quotes_stay_local() -> None:
     frag = bytearray(icmp_frame(ICMP(type=11), bytes(q)))
     frag[14 + 6] = 0x20  # MF
     frag[14 + 10 : 14 + 12] = b"\x00\x00"
-    frag[14 + 10 : 14 + 12] = P.checksum(bytes(frag[14:34])).to_bytes(2, "big")
+    frag[14 + 10 : 14 + 12] = packet.checksum(bytes(frag[14:34])).to_bytes(2, "big")
     feed(plane, bytes(frag))
     assert tx.frames == [] and related_count(plane) == 0
 
@@ -277,10 +242,10 @@ def test_tun_v4_error_is_encapsulated(tun_type: int) -> None:
     assert out[:6] == rs_mac(cp.daddr)
     outer = out[14:]
     assert outer[16:20] == cp.daddr.to_bytes(4, "big")
-    res = T.decapsulate(outer, P.AF_INET, 6080)
+    res = tun.decapsulate(outer, packet.AF_INET, 6080)
     assert res is not None
     af, inner = res
-    assert af == P.AF_INET
+    assert af == packet.AF_INET
     orig = bytes(IP(frame[14:]))
     assert inner[8] == orig[8] - 1  # TTL decremented
     assert inner[20:] == orig[20:]  # the ICMP message unchanged
@@ -309,8 +274,8 @@ def test_v6_errors_are_forwarded(fwd: int, icmp) -> None:
     if fwd == CONN_F_DROUTE:
         sent = out[14:]
     else:
-        assert out[14 + 6] == P.IPPROTO_IPV6  # IPv6 in IPv6
-        res = T.decapsulate(out[14:], P.AF_INET6)
+        assert out[14 + 6] == packet.IPPROTO_IPV6  # IPv6 in IPv6
+        res = tun.decapsulate(out[14:], packet.AF_INET6)
         assert res is not None
         sent = res[1]
     assert sent[7] == orig[7] - 1
@@ -331,15 +296,15 @@ def test_v6_informational_and_bad_checksum_stay_local() -> None:
 
 def test_related_key_is_reversed() -> None:
     frame = icmp_frame(ICMP(type=11), reply_quote(False, cport=41234))
-    p = P.parse_frame(frame)
+    p = packet.parse_frame(frame)
     assert p is not None
-    rel = IR.related(frame, p)
+    rel = icmp_related.related(frame, p)
     assert rel is not None
     assert (rel.protocol, rel.caddr, rel.cport, rel.vaddr, rel.vport) == (
         6,
-        ip_int(CLIENT),
+        ip(CLIENT),
         41234,
-        ip_int(VIP),
+        ip(VIP),
         8080,
     )
     assert rel.csum_ok
@@ -351,8 +316,8 @@ def test_related_key_is_reversed() -> None:
 def test_filter_lets_icmp_errors_to_served_addresses_through() -> None:
     prog = compile_filter(
         [
-            Target(socket.AF_INET, ip_int(VIP), 6, 8080),
-            Target(socket.AF_INET6, ip_int(VIP6), 6, 8080),
+            Target(socket.AF_INET, ip(VIP), 6, 8080),
+            Target(socket.AF_INET6, ip(VIP6), 6, 8080),
         ]
     )
     q4, q6 = reply_quote(False), reply_quote(True)

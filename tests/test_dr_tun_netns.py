@@ -17,12 +17,11 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from .helpers import lvsadm, running_lvsd
-from .nsnet import PY, ROOT, VIP, Topology, dr_netns_reason, rip, sh
+from .nsnet import PY, ROOT, VIP, Lab, Labs, Topology, dr_netns_reason, rip, servers, sh, start_realservers
 
 _why = dr_netns_reason()
 pytestmark = [
@@ -31,88 +30,6 @@ pytestmark = [
     pytest.mark.skipif(_why is not None, reason=_why or ""),
 ]
 
-try:
-    import lvs.ipvsadm.commands  # noqa: F401
-except ImportError:  # pragma: no cover
-    pytestmark.append(pytest.mark.skip(reason="lvsadm commands not available"))
-
-
-class Lab:
-    """A topology with a running lvsd in the director namespace, serving ``vip``."""
-
-    def __init__(self, topo: Topology, sock: str, vip: str = VIP) -> None:
-        self.t = topo
-        self.sock = sock
-        self.vip = vip
-        self.pre = topo.prefix(topo.director)
-        #: the lvs-realserver processes (TUN)
-        self.decaps: list[subprocess.Popen[str]] = []
-
-    def adm(self, *args: str, ok: bool = True) -> str:
-        r = lvsadm(self.sock, *args, prefix=self.pre)
-        if ok:
-            assert r.returncode == 0, (args, r.stdout, r.stderr)
-        return r.stdout + r.stderr
-
-    def tcp(self, n: int, *extra: str) -> list[dict]:
-        return self.t.clients("tcp", self.vip, 8080, n, *extra)
-
-    def diag(self) -> str:
-        """What a failed distribution check prints: the tables and lvsd's
-        own account of the plane (for intermittent failures)."""
-        parts = [self.adm("-L", "-n", "--stats", ok=False), self.adm("-L", "-n", "-c", ok=False)]
-        parts.append(self.adm("--status", ok=False))
-        return "\n".join(parts)
-
-    def udp(self, n: int, *extra: str) -> list[dict]:
-        return self.t.clients("udp", self.vip, 8080, n, *extra)
-
-
-def start_realservers(
-    t: Topology, kind: str, n: int, gue_port: int = 6080, vip: str = VIP
-) -> list[subprocess.Popen[str]]:
-    """The VIP on each real server's lo and, for TUN, its lvs-realserver
-    (returned, ready)."""
-    decaps = []
-    for k in range(1, n + 1):
-        t.realserver_vip(k, vip)
-        if kind == "tun":
-            p = t.spawn(
-                t.rs[k - 1], PY, "-m", "forwarding.realserver", "--vip", vip, "--gue-port", str(gue_port),
-                "--lifetime", "200",
-            )  # fmt: skip
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            assert line.startswith("ready"), line
-            decaps.append(p)
-    return decaps
-
-
-class Labs:
-    """What a lab fixture built: topologies and the lvsd serving each, torn
-    down in reverse (lvsd first: it removes its nftables table; then the
-    namespaces)."""
-
-    def __init__(self) -> None:
-        self._made: list[Any] = []
-
-    def topology(self, n_rs: int, v6: bool = False) -> Topology:
-        topo = Topology(n_rs, v6=v6)
-        self._made.append(topo)
-        return topo
-
-    def lvsd(self, topo: Topology) -> str:
-        cm = running_lvsd("--no-vip", prefix=topo.prefix(topo.director))
-        sock = cm.__enter__()
-        self._made.append(cm)
-        return sock
-
-    def close(self) -> None:
-        for obj in reversed(self._made):
-            if isinstance(obj, Topology):
-                obj.close()
-            else:
-                obj.__exit__(None, None, None)
 
 
 @pytest.fixture
@@ -130,11 +47,6 @@ def lab_factory() -> Iterator:
 
     yield make
     labs.close()
-
-
-def servers(results: list[dict]) -> list[str]:
-    assert all(r["ok"] and r["intact"] for r in results), results
-    return [r["server"] for r in results]
 
 
 # -----------------------------------------------------------------------------

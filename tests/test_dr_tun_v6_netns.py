@@ -24,8 +24,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .nsnet import VIP6, dr_netns_reason, rip6
-from .test_dr_tun_netns import Lab, Labs, servers, start_realservers
+from .nsnet import VIP6, Lab, Labs, dr_netns_reason, rip6, servers, start_realservers
 
 _why = dr_netns_reason()
 pytestmark = [

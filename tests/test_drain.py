@@ -9,8 +9,8 @@ import socket
 import subprocess
 import time
 
+from tests.healthlab import free_port
 from tests.helpers import PY, ROOT, lvsadm, running_lvsd
-from tests.test_health_e2e import free_port
 
 
 def connect(port: int) -> tuple[socket.socket, int]:

@@ -6,16 +6,22 @@ the simulation made, and that the text is plain ASCII words."""
 from __future__ import annotations
 
 import re
+from functools import cache
 from itertools import pairwise
 from math import gcd
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
 
+from lvs.constants import AF_INET, DEST_F_OVERLOAD, IPPROTO_TCP, SVC_F_SCHED1, SVC_F_SCHED2
 from lvs.explain import chosen
+from lvs.model import Flow, SchedContext
 from lvs.sched import SCHEDULER_NAMES
 from lvs.simulate import Simulation
 from schedulers.hashing import hsiphash_u32_py
+from tests.schedlab import add, make_service
 
 DATA = Path(__file__).parent / "data"
 SCENARIOS = sorted(p.stem for p in (DATA / "scenarios").glob("*.scn"))
@@ -24,7 +30,9 @@ MH_KEY1 = (2654435761, 2654435761)
 MH_SIZE = 4093
 
 
+@cache
 def run(name: str, classic: bool = False) -> list[dict]:
+    """The flow lines of a scenario run with --explain (cached: several tests read them)."""
     sim = Simulation(seed=0, explain=True, classic=classic)
     out: list[dict] = []
     sim.run((DATA / "scenarios" / f"{name}.scn").read_text().splitlines(), out.append)
@@ -129,6 +137,9 @@ def check_wrr(acc: dict, rows: dict[str, dict]) -> None:
     assert acc["max_weight"] == max(weights, default=0)
     assert acc["mw"] == acc["max_weight"] - (g - 1)
     passes = [st["cw"] for st in acc["steps"] if st["kind"] == "pass"]
+    if acc["mw"] == 0:
+        assert acc["gave_up"] == "every weight is 0" and not passes and acc["chosen"] is None
+        return
     assert passes[0] == acc["cw"]
     for a, b in pairwise(passes):
         assert b == a - g or (a - g <= 0 and b == acc["mw"])
@@ -287,3 +298,50 @@ def test_explain_text_reads_well() -> None:
     assert any(x.startswith("persistent service: the template for client net") for d in persist for x in d["explain"])
     mh = run("mh-fallback-udp")
     assert any("fallback probe" in x for d in mh for x in d["explain"])
+
+
+# -- property: the account is the decision, and asking for it changes nothing ----
+
+SERVER = hs.tuples(hs.integers(0, 5), hs.integers(0, 12), hs.integers(0, 12), hs.booleans())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=hs.sampled_from(SCHEDULER_NAMES),
+    servers=hs.lists(SERVER, min_size=1, max_size=7),
+    warmup=hs.lists(hs.integers(0, 40), max_size=6),
+    clients=hs.lists(hs.integers(0, 40), min_size=1, max_size=4),
+    flags=hs.integers(0, 3),
+    classic=hs.booleans(),
+    index=hs.booleans(),
+)
+def test_account_is_the_decision(name, servers, warmup, clients, flags, classic, index) -> None:  # type: ignore[no-untyped-def]
+    import random
+
+    svc = make_service(name, SchedContext(rng=random.Random(5), classic=classic), index_min=0 if index else None)
+    svc.flags |= (SVC_F_SCHED1 if flags & 1 else 0) | (SVC_F_SCHED2 if flags & 2 else 0)
+    dests = [add(svc, k + 1, w) for k, (w, _, _, _) in enumerate(servers)]
+
+    def flow(c: int) -> Flow:
+        # sh/mh hash the client, dh/lblc/lblcr the destination: vary both
+        return Flow(AF_INET, IPPROTO_TCP, 0x0A020000 + c, 20000 + c, 0x0A030000 + c % 5, 80, 0)
+
+    for c in warmup:
+        svc.scheduler.schedule(flow(c), 1.0)
+    for dest, (_, active, inactive, overloaded) in zip(dests, servers):
+        dest.activeconns, dest.inactconns = active, inactive
+        if overloaded:
+            dest.flags |= DEST_F_OVERLOAD
+        svc.scheduler.counts_changed(dest)
+    for c in clients:
+        acc = svc.scheduler.account(flow(c), 2.0)
+        again = svc.scheduler.account(flow(c), 2.0)
+        assert again == acc  # asking changes nothing
+        dest = svc.scheduler.schedule(flow(c), 2.0)
+        assert acc["chosen"] == (None if dest is None else dest.endpoint())
+        extra = acc.get("set_rows", []) + ([acc["cached_row"]] if "cached_row" in acc else [])
+        rows = {r["server"]: r for r in extra + acc["servers"]}
+        for r in acc["servers"]:
+            assert r["overhead"] == overhead(r, classic)
+        check_reasons(acc, rows)
+        CHECKS[name](acc, rows)

@@ -13,70 +13,30 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lvsd.client import Client
-from tests.helpers import PY, ROOT, lvsadm, running_lvsd
+from tests.healthlab import (
+    CONNECT_TIMEOUT,
+    DELAY_BEFORE_RETRY,
+    DELAY_LOOP,
+    RETRY,
+    free_port,
+    start_server,
+    stop,
+    table,
+    wait_for,
+    write_conf,
+)
+from tests.helpers import lvsadm, running_lvsd
 
-SERVERS = ROOT / "tests" / "health_servers.py"
-DELAY_LOOP, CONNECT_TIMEOUT, RETRY, DELAY_BEFORE_RETRY = 1, 1, 1, 1
 BOUND = DELAY_LOOP + CONNECT_TIMEOUT + RETRY * DELAY_BEFORE_RETRY + 1
 #: the machine is shared by many test runs: allowed on top of the issue's bound
 SLACK = 2.0
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(*args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [PY, str(SERVERS), *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.strip() == "ready", f"test server {args} did not start"
-    return proc
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(5)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:
-        stop(p)
-
-
-def table(sock: str) -> str:
-    with Client(autostart=False, name=sock) as c:
-        return c.call("ipvsadm", argv=["-L", "-n"])["stdout"]
-
-
-def wait_for(sock: str, pred, timeout: float) -> float:  # type: ignore[no-untyped-def]
-    """Poll ``-L -n`` until ``pred(text)``; the time it took."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if pred(table(sock)):
-            return time.monotonic() - t0
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s:\n{table(sock)}")
 
 
 class Load(threading.Thread):
@@ -103,42 +63,12 @@ class Load(threading.Thread):
         return [r for r in self.results if r[0] >= t and not r[1]]
 
 
-def write_conf(path: Path, vport: int, ports: list[int], inhibit: bool) -> None:
-    rs = "".join(
-        f"""
-    real_server 127.0.0.1 {p} {{
-        weight 1
-        HTTP_GET {{
-            url {{
-                path /
-                status_code 200
-            }}
-            connect_timeout {CONNECT_TIMEOUT}
-            retry {RETRY}
-            delay_before_retry {DELAY_BEFORE_RETRY}
-        }}
-    }}"""
-        for p in ports
-    )
-    path.write_text(
-        f"""! keepalived.conf as an operator writes it
-global_defs {{
-    router_id LVS_TEST
-}}
-virtual_server 127.0.0.1 {vport} {{
-    delay_loop {DELAY_LOOP}
-    lb_algo rr
-    lb_kind NAT
-    protocol TCP
-    {"inhibit_on_failure" if inhibit else ""}
-{rs}
-}}
-"""
-    )
-
-
-@pytest.mark.parametrize("inhibit", [False, True], ids=["remove", "inhibit"])
-def test_backend_killed_leaves_and_comes_back(tmp_path: Path, procs: list, inhibit: bool) -> None:
+@pytest.mark.parametrize(
+    ("inhibit", "in_process"), [(False, False), (True, True)], ids=["remove", "inhibit-in-process"]
+)
+def test_backend_killed_leaves_and_comes_back(
+    tmp_path: Path, procs: list, inhibit: bool, in_process: bool
+) -> None:
     vport = free_port()
     ports = [free_port() for _ in range(3)]
     for p in ports:
@@ -147,7 +77,8 @@ def test_backend_killed_leaves_and_comes_back(tmp_path: Path, procs: list, inhib
     write_conf(conf, vport, ports, inhibit)
     log = tmp_path / "lvsd.log"
     victim = f"127.0.0.1:{ports[1]}"
-    with running_lvsd("--keepalived-conf", str(conf), "--no-dr", "--log-file", str(log)) as sock:
+    extra = ["--health-in-process"] if in_process else []
+    with running_lvsd("--keepalived-conf", str(conf), "--no-dr", "--log-file", str(log), *extra) as sock:
         assert all(f"127.0.0.1:{p}" in table(sock) for p in ports)
         load = Load(f"http://127.0.0.1:{vport}/")
         load.start()
@@ -192,6 +123,6 @@ def test_backend_killed_leaves_and_comes_back(tmp_path: Path, procs: list, inhib
     text = log.read_text()
     verb = "Disabling" if inhibit else "Removing"
     assert f"{verb} service [127.0.0.1]:tcp:{ports[1]}" in text
-    assert "HTTP_GET on service" in text and "connection refused" in text
+    assert "HTTP_CHECK on service" in text and "connection refused" in text
     assert "skipped global_defs" in text and "keepalived --vrrp" in text
     assert os.path.getsize(log) < 100_000

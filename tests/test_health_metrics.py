@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.healthlab import free_port, start_server, stop, write_conf
 from tests.helpers import running_lvsd
-from tests.test_health_e2e import free_port, start_server, stop, write_conf
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,8 +11,8 @@ import socket
 import time
 from pathlib import Path
 
+from tests.healthlab import free_port, table, wait_for
 from tests.helpers import lvsadm, running_lvsd
-from tests.test_health_e2e import free_port, table, wait_for
 
 CHECK = "TCP_CHECK {\n connect_timeout 1\n }"
 
@@ -93,3 +93,41 @@ def test_yaml_config_with_checks(tmp_path: Path, backends) -> None:  # type: ign
         time.sleep(0.2)
         status = lvsadm(sock, "--status").stdout
         assert f"[127.0.0.1]:tcp:{dead} down" in status and "TCP_CHECK: connection refused" in status
+
+
+def test_checker_process_restarted(tmp_path: Path, backends) -> None:  # type: ignore[no-untyped-def]
+    """The probes run in a child of lvsd; killed, it is started again and
+    the checks go on."""
+    up, up2 = backends.greeter(), backends.greeter()
+    vport = free_port()
+    path = tmp_path / "keepalived.conf"
+    path.write_text(conf(vport, [up, up2]))
+    log = tmp_path / "lvsd.log"
+    with running_lvsd("--keepalived-conf", str(path), "--no-dr", "--log-file", str(log)) as sock:
+        pid = int(
+            next(x for x in lvsadm(sock, "--status").stdout.splitlines() if x.startswith("pid:")).split()[1]
+        )
+
+        def children() -> list[int]:
+            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+        deadline = time.monotonic() + 10
+        while not children():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        first = children()[0]
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not [c for c in children() if c != first]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        backends.run(_close_servers(backends, up2))
+        wait_for(sock, lambda t: f":{up2}" not in t, 10)
+    text = log.read_text()
+    assert "checker process" in text and "starting it again" in text
+
+
+async def _close_servers(backends, port: int) -> None:  # type: ignore[no-untyped-def]
+    for srv in backends.servers:
+        if srv.sockets and srv.sockets[0].getsockname()[1] == port:
+            srv.close()

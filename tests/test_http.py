@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .helpers import lvsadm, running_lvsd
-from .test_nat_e2e import Backends, free_port
+from .natlab import Backends, free_port
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -42,12 +42,12 @@ from lvs.constants import (
     TUN_TYPE_GUE,
 )
 from lvs.ctl import IPVS
-from lvs.ipvsadm import grammar as g
+from lvs.ipvsadm import grammar, libc
 from lvs.ipvsadm.commands import run
 from lvs.ipvsadm.names import FilesResolver, NullResolver
 from lvs.ipvsadm.restore import MAX_WORD, read_invocations
 from lvs.ipvsadm.usage import help_text, version_text
-from lvs.model import Scheduler, ServiceKey
+from lvs.model import ServiceKey
 from lvsd.resolver import files_resolver
 
 DATA = Path(__file__).parent / "data"
@@ -57,21 +57,6 @@ GOLDEN_RC = {
     row["name"]: row["rc"] for row in map(json.loads, (GOLDEN / "commands.jsonl").read_text().splitlines())
 }
 TRY = "Try `ipvsadm -h' or 'ipvsadm --help' for more information.\n"
-
-
-@pytest.fixture(autouse=True)
-def _any_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Schedulers still being written elsewhere answer as do-nothing stubs, so
-    that table commands can be exercised now."""
-    real = ctl.get_scheduler
-
-    def lookup(name: str) -> type[Scheduler] | None:
-        try:
-            return real(name)
-        except (ModuleNotFoundError, AttributeError):
-            return type(f"Stub_{name}", (Scheduler,), {"name": name})
-
-    monkeypatch.setattr(ctl, "get_scheduler", lookup)
 
 
 def sh(ipvs: IPVS, line: str, *, stdin: str | None = None, resolver: object = None) -> tuple[int, str, str]:
@@ -123,10 +108,10 @@ def _golden(name: str) -> tuple[str, str, int]:
 
 def _changes_table(args: list[str]) -> bool:
     try:
-        kind = g.parse(args, NullResolver()).kind
-    except g.UsageError:
+        kind = grammar.parse(args, NullResolver()).kind
+    except grammar.UsageError:
         return False
-    return kind not in (g.CMD_LIST, g.CMD_SAVE, g.CMD_HELP, g.CMD_VERSION)
+    return kind not in (grammar.CMD_LIST, grammar.CMD_SAVE, grammar.CMD_HELP, grammar.CMD_VERSION)
 
 
 def replay_until(name: str) -> tuple[IPVS, list[str]]:
@@ -185,7 +170,6 @@ def test_golden_command(name: str) -> None:
 
 @pytest.mark.parametrize("name", LISTING_GOLDENS)
 def test_golden_listing(name: str) -> None:
-    pytest.importorskip("lvs.ipvsadm.listing")
     ipvs, args = replay_until(name)
     out, err = io.StringIO(), io.StringIO()
     rc = run(args, ipvs, 0.0, out, err, resolver=NullResolver())
@@ -387,32 +371,41 @@ REAL_ERRORS: list[tuple[str, str, int]] = [
 
 @pytest.mark.parametrize(("args", "message", "rc"), REAL_ERRORS)
 def test_real_error(args: str, message: str, rc: int) -> None:
-    with pytest.raises(g.UsageError) as info:
-        g.parse(args.split(), NullResolver())
+    with pytest.raises(grammar.UsageError) as info:
+        grammar.parse(args.split(), NullResolver())
     assert (info.value.message, info.value.rc) == (message, rc)
     ipvs = IPVS()
     assert sh(ipvs, args) == (rc, "", message)
     assert snapshot(ipvs) == snapshot(IPVS())
 
 
+#: arguments the real ipvsadm accepts although they look wrong, and what they
+#: mean to it: (service address, port, scheduler, flags, netmask) of the service
 REAL_ACCEPTED = [
-    "-A -t 1.1.1.1:80 -b sh-port -s sh",
-    "-A -t 1.1.1.1:80 -M 1.2.3",
-    "-A -t 1.1.1.1:80 -b ''",
-    "-A -t 0x0a.1:80",
-    "-A -t 0X1:80",
-    "-A -t 1.0x1:80",
-    "-A -t 4294967295:80",
-    "-A -t 1.16777215:80",
-    "-A -t 00000000000000000000000000000001:80",
-    "-A -t [1.2.3.4]:80 -p",
-    "-L -t 1.2.3.4:!#:+ 80",
+    ("-A -t 1.1.1.1:80 -b sh-port -s sh", (0x01010101, 80, "sh", SVC_F_SCHED2, 0xFFFFFFFF)),
+    ("-A -t 1.1.1.1:80 -M 1.2.3", (0x01010101, 80, "wlc", 0, 0x01020003)),  # inet_aton's a.b.c
+    ("-A -t 1.1.1.1:80 -b ''", (0x01010101, 80, "wlc", 0, 0xFFFFFFFF)),
+    ("-A -t 0x0a.1:80", (0x0A000001, 80, "wlc", 0, 0xFFFFFFFF)),  # hex part, a.b form
+    ("-A -t 0X1:80", (0x00000001, 80, "wlc", 0, 0xFFFFFFFF)),
+    ("-A -t 1.0x1:80", (0x01000001, 80, "wlc", 0, 0xFFFFFFFF)),
+    ("-A -t 4294967295:80", (0xFFFFFFFF, 80, "wlc", 0, 0xFFFFFFFF)),  # one 32-bit part
+    ("-A -t 1.16777215:80", (0x01FFFFFF, 80, "wlc", 0, 0xFFFFFFFF)),
+    ("-A -t 00000000000000000000000000000001:80", (0x00000001, 80, "wlc", 0, 0xFFFFFFFF)),  # octal
+    ("-A -t [1.2.3.4]:80 -p", (0x01020304, 0, "wlc", SVC_F_PERSISTENT, 0xFFFFFFFF)),  # port forgotten
+    ("-L -t 1.2.3.4:!#:+ 80", (0x01020304, 80, None, None, None)),  # popt takes the next word
 ]
 
 
-@pytest.mark.parametrize("args", REAL_ACCEPTED)
-def test_real_accepted(args: str) -> None:
-    g.parse(args.replace("''", "").split() + ([""] if "''" in args else []), NullResolver())
+@pytest.mark.parametrize(("args", "meaning"), REAL_ACCEPTED, ids=[a for a, _ in REAL_ACCEPTED])
+def test_real_accepted(args: str, meaning: tuple) -> None:
+    cmd = grammar.parse(args.replace("''", "").split() + ([""] if "''" in args else []), NullResolver())
+    addr, port = meaning[:2]
+    if cmd.kind == grammar.CMD_LIST:
+        assert (cmd.key.addr, cmd.key.port) == (addr, port)  # type: ignore[union-attr]
+        return
+    svc = cmd.service
+    assert cmd.kind == grammar.CMD_ADD and svc is not None
+    assert (svc.key.addr, svc.key.port, svc.sched_name, svc.flags, svc.netmask) == meaning
 
 
 # ---------------------------------------------------------------------------
@@ -420,18 +413,18 @@ def test_real_accepted(args: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-def parse(args: str, resolver: object = None) -> g.Command:
-    return g.parse(args.split(), resolver or NullResolver())
+def parse(args: str, resolver: object = None) -> grammar.Command:
+    return grammar.parse(args.split(), resolver or NullResolver())
 
 
 def test_bare_ipvsadm_lists() -> None:
-    cmd = g.parse([], NullResolver())
-    assert cmd.kind == g.CMD_LIST and not cmd.numeric and cmd.sort and cmd.key is None
+    cmd = grammar.parse([], NullResolver())
+    assert cmd.kind == grammar.CMD_LIST and not cmd.numeric and cmd.sort and cmd.key is None
 
 
 def test_service_defaults() -> None:
     cmd = parse("-A -t 10.0.0.1:80")
-    assert cmd.kind == g.CMD_ADD
+    assert cmd.kind == grammar.CMD_ADD
     assert cmd.service == ctl.ServiceSpec(
         key=ServiceKey(AF_INET, IPPROTO_TCP, 0x0A000001, 80), sched_name="wlc", flags=0, timeout=0,
         netmask=0xFFFFFFFF, pe_name="",
@@ -513,7 +506,7 @@ def test_real_server_options() -> None:
     cmd = parse(
         "-e -t 10.0.0.1:80 -r 10.1.0.3 -i -w 0 -x 100 -y 50 --tun-type gue --tun-port 6080 --tun-csum"
     )
-    assert cmd.kind == g.CMD_EDITDEST and cmd.dest is not None
+    assert cmd.kind == grammar.CMD_EDITDEST and cmd.dest is not None
     d = cmd.dest
     assert (d.weight, d.u_threshold, d.l_threshold) == (0, 100, 50)
     assert (d.tun_type, d.tun_port, d.tun_flags) == (TUN_TYPE_GUE, 6080, TUN_F_CSUM)
@@ -549,14 +542,14 @@ def test_names_through_the_resolver() -> None:
     assert parse("-A -t WWW:http", resolver).key == ServiceKey(AF_INET, IPPROTO_TCP, 0x0A090807, 80)
     assert parse("-A -u web:domain", resolver).key == ServiceKey(AF_INET, IPPROTO_UDP, 0x0A090807, 53)
     for bad in ("-A -u web:http", "-A -t web6:http", "-A -t nosuch:80"):
-        with pytest.raises(g.UsageError, match="illegal virtual server"):
+        with pytest.raises(grammar.UsageError, match="illegal virtual server"):
             parse(bad, resolver)
     # -f sets the protocol to TCP, so real-server ports are TCP names
     assert parse("-a -f 1 -r web:http", resolver).dest.port == 80  # type: ignore[union-attr]
-    with pytest.raises(g.UsageError, match="illegal real server"):
+    with pytest.raises(grammar.UsageError, match="illegal real server"):
         parse("-a -f 1 -r web:domain", resolver)
     # -r before -t: no protocol yet, so no names
-    with pytest.raises(g.UsageError, match="illegal real server"):
+    with pytest.raises(grammar.UsageError, match="illegal real server"):
         parse("-a -r web:http -t web:http", resolver)
     assert parse("-A -t 1.2.3.4:80 -p -M web", resolver).service.netmask == 0x0A090807  # type: ignore[union-attr]
 
@@ -580,18 +573,40 @@ def test_other_commands() -> None:
 
 def test_expansion_without_a_free_word_is_refused() -> None:
     # the real ipvsadm loops forever here
-    with pytest.raises(g.UsageError, match="loops forever") as info:
+    with pytest.raises(grammar.UsageError, match="loops forever") as info:
         parse("-L -t x!#:+ -n")
     assert info.value.rc == 2
 
 
 def test_inet_aton() -> None:
-    assert g.inet_aton("10.1") == 0x0A000001
-    assert g.inet_aton("1.2.3") == 0x01020003
-    assert g.inet_aton("0x7f.1") == 0x7F000001
-    assert g.inet_aton("1.2.3.4 anything") == 0x01020304
+    assert libc.inet_aton("10.1") == 0x0A000001
+    assert libc.inet_aton("1.2.3") == 0x01020003
+    assert libc.inet_aton("0x7f.1") == 0x7F000001
+    assert libc.inet_aton("1.2.3.4 anything") == 0x01020304
     for bad in ("", "1.2.3.4.5", "256.1.1.1", "1.2.3.256", "08", "0x", "1..2", "+1", " 1", "1.2.3.4x"):
-        assert g.inet_aton(bad) is None, bad
+        assert libc.inet_aton(bad) is None, bad
+
+
+def test_libc_numbers() -> None:
+    """strtol/strtoul/sscanf as glibc reads them (the grammar's option values
+    and the -L -c re-read of /proc/net/ip_vs_conn share these)."""
+    assert libc.strtol(" -12abc") == (-12, "abc")
+    assert libc.strtol("x") == (None, "x")
+    assert libc.strtol("9" * 5000)[0] == libc.LONG_MAX
+    assert libc.strtol("-" + "9" * 30)[0] == libc.LONG_MIN
+    assert libc.strtoul("0A000001", 16) == 0x0A000001
+    assert libc.strtoul("0x1f", 16) == 0x1F
+    assert libc.strtoul("-1", 16) == libc.ULONG_MAX
+    assert libc.strtoul("f" * 17, 16) == libc.ULONG_MAX
+    assert libc.strtoul("zz", 16) == 0
+    assert libc.scan_hx("1F90") == 0x1F90
+    assert libc.scan_hx("-1") == 0xFFFF
+    assert libc.scan_hx("0xg") == 0
+    assert libc.scan_hx("g") is None
+    assert libc.scan_d("42s") == 42
+    assert libc.scan_d("4294967297") == 1
+    assert libc.scan_d("-") is None
+    assert libc.atoi("2147483648") == -(2**31)
 
 
 # ---------------------------------------------------------------------------
@@ -821,15 +836,15 @@ def base_table() -> IPVS:
 @given(args=argument_soup)
 def test_soup_parses_cleanly(args: list[str]) -> None:
     try:
-        cmd = g.parse(args, NullResolver())
-    except g.UsageError as e:
+        cmd = grammar.parse(args, NullResolver())
+    except grammar.UsageError as e:
         assert e.rc in (2, 255, 139)
         assert e.message.endswith("\n") or (e.rc == 139 and e.message == "")
     else:
         assert cmd.kind in (
-            g.CMD_ADD, g.CMD_EDIT, g.CMD_DEL, g.CMD_FLUSH, g.CMD_LIST, g.CMD_ADDDEST, g.CMD_DELDEST,
-            g.CMD_EDITDEST, g.CMD_TIMEOUT, g.CMD_STARTDAEMON, g.CMD_STOPDAEMON, g.CMD_RESTORE, g.CMD_SAVE,
-            g.CMD_ZERO, g.CMD_HELP, g.CMD_VERSION,
+            grammar.CMD_ADD, grammar.CMD_EDIT, grammar.CMD_DEL, grammar.CMD_FLUSH, grammar.CMD_LIST, grammar.CMD_ADDDEST, grammar.CMD_DELDEST,
+            grammar.CMD_EDITDEST, grammar.CMD_TIMEOUT, grammar.CMD_STARTDAEMON, grammar.CMD_STOPDAEMON, grammar.CMD_RESTORE, grammar.CMD_SAVE,
+            grammar.CMD_ZERO, grammar.CMD_HELP, grammar.CMD_VERSION,
         )  # fmt: skip
 
 
@@ -944,9 +959,9 @@ class TestAgainstRealIpvsadm:
     def _compare(self, real, args: list[str]) -> None:
         rc, _out, err, calls = real(args)
         try:
-            cmd = g.parse(args, files_resolver())
+            cmd = grammar.parse(args, files_resolver())
             ours = None
-        except g.UsageError as e:
+        except grammar.UsageError as e:
             ours = (e.rc, e.message)
         if rc == "hang":
             assert ours is not None and "loops forever" in ours[1], args
@@ -955,7 +970,7 @@ class TestAgainstRealIpvsadm:
             assert ours == (rc, err), args
             return
         assert ours is None, (args, rc, err, ours)
-        opnum = {g.CMD_ADD: 2, g.CMD_EDIT: 3, g.CMD_ADDDEST: 7, g.CMD_EDITDEST: 9}.get(cmd.kind)
+        opnum = {grammar.CMD_ADD: 2, grammar.CMD_EDIT: 3, grammar.CMD_ADDDEST: 7, grammar.CMD_EDITDEST: 9}.get(cmd.kind)
         if opnum is None or not calls:
             return  # IPv6 and --pe stop in libipvs before the sockopt call
         num, raw = calls[-1]

@@ -54,7 +54,6 @@ from lvs.ipvsadm import proc
 from lvs.ipvsadm.listing import (
     cmp_dests,
     cmp_services,
-    conns_json,
     list_conns,
     list_daemons,
     list_services,
@@ -62,11 +61,12 @@ from lvs.ipvsadm.listing import (
     merge_sort,
     print_largenum,
     save_rules,
-    services_json,
 )
 from lvs.ipvsadm.names import FilesResolver, NullResolver
 from lvs.ipvsadm.proc import proc_ip_vs, proc_ip_vs_conn, proc_ip_vs_conn_sync, proc_ip_vs_stats
+from lvs.json_views import conns_json, services_json
 from lvs.model import ServiceKey
+from lvs.simulate import Simulation
 from lvsd.resolver import files_resolver
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -848,8 +848,7 @@ def test_golden_traffic_through_director() -> None:
     up through the API, so no ipvsadm grammar is needed) and list what the
     director built.  Counters of bytes/packets depend on the simulator's
     traffic model and are not compared here."""
-    simulate = pytest.importorskip("lvs.simulate")
-    sim = simulate.Simulation(runner=lambda argv, ipvs, now, out, err: 0)
+    sim = Simulation(runner=lambda argv, ipvs, now, out, err: 0)
     ipvs = sim.ipvs
     configure_golden(ipvs)
     scn = (GOLDEN.parent / "golden.scn").read_text().splitlines()

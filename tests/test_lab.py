@@ -22,10 +22,12 @@ import pytest
 
 from lvs.simulate import Simulation
 from teaching.labsession import LabError, LabSession
+from tests.helpers import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("PYLVS_ARTIFACTS", ROOT / "tests" / "artifacts"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DOC = (ROOT / "docs" / "teaching.md").read_text()
 
 
 def replay(scenario: str) -> list[str | None]:
@@ -105,12 +107,7 @@ def lab_server() -> Iterator[str]:
         assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
         yield m.group(0)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict]:
@@ -276,12 +273,15 @@ def test_chromium_full_exercise(lab_server: str, tmp_path: Path) -> None:
         out.write_bytes(base64.b64decode(shot["data"]))
         print(f"screenshot: {out}")
         assert out.read_bytes()[:4] == b"\x89PNG"
+        # a link from docs/teaching.md sets a fresh lab up (lab.js preset)
+        link = next(x for x in re.findall(r"http://127\.0\.0\.1:8014/\?\S+", DOC) if "sh-fallback" in x)
+        dt.js("fetch('/api/action', {method: 'POST', body: JSON.stringify({op: 'reset'})}).then((r) => r.ok)")
+        dt.call("Page.navigate", url=lab_server.rstrip("/") + link.removeprefix("http://127.0.0.1:8014"))
+        # (the old page also had three rows: wait for the new one's scheduler)
+        dt.wait("document.body && document.body.dataset.ready === '1' && document.querySelectorAll("
+                "'#servers tbody tr').length === 3 && document.getElementById('summary').textContent"
+                ".includes('scheduler sh')")
     finally:
         if devtools is not None:
             devtools.close()
-        browser.terminate()
-        try:
-            browser.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            browser.kill()
-            browser.wait()
+        terminate(browser, timeout=20)

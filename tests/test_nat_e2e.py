@@ -15,17 +15,18 @@ import shutil
 import socket
 import struct
 import subprocess
-import threading
+import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
 from forwarding import proxyproto
-from lvsd.client import Client
 
-from .helpers import is_root, lvsadm, running_lvsd
+from .helpers import ROOT, can_netns, is_root, lvsadm, running_lvsd
+from .natlab import Adm, Backends, free_port, greet, port_busy, tcp_get, udp_ask, wait_until
+from .nsnet import CLIENT as CLIENT_ADDR
+from .nsnet import DIP, VIP, Topology, rip
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,204 +34,10 @@ pytestmark = pytest.mark.timeout(120)
 # ----------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------
-def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    af = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(af, kind) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_busy(host: str, port: int, kind: int = socket.SOCK_STREAM) -> bool:
-    af = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(af, kind) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-class Adm:
-    """lvsadm through the daemon's control socket, in-process (fast)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __call__(self, *argv: str, ok: bool = True) -> str:
-        with Client(autostart=False, name=self.name) as c:
-            reply = c.call("ipvsadm", argv=list(argv), stdin="")
-        if ok:
-            assert reply.get("rc") == 0, (argv, reply)
-        return reply.get("stdout", "") + reply.get("stderr", "")
-
-    def call(self, op: str, **args: Any) -> dict[str, Any]:
-        with Client(autostart=False, name=self.name) as c:
-            return c.call(op, **args)
-
-    def status(self) -> dict[str, Any]:
-        return self.call("status")["data"]
-
-    def counts(self, vip: str) -> dict[str, tuple[int, int]]:
-        """{real server: (ActiveConn, InActConn)} from ``-L -n``."""
-        out = self("-L", "-n")
-        res: dict[str, tuple[int, int]] = {}
-        for line in out.splitlines():
-            m = re.match(r"\s+->\s+(\S+)\s+\w+\s+\d+\s+(\d+)\s+(\d+)", line)
-            if m:
-                res[m.group(1)] = (int(m.group(2)), int(m.group(3)))
-        return res
-
-    def conns(self) -> list[list[str]]:
-        out = self("-L", "-c", "-n")
-        return [line.split() for line in out.splitlines()[2:] if line.strip()]
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(step)
-
-
-class Backends:
-    """Small servers on their own event loop thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.servers: list[Any] = []
-        self.held: list[asyncio.StreamWriter] = []
-        self.events: list[tuple[str, Any]] = []
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(15)
-
-    def close(self) -> None:
-        async def _close() -> None:
-            for w in self.held:
-                w.transport.abort()
-            for s in self.servers:
-                s.close()
-
-        with contextlib.suppress(Exception):
-            self.run(_close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-    def tcp(self, handler: Callable[..., Any], host: str = "127.0.0.1", port: int = 0) -> int:
-        async def start() -> int:
-            srv = await asyncio.start_server(handler, host, port, backlog=4096, reuse_address=True)
-            self.servers.append(srv)
-            return srv.sockets[0].getsockname()[1]
-
-        return self.run(start())
-
-    def http(self, port: int, host: str = "127.0.0.1") -> int:
-        """Answers every request with ``Hello, PORT!`` and closes."""
-
-        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            try:
-                await r.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-                w.close()
-                return
-            me = w.get_extra_info("sockname")[1]
-            body = f"Hello, {me}!".encode()
-            w.write(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            await w.drain()
-            w.close()
-
-        return self.tcp(handle, host, port)
-
-    def greeter(self, host: str = "127.0.0.1", hold: bool = True) -> int:
-        """Sends its port at once, then echoes; on EOF echoes the rest and closes."""
-
-        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            me = w.get_extra_info("sockname")[1]
-            w.write(b"%d\n" % me)
-            self.held.append(w)
-            try:
-                while True:
-                    data = await r.read(65536)
-                    if not data:
-                        break
-                    w.write(data)
-                    await w.drain()
-                self.events.append(("eof", me))
-                await asyncio.sleep(0.3)
-                w.close()
-            except ConnectionError as exc:
-                self.events.append(("reset", type(exc).__name__))
-
-        return self.tcp(handle, host)
-
-    def udp_echo(self, host: str = "127.0.0.1") -> int:
-        """Replies ``PORT:`` + the datagram."""
-
-        class P(asyncio.DatagramProtocol):
-            def connection_made(self, t: Any) -> None:
-                self.t = t
-                self.me = t.get_extra_info("sockname")[1]
-
-            def datagram_received(self, data: bytes, addr: Any) -> None:
-                self.t.sendto(b"%d:" % self.me + data, addr)
-
-        async def start() -> int:
-            t, _ = await self.loop.create_datagram_endpoint(P, local_addr=(host, 0))
-            self.servers.append(t)
-            return t.get_extra_info("sockname")[1]
-
-        return self.run(start())
-
-
 @pytest.fixture
 def lvsd() -> Iterator[Adm]:
     with running_lvsd() as name:
         yield Adm(name)
-
-
-def tcp_get(
-    host: str, port: int, payload: bytes = b"", timeout: float = 5.0, src: str | None = None
-) -> bytes:
-    af = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(af, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        if src:
-            s.bind((src, 0))
-        s.connect((host, port))
-        if payload:
-            s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            chunks.append(d)
-        return b"".join(chunks)
-
-
-def greet(host: str, port: int, src: str | None = None, timeout: float = 5.0) -> tuple[socket.socket, int]:
-    """Connect through the VIP to a greeter; return the socket and the backend port."""
-    af = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(af, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    if src:
-        s.bind((src, 0))
-    s.connect((host, port))
-    line = b""
-    while not line.endswith(b"\n"):
-        d = s.recv(1)
-        if not d:
-            raise ConnectionError("closed before the greeting")
-        line += d
-    return s, int(line)
 
 
 def http_get(host: str, port: int) -> str:
@@ -652,16 +459,6 @@ def lvsd_many() -> Iterator[Adm]:
 # ----------------------------------------------------------------------------
 # UDP, IPv6
 # ----------------------------------------------------------------------------
-def udp_ask(host: str, port: int, data: bytes, sock: socket.socket | None = None) -> bytes:
-    af = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = sock or socket.socket(af, socket.SOCK_DGRAM)
-    s.settimeout(3)
-    try:
-        s.sendto(data, (host, port))
-        return s.recvfrom(65536)[0]
-    finally:
-        if sock is None:
-            s.close()
 
 
 def test_udp_flows_and_counters(lvsd: Adm, backends: Backends) -> None:
@@ -747,52 +544,50 @@ def test_ipv6_tcp_and_udp(lvsd: Adm, backends: Backends) -> None:
 # PROXY protocol (the plane in-process: the option is a NatPlane setting)
 # ----------------------------------------------------------------------------
 @pytest.mark.parametrize("version", [1, 2])
-def test_proxy_protocol_tells_the_real_server_the_client(version: int) -> None:
+async def test_proxy_protocol_tells_the_real_server_the_client(version: int) -> None:
+    """The plane runs on the test's own event loop (pytest-asyncio)."""
     from forwarding.nat import NatPlane
     from lvs.core import Director
     from lvs.ctl import DestSpec, ServiceSpec
     from lvs.model import ServiceKey
 
-    async def main() -> None:
-        seen: list[bytes] = []
+    seen: list[bytes] = []
 
-        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            data = b""
-            while not data.endswith(b"payload"):
-                chunk = await r.read(200)
-                if not chunk:
-                    break
-                data += chunk
-            seen.append(data)
-            w.write(b"ok")
-            await w.drain()
-            w.close()
-
-        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
-        be = srv.sockets[0].getsockname()[1]
-        director = Director()
-        t0 = time.monotonic()
-        plane = NatPlane(director, lambda: time.monotonic() - t0, proxy_protocol={("127.0.0.1", be): version})
-        plane.start()
-        vport = free_port()
-        key = ServiceKey(socket.AF_INET, 6, 0x7F000001, vport)
-        director.ipvs.add_service(ServiceSpec(key, "rr"))
-        director.ipvs.add_dest(key, DestSpec(socket.AF_INET, 0x7F000001, be, fwd=0))
-        r, w = await asyncio.open_connection("127.0.0.1", vport, local_addr=("127.0.0.9", 0))
-        cport = w.get_extra_info("sockname")[1]
-        w.write(b"payload")
-        assert await asyncio.wait_for(r.read(), 5) == b"ok"
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        data = b""
+        while not data.endswith(b"payload"):
+            chunk = await r.read(200)
+            if not chunk:
+                break
+            data += chunk
+        seen.append(data)
+        w.write(b"ok")
+        await w.drain()
         w.close()
-        parse = proxyproto.parse_v1 if version == 1 else proxyproto.parse_v2
-        parsed = parse(seen[0])
-        assert parsed is not None
-        src, sport, dst, dport, length = parsed
-        assert (src, sport, dst, dport) == ("127.0.0.9", cport, "127.0.0.1", vport)
-        assert seen[0][length:] == b"payload"
-        await plane.close()
-        srv.close()
 
-    asyncio.run(main())
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    be = srv.sockets[0].getsockname()[1]
+    director = Director()
+    t0 = time.monotonic()
+    plane = NatPlane(director, lambda: time.monotonic() - t0, proxy_protocol={("127.0.0.1", be): version})
+    plane.start()
+    vport = free_port()
+    key = ServiceKey(socket.AF_INET, 6, 0x7F000001, vport)
+    director.ipvs.add_service(ServiceSpec(key, "rr"))
+    director.ipvs.add_dest(key, DestSpec(socket.AF_INET, 0x7F000001, be, fwd=0))
+    r, w = await asyncio.open_connection("127.0.0.1", vport, local_addr=("127.0.0.9", 0))
+    cport = w.get_extra_info("sockname")[1]
+    w.write(b"payload")
+    assert await asyncio.wait_for(r.read(), 5) == b"ok"
+    w.close()
+    parse = proxyproto.parse_v1 if version == 1 else proxyproto.parse_v2
+    parsed = parse(seen[0])
+    assert parsed is not None
+    src, sport, dst, dport, length = parsed
+    assert (src, sport, dst, dport) == ("127.0.0.9", cport, "127.0.0.1", vport)
+    assert seen[0][length:] == b"payload"
+    await plane.close()
+    srv.close()
 
 
 def test_proxy_protocol_spec_parsing() -> None:
@@ -810,73 +605,6 @@ def test_proxy_protocol_spec_parsing() -> None:
 # ----------------------------------------------------------------------------
 # network namespaces: the kernel self-test topology, transparent mode
 # ----------------------------------------------------------------------------
-class NatTopology:
-    """client ns (10.0.1.2) -- director ns (10.0.1.1 | 10.0.2.1) -- real server ns
-    (10.0.2.2, default route through the director).  VIP 10.0.0.100 exists
-    nowhere until lvsd adds it to the director's lo."""
-
-    VIP = "10.0.0.100"
-
-    def __init__(self) -> None:
-        tag = os.urandom(3).hex()
-        self.ns = {k: f"pylvs-nat-{k}-{tag}" for k in ("cl", "dir", "rs")}
-        self.procs: list[subprocess.Popen[Any]] = []
-        try:
-            self._build(tag)
-        except BaseException:
-            self.close()
-            raise
-
-    def sh(self, ns: str | None, *cmd: str) -> None:
-        full = (["ip", "netns", "exec", self.ns[ns]] if ns else []) + list(cmd)
-        subprocess.run(full, check=True, capture_output=True, timeout=20)
-
-    def _build(self, tag: str) -> None:
-        for name in self.ns.values():
-            subprocess.run(["ip", "netns", "add", name], check=True, timeout=20)
-        a, b = f"vc{tag}", f"vr{tag}"
-        self.sh(None, "ip", "link", "add", a + "c", "netns", self.ns["cl"], "type", "veth", "peer", "name", a + "d",
-                "netns", self.ns["dir"])  # fmt: skip
-        self.sh(None, "ip", "link", "add", b + "r", "netns", self.ns["rs"], "type", "veth", "peer", "name", b + "d",
-                "netns", self.ns["dir"])  # fmt: skip
-        for ns, dev, addr in (("cl", a + "c", "10.0.1.2/24"), ("dir", a + "d", "10.0.1.1/24"),
-                              ("dir", b + "d", "10.0.2.1/24"), ("rs", b + "r", "10.0.2.2/24")):  # fmt: skip
-            self.sh(ns, "ip", "addr", "add", addr, "dev", dev)
-            self.sh(ns, "ip", "link", "set", dev, "up")
-        for ns in self.ns:
-            self.sh(ns, "ip", "link", "set", "lo", "up")
-        self.sh("cl", "ip", "route", "add", "default", "via", "10.0.1.1")
-        self.sh("rs", "ip", "route", "add", "default", "via", "10.0.2.1")
-        self.sh("dir", "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        self.rs_dev = b + "d"
-
-    def spawn(self, ns: str, *cmd: str, **kw: Any) -> subprocess.Popen[Any]:
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns[ns], *cmd], **kw)
-        self.procs.append(p)
-        return p
-
-    def run(self, ns: str, *cmd: str, timeout: float = 20) -> str:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.ns[ns], *cmd],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=True,
-        ).stdout
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
-        for name in self.ns.values():
-            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True, timeout=20)
-
-
 REAL_SERVER = r"""
 import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -906,52 +634,46 @@ print(peer.decode(), echo == payload)
 
 
 @pytest.fixture
-def topology() -> Iterator[NatTopology]:
-    from .helpers import can_netns
-
+def topology() -> Iterator[Topology]:
+    """The namespaces of :mod:`tests.nsnet` with one real server behind the
+    director (``nat=True``: its only way back is through the director)."""
     why = can_netns()
     if why:
         pytest.skip(why)
-    t = NatTopology()
-    try:
+    with Topology(1, nat=True) as t:
         yield t
-    finally:
-        t.close()
 
 
-def _start_real_server(t: NatTopology) -> None:
-    import sys
-
-    rs = t.spawn("rs", sys.executable, "-c", REAL_SERVER, stdout=subprocess.PIPE, text=True)
+def _start_real_server(t: Topology) -> None:
+    rs = t.spawn(t.rs[0], sys.executable, "-c", REAL_SERVER)
     assert rs.stdout is not None and rs.stdout.readline().strip() == "ready"
 
 
-@pytest.mark.netns
-def test_kernel_selftest_topology_32_random_bytes(topology: NatTopology) -> None:
-    """Client, director, real server in three namespaces; the service is created
-    before its VIP exists; 32 random bytes come back intact."""
-    import sys
+def _client(t: Topology) -> list[str]:
+    return t.ns(t.client, sys.executable, "-c", CLIENT, VIP).stdout.split()
 
+
+@pytest.mark.netns
+def test_kernel_selftest_topology_32_random_bytes(topology: Topology) -> None:
+    """Client, director, real server in their namespaces; the service is
+    created before its VIP exists; 32 random bytes come back intact."""
     t = topology
     _start_real_server(t)
-    prefix = ["ip", "netns", "exec", t.ns["dir"]]
+    prefix = t.prefix(t.director)
     with running_lvsd(prefix=prefix) as name:
-        assert lvsadm(name, "-A", "-t", f"{t.VIP}:8080", "-s", "rr", prefix=prefix).returncode == 0
-        assert (
-            lvsadm(name, "-a", "-t", f"{t.VIP}:8080", "-r", "10.0.2.2:9000", "-m", prefix=prefix).returncode
-            == 0
-        )
-        assert t.VIP in t.run("dir", "ip", "-o", "addr", "show", "dev", "lo")
-        out = t.run("cl", sys.executable, "-c", CLIENT, t.VIP).split()
-        assert out == ["10.0.2.1", "True"]  # the real server sees the director (NAT proxy)
+        assert lvsadm(name, "-A", "-t", f"{VIP}:8080", "-s", "rr", prefix=prefix).returncode == 0
+        assert lvsadm(name, "-a", "-t", f"{VIP}:8080", "-r", f"{rip(1)}:9000", "-m", prefix=prefix).returncode == 0
+        assert VIP in t.ns(t.director, "ip", "-o", "addr", "show", "dev", "lo").stdout
+        assert _client(t) == [DIP, "True"]  # the real server sees the director (NAT proxy)
         listing = lvsadm(name, "-L", "-n", "--stats", prefix=prefix).stdout
-        assert re.search(rf"TCP  {re.escape(t.VIP)}:8080\s+1\s", listing), listing
+        assert re.search(rf"TCP  {re.escape(VIP)}:8080\s+1\s", listing), listing
 
 
 TRANSPARENT_DIRECTOR = r"""
 import asyncio, socket, sys, time
 sys.path.insert(0, sys.argv[1])
 from forwarding.nat import NatPlane
+from lvs.addr import parse_ip
 from lvs.core import Director
 from lvs.ctl import DestSpec, ServiceSpec
 from lvs.model import ServiceKey
@@ -960,9 +682,9 @@ async def main():
     d = Director(); t0 = time.monotonic()
     plane = NatPlane(d, lambda: time.monotonic() - t0, transparent=True)
     plane.start()
-    key = ServiceKey(socket.AF_INET, 6, int.from_bytes(socket.inet_aton("10.0.0.100"), "big"), 8080)
+    key = ServiceKey(socket.AF_INET, 6, parse_ip(sys.argv[2])[1], 8080)
     d.ipvs.add_service(ServiceSpec(key, "rr"))
-    d.ipvs.add_dest(key, DestSpec(socket.AF_INET, int.from_bytes(socket.inet_aton("10.0.2.2"), "big"), 9000, fwd=0))
+    d.ipvs.add_dest(key, DestSpec(socket.AF_INET, parse_ip(sys.argv[3])[1], 9000, fwd=0))
     await asyncio.sleep(0.2)
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
@@ -974,23 +696,17 @@ asyncio.run(main())
 
 
 @pytest.mark.netns
-def test_transparent_mode_real_server_sees_the_client(topology: NatTopology) -> None:
+def test_transparent_mode_real_server_sees_the_client(topology: Topology) -> None:
     """IP_TRANSPARENT: the upstream connection leaves from the client's address;
     the real server's replies come back through the director (its default
     route) and a policy rule delivers them to the local socket."""
-    import sys
-
-    from .helpers import ROOT
-
     t = topology
-    t.sh("dir", "ip", "rule", "add", "iif", t.rs_dev, "lookup", "100")
-    t.sh("dir", "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+    t.ns(t.director, "ip", "rule", "add", "iif", "br1", "lookup", "100")
+    t.ns(t.director, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
     _start_real_server(t)
-    d = t.spawn("dir", sys.executable, "-c", TRANSPARENT_DIRECTOR, str(ROOT), stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, text=True)  # fmt: skip
+    d = t.spawn(t.director, sys.executable, "-c", TRANSPARENT_DIRECTOR, str(ROOT), VIP, rip(1), stdin=subprocess.PIPE)
     assert d.stdout is not None and d.stdout.readline().strip() == "ready"
-    out = t.run("cl", sys.executable, "-c", CLIENT, t.VIP).split()
-    assert out == ["10.0.1.2", "True"]
+    assert _client(t) == [CLIENT_ADDR, "True"]
     assert d.stdin is not None
     d.stdin.close()
     assert "accepted 1" in d.stdout.readline()

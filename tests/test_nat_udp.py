@@ -23,7 +23,7 @@ from forwarding.icmp import QUOTE4, QUOTE6, RateLimit, port_unreachable_v4, port
 from forwarding.packet import checksum
 
 from .helpers import can_netns, is_root, lvsadm, running_lvsd
-from .test_nat_e2e import Adm, Backends, free_port, udp_ask, wait_until
+from .natlab import Adm, Backends, free_port, udp_ask, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from .helpers import running_lvsd
-from .test_nat_e2e import Adm, Backends, free_port, greet, udp_ask, wait_until
+from .natlab import Adm, Backends, free_port, greet, udp_ask, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,15 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from forwarding import packet as P
-from forwarding import tun as T
+from forwarding import packet, tun
 from forwarding.capture import Target, compile_filter, run_filter
-from forwarding.dr import DirectPlane, LinkInfo, NextHop, Resolver
+from forwarding.dr import DirectPlane
 from lvs.addr import parse_ip
 from lvs.constants import CONN_F_DROUTE, CONN_F_TEMPLATE, CONN_F_TUNNEL, TUN_TYPE_GRE, TUN_TYPE_GUE
 from lvs.core import Director
 from lvs.ctl import IPVS, DestSpec, ServiceSpec
 from lvs.model import ServiceKey
+
+from .drfakes import RS, RS_INT, VIP, VIP_INT, FakeTx, OneHopResolver, rs_mac
 
 scapy_all = pytest.importorskip("scapy.all")
 Ether = scapy_all.Ether
@@ -31,57 +32,18 @@ IPv6 = scapy_all.IPv6
 TCP = scapy_all.TCP
 UDP = scapy_all.UDP
 
-VIP = "207.175.44.110"
-VIP_INT = parse_ip(VIP)[1]
-RS1 = "172.16.0.2"
-RS2 = "172.16.0.3"
-
-
-class FakeTx:
-    def __init__(self) -> None:
-        self.frames: list[tuple[int, bytes]] = []
-
-    def send(self, ifindex: int, frame: bytes | bytearray) -> bool:
-        self.frames.append((ifindex, bytes(frame)))
-        return True
-
-    def close(self) -> None:
-        pass
-
-
-class FixedResolver(Resolver):
-    """Every real server is one hop away on interface 3, MTU 1500."""
-
-    def __init__(self) -> None:
-        super().__init__(None)
-        self.links = {2: LinkInfo(2, "in0", b"\x02\x00\x00\x00\x00\x02", 1500)}
-
-    def lookup(self, af: int, addr: int, now: float) -> NextHop:
-        etype = P.ETH_P_IPV6 if af == P.AF_INET6 else P.ETH_P_IP
-        return NextHop(
-            ifindex=3,
-            l2=P.ethernet_header(b"\x02\x00\x00\x00\x00\x99", b"\x02\x00\x00\x00\x00\x03", etype),
-            src=parse_ip("172.16.0.1")[1],
-            mtu=1500,
-            expires=1e18,
-            ok=True,
-        )
-
-    def link(self, ifindex: int) -> LinkInfo | None:
-        return self.links.get(ifindex)
-
 
 def make_plane(fwd: int = CONN_F_DROUTE, proto: int = 6, tun_type: int = 0) -> tuple[DirectPlane, FakeTx]:
     ipvs = IPVS()
     key = ServiceKey(socket.AF_INET, proto, VIP_INT, 8080)
     ipvs.add_service(ServiceSpec(key, "rr"))
-    for rs in (RS1, RS2):
+    for rs in RS:
         ipvs.add_dest(
             key, DestSpec(socket.AF_INET, parse_ip(rs)[1], 8080, fwd=fwd, tun_type=tun_type, tun_port=6080)
         )
     director = Director(ipvs)
     tx = FakeTx()
-    plane = DirectPlane(director, lambda: 1.0, guard=False, capture=False, tx=tx, resolver=FixedResolver())  # type: ignore[arg-type]
+    plane = DirectPlane(director, lambda: 1.0, guard=False, capture=False, tx=tx, resolver=OneHopResolver())  # type: ignore[arg-type]
     plane.start()
     plane._t = 1.0
     return plane, tx
@@ -122,7 +84,7 @@ def test_dr_rewrites_mac_and_ttl_only() -> None:
     assert len(tx.frames) == 1
     ifx, out = tx.frames[0]
     assert ifx == 3
-    assert out[:6] == b"\x02\x00\x00\x00\x00\x99"
+    assert out[:6] in (rs_mac(RS_INT[0]), rs_mac(RS_INT[1]))
     a, b = IP(f[14:]), IP(out[14:])
     assert b.ttl == a.ttl - 1
     assert (b.src, b.dst, bytes(b.payload)) == (a.src, a.dst, bytes(a.payload))
@@ -139,7 +101,7 @@ def test_rr_alternates_over_clients() -> None:
     dsts = [IP(f[14:]).dst for _, f in tx.frames]
     assert dsts == [VIP] * 10  # DR leaves the IP header alone
     used = [c.daddr for c in plane.director.conns]
-    assert sorted(used) == sorted([parse_ip(RS1)[1]] * 5 + [parse_ip(RS2)[1]] * 5)
+    assert sorted(used) == sorted([parse_ip(RS[0])[1]] * 5 + [parse_ip(RS[1])[1]] * 5)
 
 
 def test_ttl_one_is_not_forwarded() -> None:
@@ -172,7 +134,7 @@ def test_tunnel_ipip_headers() -> None:
     f = syn(ttl=64, tos=0x2B, flags="DF")
     feed(plane, f)
     out = IP(tx.frames[0][1][14:])
-    assert out.proto == 4 and out.dst in (RS1, RS2) and out.src == "172.16.0.1"
+    assert out.proto == 4 and out.dst in RS and out.src == "172.16.0.1"
     assert out.ttl == 63 and out.tos == 0x2A  # ECN CE (3) -> ECT(0) outside
     assert out.flags.DF
     inner = IP(bytes(out.payload))
@@ -182,9 +144,9 @@ def test_tunnel_ipip_headers() -> None:
 @pytest.mark.parametrize("flags", [0, 1])
 def test_gue_and_gre_roundtrip(flags: int) -> None:
     inner = bytes(IP(src="10.0.0.2", dst=VIP, ttl=9) / UDP(sport=1, dport=8080) / b"hello")
-    sa, da = parse_ip("172.16.0.1")[1], parse_ip(RS1)[1]
+    sa, da = parse_ip("172.16.0.1")[1], parse_ip(RS[0])[1]
     for tt in (TUN_TYPE_GUE, TUN_TYPE_GRE, 0):
-        outer = T.encapsulate(inner, P.AF_INET, P.AF_INET, sa, da, tt, 6080, flags, 12345)
+        outer = tun.encapsulate(inner, packet.AF_INET, packet.AF_INET, sa, da, tt, 6080, flags, 12345)
         o = IP(outer)
         if tt == TUN_TYPE_GUE:
             assert o.proto == 17 and o[UDP].dport == 6080 and 32768 <= o[UDP].sport < 60999
@@ -195,11 +157,11 @@ def test_gue_and_gre_roundtrip(flags: int) -> None:
                 assert IP(bytes(o))[UDP].chksum == c
         elif tt == TUN_TYPE_GRE:
             assert o.proto == 47 and len(o.payload) == len(inner) + (8 if flags else 4)
-        assert T.decapsulate(outer, P.AF_INET, 6080) == (P.AF_INET, inner)
+        assert tun.decapsulate(outer, packet.AF_INET, 6080) == (packet.AF_INET, inner)
     # mixed families: IPv4 inside IPv6
-    outer6 = T.encapsulate(inner, P.AF_INET, P.AF_INET6, 1, 2, TUN_TYPE_GUE, 6080, flags, 1)
+    outer6 = tun.encapsulate(inner, packet.AF_INET, packet.AF_INET6, 1, 2, TUN_TYPE_GUE, 6080, flags, 1)
     assert IPv6(outer6).nh == 17 and IPv6(outer6).hlim == 9
-    assert T.decapsulate(outer6, P.AF_INET6, 6080) == (P.AF_INET, inner)
+    assert tun.decapsulate(outer6, packet.AF_INET6, 6080) == (packet.AF_INET, inner)
 
 
 def test_filter_matches_only_served() -> None:
@@ -265,7 +227,7 @@ def test_mutated_frames(base: bytes, flips: list[tuple[int, int]], cut: int, tun
     frame = frame[: max(0, len(frame) - cut)] if cut < len(frame) else frame
     before = len(plane.director.conns)
     feed(plane, bytes(frame))
-    parsed = P.parse_frame(bytes(frame))
+    parsed = packet.parse_frame(bytes(frame))
     if parsed is None:
         # malformed: the table must not change and nothing is sent
         assert len(plane.director.conns) == before
@@ -273,20 +235,20 @@ def test_mutated_frames(base: bytes, flips: list[tuple[int, int]], cut: int, tun
     check_table(plane)
     for _, out in tx.frames:
         # whatever went out is a parseable frame
-        assert P.parse_frame(out) is not None
+        assert packet.parse_frame(out) is not None
 
 
 def test_bad_checksum_and_lengths_refused() -> None:
     good = bytearray(syn())
     bad = bytearray(good)
     bad[24] ^= 0xFF  # header checksum
-    assert P.parse_frame(bytes(bad)) is None
+    assert packet.parse_frame(bytes(bad)) is None
     short = bytearray(good)
     short[16:18] = (200).to_bytes(2, "big")  # total length beyond the frame
-    assert P.parse_frame(bytes(short)) is None
+    assert packet.parse_frame(bytes(short)) is None
     ihl = bytearray(good)
     ihl[14] = 0x44  # ihl 4 < 5
-    assert P.parse_frame(bytes(ihl)) is None
+    assert packet.parse_frame(bytes(ihl)) is None
     plane, tx = make_plane()
     for f in (bad, short, ihl):
         feed(plane, bytes(f))

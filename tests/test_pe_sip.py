@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from lvs.addr import parse_ip
 from lvs.conn import PeConn
 from lvs.constants import (
     AF_INET,
@@ -27,6 +26,7 @@ from lvs.ipvsadm.listing import list_conns
 from lvs.ipvsadm.proc import proc_ip_vs_conn
 from lvs.model import Flow, ServiceKey
 from lvs.pe_sip import PEDATA_MAXLEN, fill_param, get_callid
+from tests.helpers import ip
 
 # a start line longer than the 28 bytes the kernel skips (see lvs.pe_sip)
 START = b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
@@ -153,8 +153,6 @@ def test_search_starts_at_the_ip_payload_offset() -> None:
 # ---------------------------------------------------------------------------
 # the core
 # ---------------------------------------------------------------------------
-def ip(text: str) -> int:
-    return parse_ip(text)[1]
 
 
 VIP = ip("10.0.0.1")

@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from forwarding import tun as T
+from forwarding import tun
 from forwarding.capture import layout_frames
 from forwarding.dr import DirectPlane
 from lvs.constants import CONN_F_DROUTE, CONN_F_TEMPLATE, SVC_F_PERSISTENT
@@ -19,13 +19,13 @@ from lvs.core import Director
 from lvs.ctl import IPVS, DestSpec, ServiceSpec
 from lvs.model import ServiceKey
 
-from .test_dr_fastpath import IFX_IN, RS_INT, VIP, VIP_INT, FakeTx, StableResolver
+from .drfakes import IFX_IN, RS_INT, VIP, VIP_INT, FakeTx, OneHopResolver
 
 scapy_all = pytest.importorskip("scapy.all")
 
 
 def make_plane(pe: str = "sip") -> tuple[DirectPlane, FakeTx]:
-    T._ids = itertools.count(1)
+    tun._ids = itertools.count(1)
     ipvs = IPVS()
     key = ServiceKey(socket.AF_INET, 17, VIP_INT, 5060)
     ipvs.add_service(ServiceSpec(key, "rr", SVC_F_PERSISTENT, 60, None, pe))
@@ -34,7 +34,7 @@ def make_plane(pe: str = "sip") -> tuple[DirectPlane, FakeTx]:
     tx = FakeTx()
     plane = DirectPlane(
         Director(ipvs), lambda: 0.0, guard=False, capture=False, tx=tx,  # type: ignore[arg-type]
-        resolver=StableResolver(), fast_path=True,
+        resolver=OneHopResolver(), fast_path=True,
     )  # fmt: skip
     plane.start()
     plane.director.reset_clock(1.0)

@@ -11,7 +11,7 @@ import socket
 import pytest
 
 from .helpers import running_lvsd
-from .test_nat_e2e import Adm, Backends, free_port
+from .natlab import Adm, Backends, free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -54,6 +54,10 @@ def test_series_counts_match_the_report() -> None:
     # the last sample's active/inactive are the table's at the end
     last = {n: (s.active[n][-1], s.inactive[n][-1]) for n in s.servers}
     assert last["10.1.0.1:80"] == (22, 10)
+    # table changes between flows are marked where they happen
+    fo = series.collect((DATA / "scenarios" / "fo-tcp.scn").read_text().splitlines(), "fo-tcp")
+    assert (16, "-e 10.1.0.4:80 w=0") in fo.marks
+    assert fo.totals()["10.1.0.4:80"] == 15
 
 
 def test_compare_reschedules_every_service() -> None:

@@ -57,14 +57,13 @@ from schedulers.lblcr import LBLCRScheduler
 from schedulers.mh import TAB_SIZE as MH_SIZE
 from schedulers.mh import MHScheduler
 from schedulers.sh import SHScheduler
+from tests.helpers import ip
 
 TRACES = Path(__file__).parent / "data" / "traces"
 VIP = 0x0A000002  # 10.0.0.2
 
 
 # -- helpers -------------------------------------------------------------------
-def ip(text: str) -> int:
-    return int(ipaddress.ip_address(text))
 
 
 def make_svc(flags: int = 0, af: int = AF_INET, proto: int = IPPROTO_UDP) -> Service:

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from lvs.addr import parse_ip
 from lvs.constants import AF_INET, DEST_F_OVERLOAD, IPPROTO_TCP, IPPROTO_UDP
 from lvs.model import Dest, SchedContext, Service, ServiceKey
-from lvs.sched import conn_overhead, get_scheduler
+from lvs.sched import conn_overhead
 from schedulers.fo import fo_pick
 from schedulers.lc import lc_pick
 from schedulers.nq import nq_pick
@@ -34,38 +34,12 @@ from schedulers.ovf import ovf_pick
 from schedulers.sed import sed_pick
 from schedulers.wlc import wlc_pick
 
+from .schedlab import add, attach, make_service
+
 DATA = Path(__file__).parent / "data"
 INT_MAX = 2**31 - 1
 
 # -- a tiny control plane -----------------------------------------------------
-
-
-def make_service(sched: str, ctx: SchedContext | None = None, index_min: int | None = None) -> Service:
-    svc = Service(ServiceKey(AF_INET, IPPROTO_TCP, 0x0A000001, 80))
-    attach(svc, sched, ctx, index_min)
-    return svc
-
-
-def attach(svc: Service, sched: str, ctx: SchedContext | None = None, index_min: int | None = None) -> None:
-    cls = get_scheduler(sched)
-    assert cls is not None
-    if svc.scheduler is not None:
-        svc.scheduler.done()
-    svc.sched_name = sched
-    svc.scheduler = cls(svc, ctx or SchedContext())
-    if index_min is not None:
-        svc.scheduler.index_min = index_min  # type: ignore[attr-defined]
-
-
-def add(svc: Service, host: int, weight: int, port: int = 80) -> Dest:
-    dest = Dest(AF_INET, 0x0A010000 + host, port)
-    dest.svc = svc
-    dest.weight = weight
-    if weight:
-        dest.last_weight = weight
-    svc.link_dest(dest)
-    svc.scheduler.add_dest(dest)
-    return dest
 
 
 def edit(svc: Service, dest: Dest, weight: int) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from .chromium import CHROMIUM, Browser
 from .helpers import ROOT, lvsadm, running_lvsd
-from .test_nat_e2e import Backends, free_port
+from .natlab import Backends, free_port
 
 pytestmark = [
     pytest.mark.timeout(180),

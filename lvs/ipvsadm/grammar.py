@@ -9,14 +9,9 @@ writes on stderr and the status it exits with.  Nothing is executed here;
 The rules emulated, in the order ipvsadm applies them (ipvsadm.c
 ``parse_options`` then ``process_options``):
 
-1. **popt** (libpopt 1.19, no aliases, no config files) splits the arguments:
-   ``--long``, ``--long=value``, bundled short letters (``-Ln``), a short
-   option's value glued (``-w5``, ``-w=5``) or in the next argument (taken
-   even when it starts with ``-``), the optional value of ``-p`` (taken only
-   when the next argument does not start with ``-``), ``--`` ending the
-   options, every other word kept as a leftover argument, and popt's
-   ``!#:+`` in a value replaced by the next free word.  Long names must be
-   spelled out in full; a single dash always means short letters.
+1. **popt** splits the arguments into options, values and leftover words
+   (:mod:`lvs.ipvsadm.popt`; numbers and addresses are read as glibc reads
+   them, :mod:`lvs.ipvsadm.libc`).
 2. The **first** option must be a command (``-A -E -D -C -L -l -Z -a -e -d
    -R -S --set --start-daemon --stop-daemon``) or ``-h``/``-v``; anything
    else, a popt error there, or no option at all ends with popt's
@@ -85,10 +80,13 @@ from ..constants import (
     TUN_TYPE_GRE,
     TUN_TYPE_GUE,
     TUN_TYPE_IPIP,
+    TUN_TYPE_NAMES,
     UINT_MAX,
 )
 from ..ctl import DestSpec, ServiceSpec, SyncDaemon
 from ..model import ServiceKey
+from .libc import DIGITS, LONG_MAX, LONG_MIN, atoi, inet_aton, strtol
+from .popt import EXPAND, NONE, OPTIONAL, REASON, STRING, NoWordToTake, Opt, OptionTable, Popt, PoptError
 
 __all__ = [
     "CMD_ADD",
@@ -113,7 +111,6 @@ __all__ = [
     "Command",
     "Resolver",
     "UsageError",
-    "inet_aton",
     "parse",
 ]
 
@@ -224,323 +221,81 @@ class Command:
 # popt, as ipvsadm configures it
 # ---------------------------------------------------------------------------
 
-_NONE, _STRING, _OPTIONAL = 0, 1, 2
-
-# popt's error codes and their texts (poptStrerror).
-_POPT_NOARG = -10
-_POPT_BADOPT = -11
-_POPT_UNWANTEDARG = -12
-_POPT_REASON = {
-    _POPT_NOARG: "missing argument",
-    _POPT_BADOPT: "unknown option",
-    _POPT_UNWANTEDARG: "option does not take an argument",
-}
-_EXPAND = "!#:+"
-
-
-@dataclass(frozen=True)
-class _Opt:
-    long: str
-    short: str  # one letter, or "" for long-only options
-    kind: int
-    tag: str  # what poptGetNextOpt hands back
-
-
 # ipvsadm's option table: long name, letter, argument kind, tag.  Order matters
 # only where two entries share a letter or a name (popt takes the first).
-_TABLE: tuple[_Opt, ...] = tuple(
-    _Opt(*row)
+_TABLE: tuple[Opt, ...] = tuple(
+    Opt(*row)
     for row in (
-        ("add-service", "A", _NONE, "A"),
-        ("edit-service", "E", _NONE, "E"),
-        ("delete-service", "D", _NONE, "D"),
-        ("clear", "C", _NONE, "C"),
-        ("list", "L", _NONE, "L"),
-        ("list", "l", _NONE, "l"),
-        ("zero", "Z", _NONE, "Z"),
-        ("add-server", "a", _NONE, "a"),
-        ("edit-server", "e", _NONE, "e"),
-        ("delete-server", "d", _NONE, "d"),
-        ("set", "", _NONE, "set"),
-        ("help", "h", _NONE, "h"),
-        ("version", "v", _NONE, "v"),
-        ("restore", "R", _NONE, "R"),
-        ("save", "S", _NONE, "S"),
-        ("start-daemon", "", _STRING, "start-daemon"),
-        ("stop-daemon", "", _STRING, "stop-daemon"),
-        ("tcp-service", "t", _STRING, "t"),
-        ("udp-service", "u", _STRING, "u"),
-        ("sctp-service", "", _STRING, "sctp-service"),
-        ("fwmark-service", "f", _STRING, "f"),
-        ("scheduler", "s", _STRING, "s"),
-        ("persistent", "p", _OPTIONAL, "p"),
-        ("netmask", "M", _STRING, "M"),
-        ("real-server", "r", _STRING, "r"),
-        ("masquerading", "m", _NONE, "m"),
-        ("ipip", "i", _NONE, "i"),
-        ("gatewaying", "g", _NONE, "g"),
-        ("weight", "w", _STRING, "w"),
-        ("u-threshold", "x", _STRING, "x"),
-        ("l-threshold", "y", _STRING, "y"),
-        ("numeric", "n", _NONE, "n"),
-        ("connection", "c", _NONE, "c"),
-        ("mcast-interface", "", _STRING, "mcast-interface"),
-        ("syncid", "", _STRING, "syncid"),
-        ("timeout", "", _NONE, "timeout"),
-        ("daemon", "", _NONE, "daemon"),
-        ("stats", "", _NONE, "stats"),
-        ("rate", "", _NONE, "rate"),
-        ("thresholds", "", _NONE, "thresholds"),
-        ("persistent-conn", "", _NONE, "persistent-conn"),
-        ("nosort", "", _NONE, "nosort"),
-        ("sort", "", _NONE, "sort"),
-        ("exact", "X", _NONE, "X"),
-        ("ipv6", "6", _NONE, "6"),
-        ("ops", "o", _NONE, "o"),
-        ("pe", "", _STRING, "pe"),
-        ("sched-flags", "b", _STRING, "b"),
-        ("mcast-group", "", _STRING, "mcast-group"),
-        ("mcast-port", "", _STRING, "mcast-port"),
-        ("mcast-ttl", "", _STRING, "mcast-ttl"),
-        ("sync-maxlen", "", _STRING, "sync-maxlen"),
-        ("tun-info", "", _NONE, "tun-info"),
-        ("tun-type", "", _STRING, "tun-type"),
-        ("tun-port", "", _STRING, "tun-port"),
-        ("tun-nocsum", "", _NONE, "tun-nocsum"),
-        ("tun-csum", "", _NONE, "tun-csum"),
-        ("tun-remcsum", "", _NONE, "tun-remcsum"),
+        ("add-service", "A", NONE, "A"),
+        ("edit-service", "E", NONE, "E"),
+        ("delete-service", "D", NONE, "D"),
+        ("clear", "C", NONE, "C"),
+        ("list", "L", NONE, "L"),
+        ("list", "l", NONE, "l"),
+        ("zero", "Z", NONE, "Z"),
+        ("add-server", "a", NONE, "a"),
+        ("edit-server", "e", NONE, "e"),
+        ("delete-server", "d", NONE, "d"),
+        ("set", "", NONE, "set"),
+        ("help", "h", NONE, "h"),
+        ("version", "v", NONE, "v"),
+        ("restore", "R", NONE, "R"),
+        ("save", "S", NONE, "S"),
+        ("start-daemon", "", STRING, "start-daemon"),
+        ("stop-daemon", "", STRING, "stop-daemon"),
+        ("tcp-service", "t", STRING, "t"),
+        ("udp-service", "u", STRING, "u"),
+        ("sctp-service", "", STRING, "sctp-service"),
+        ("fwmark-service", "f", STRING, "f"),
+        ("scheduler", "s", STRING, "s"),
+        ("persistent", "p", OPTIONAL, "p"),
+        ("netmask", "M", STRING, "M"),
+        ("real-server", "r", STRING, "r"),
+        ("masquerading", "m", NONE, "m"),
+        ("ipip", "i", NONE, "i"),
+        ("gatewaying", "g", NONE, "g"),
+        ("weight", "w", STRING, "w"),
+        ("u-threshold", "x", STRING, "x"),
+        ("l-threshold", "y", STRING, "y"),
+        ("numeric", "n", NONE, "n"),
+        ("connection", "c", NONE, "c"),
+        ("mcast-interface", "", STRING, "mcast-interface"),
+        ("syncid", "", STRING, "syncid"),
+        ("timeout", "", NONE, "timeout"),
+        ("daemon", "", NONE, "daemon"),
+        ("stats", "", NONE, "stats"),
+        ("rate", "", NONE, "rate"),
+        ("thresholds", "", NONE, "thresholds"),
+        ("persistent-conn", "", NONE, "persistent-conn"),
+        ("nosort", "", NONE, "nosort"),
+        ("sort", "", NONE, "sort"),
+        ("exact", "X", NONE, "X"),
+        ("ipv6", "6", NONE, "6"),
+        ("ops", "o", NONE, "o"),
+        ("pe", "", STRING, "pe"),
+        ("sched-flags", "b", STRING, "b"),
+        ("mcast-group", "", STRING, "mcast-group"),
+        ("mcast-port", "", STRING, "mcast-port"),
+        ("mcast-ttl", "", STRING, "mcast-ttl"),
+        ("sync-maxlen", "", STRING, "sync-maxlen"),
+        ("tun-info", "", NONE, "tun-info"),
+        ("tun-type", "", STRING, "tun-type"),
+        ("tun-port", "", STRING, "tun-port"),
+        ("tun-nocsum", "", NONE, "tun-nocsum"),
+        ("tun-csum", "", NONE, "tun-csum"),
+        ("tun-remcsum", "", NONE, "tun-remcsum"),
     )
 )
 
-_BY_LONG: dict[str, _Opt] = {}
-_BY_SHORT: dict[str, _Opt] = {}
-for _o in _TABLE:
-    _BY_LONG.setdefault(_o.long, _o)
-    if _o.short:
-        _BY_SHORT.setdefault(_o.short, _o)
-del _o
-
-
-class _PoptError(Exception):
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-class _Popt:
-    """A popt context over one argument vector (argv[0] excluded)."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.args = args
-        self.next = 0
-        self.chars: str | None = None  # rest of a bundle of short letters
-        self.rest_leftover = False  # after "--"
-        self.leftovers: list[str] = []
-        self.taken: set[int] = set()  # words consumed by "!#:+"
-
-    def bad_option(self) -> str:
-        """poptBadOption: the word read last."""
-        return self.args[self.next - 1] if self.next > 0 else ""
-
-    def next_opt(self) -> tuple[_Opt, str | None] | None:
-        """poptGetNextOpt: the next option and its value, None at the end;
-        raises :class:`_PoptError`."""
-        args = self.args
-        while True:
-            long_arg: str | None = None
-            opt: _Opt | None = None
-            if self.chars is None:
-                if self.next == len(args):
-                    return None
-                if self.next in self.taken:
-                    self.next += 1
-                    continue
-                word = args[self.next]
-                self.next += 1
-                if self.rest_leftover or not word.startswith("-") or word == "-":
-                    self.leftovers.append(word)
-                    continue
-                if word == "--":
-                    self.rest_leftover = True
-                    continue
-                if word.startswith("--"):
-                    name, eq, value = word[2:].partition("=")
-                    if eq:
-                        long_arg = value
-                    opt = _BY_LONG.get(name)
-                    if opt is None:
-                        raise _PoptError(_POPT_BADOPT)
-                else:
-                    # one dash: ipvsadm has no one-dash long options, so these
-                    # are always short letters
-                    self.chars = word[1:]
-            if opt is None:
-                assert self.chars is not None
-                letter, rest = self.chars[0], self.chars[1:]
-                self.chars = rest or None
-                opt = _BY_SHORT.get(letter)
-                if opt is None:
-                    raise _PoptError(_POPT_BADOPT)
-            return opt, self._value(opt, long_arg)
-
-    def _value(self, opt: _Opt, long_arg: str | None) -> str | None:
-        if opt.kind == _NONE:
-            if long_arg is not None or (self.chars is not None and self.chars.startswith("=")):
-                raise _PoptError(_POPT_UNWANTEDARG)
-            return None
-        if long_arg is not None:
-            return self._expand(long_arg)
-        if self.chars is not None:
-            glued = self.chars[1:] if self.chars.startswith("=") else self.chars
-            self.chars = None
-            return self._expand(glued)
-        if self.next == len(self.args):
-            if opt.kind == _OPTIONAL:
-                return None
-            raise _PoptError(_POPT_NOARG)
-        word = self.args[self.next]
-        if opt.kind == _OPTIONAL and word.startswith("-"):
-            return None
-        self.next += 1
-        return self._expand(word)
-
-    def _expand(self, value: str) -> str:
-        """popt's expandNextArg: each ``!#:+`` becomes the next word that is
-        neither an option nor already taken (the same word for all of them)."""
-        if _EXPAND not in value:
-            return value
-        out: list[str] = []
-        found: str | None = None
-        i = 0
-        while i < len(value):
-            if value.startswith(_EXPAND, i):
-                if found is None:
-                    found = self._take_next_word()
-                if found is not None:
-                    out.append(found)
-                    i += len(_EXPAND)
-                    continue
-            out.append(value[i])
-            i += 1
-        return "".join(out)
-
-    def _take_next_word(self) -> str | None:
-        if self.next == len(self.args):
-            return None
-        for i in range(self.next, len(self.args)):
-            if i in self.taken or self.args[i].startswith("-"):
-                continue
-            self.taken.add(i)
-            return self.args[i]
-        raise UsageError(
-            f"{PROGRAM}: popt's `{_EXPAND}' finds no word to take here (the real ipvsadm loops forever)\n",
-            2,
-        )
-
-
-# ---------------------------------------------------------------------------
-# C library parsing, as glibc does it
-# ---------------------------------------------------------------------------
-
-_DIGITS = "0123456789"
-_HEX = "0123456789abcdefABCDEF"
-_C_SPACE = " \t\n\v\f\r"
-_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
-
-
-def _strtol_prefix(text: str) -> tuple[int | None, str]:
-    """strtol(text, &end, 10): the value (clamped to long as ERANGE does) and
-    what is left after it; value None when no digit was read (end == text)."""
-    i, n = 0, len(text)
-    while i < n and text[i] in _C_SPACE:
-        i += 1
-    sign = 1
-    if i < n and text[i] in "+-":
-        sign = -1 if text[i] == "-" else 1
-        i += 1
-    start = i
-    while i < n and text[i] in _DIGITS:
-        i += 1
-    if i == start:
-        return None, text
-    digits = text[start:i].lstrip("0")
-    if len(digits) > 19:  # beyond any long: strtol saturates (ERANGE)
-        return (_LONG_MIN if sign < 0 else _LONG_MAX), text[i:]
-    value = sign * int(digits or "0")
-    return max(_LONG_MIN, min(_LONG_MAX, value)), text[i:]
+OPTIONS = OptionTable(_TABLE)
 
 
 def _number(text: str, lo: int, hi: int) -> int | None:
     """ipvsadm ``string_to_number``: a whole decimal string within [lo, hi]."""
-    value, rest = _strtol_prefix(text)
+    value, rest = strtol(text)
     if value is None or rest or not lo <= value <= hi:
         return None
     return value
-
-
-def _atoi(text: str) -> int:
-    """glibc atoi: strtol's value truncated to a C int."""
-    value, _rest = _strtol_prefix(text)
-    if value is None:
-        return 0
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value >= 1 << 31 else value
-
-
-def inet_aton(text: str) -> int | None:
-    """glibc (2.36) ``inet_aton``: ``a.b.c.d``, ``a.b.c``, ``a.b`` or ``a``, each
-    part decimal, octal (leading 0) or hex (0x, then at least one hex digit),
-    none above 2**32-1; the last part fills the remaining bytes; a blank ends
-    the address and whatever follows it is ignored.  Returns the address as a
-    host-order integer, or None."""
-    parts: list[int] = []
-    i, n = 0, len(text)
-    val = 0
-    while True:
-        if i >= n or text[i] not in _DIGITS:
-            return None
-        base = 10
-        val = 0
-        digit = False
-        if text[i] == "0":
-            i += 1
-            if i < n and text[i] in "xX":
-                base = 16
-                i += 1
-            else:
-                base = 8
-                digit = True
-        while i < n:
-            c = text[i]
-            if c in _DIGITS:
-                if base == 8 and c in "89":
-                    return None
-                val = val * base + int(c)
-            elif base == 16 and c in _HEX:
-                val = (val << 4) | int(c, 16)
-            else:
-                break
-            if val > 0xFFFFFFFF:
-                return None
-            digit = True
-            i += 1
-        if not digit:
-            return None
-        if i < n and text[i] == ".":
-            if len(parts) > 2 or val > 0xFF:
-                return None
-            parts.append(val)
-            i += 1
-            continue
-        break
-    if i < n and text[i] not in _C_SPACE:
-        return None
-    if val > (0xFFFFFFFF, 0xFFFFFF, 0xFFFF, 0xFF)[len(parts)]:
-        return None
-    result = val
-    for k, part in enumerate(parts):
-        result |= part << (24 - 8 * k)
-    return result
 
 
 def _host_to_addr(resolver: Resolver, name: str) -> int | None:
@@ -552,7 +307,7 @@ def _host_to_addr(resolver: Resolver, name: str) -> int | None:
     resolver (the files backend on the golden machine)."""
     if not name or ":" in name:
         return None
-    if name[0] in _DIGITS and all(c in "0123456789." for c in name) and not name.endswith("."):
+    if name[0] in DIGITS and all(c in "0123456789." for c in name) and not name.endswith("."):
         return None
     try:
         found = resolver.host(name)
@@ -663,7 +418,6 @@ _COMMAND_RULES: dict[str, _Rule] = {
     CMD_ZERO: _rule(optional="service-address"),
 }
 
-_TUN_NAMES = {TUN_TYPE_IPIP: "ipip", TUN_TYPE_GUE: "gue", TUN_TYPE_GRE: "gre"}
 _TUN_OPTION_ORDER = (O_TUN_PORT, O_TUN_NOCSUM, O_TUN_CSUM, O_TUN_REMCSUM)
 # ipvsadm's tunnel_types_v_options.
 _TUNNEL_RULES: dict[int, _Rule] = {
@@ -793,7 +547,7 @@ def _parse_service(text: str, ep: _Endpoint, resolver: Resolver) -> int:
     literal takes the whole text (no port); otherwise the last ':' splits
     host and port; the host is inet_aton or a resolved IPv4 name; the port is
     0..65535 or a service name of ``ep.protocol``."""
-    if all(c in _DIGITS for c in text):  # also the empty string
+    if all(c in DIGITS for c in text):  # also the empty string
         return 0
     port_text: str | None = None
     host = text
@@ -851,8 +605,8 @@ def _parse_timeout(text: str | None, lo: int, hi: int) -> int:
 
 def _parse_fwmark(text: str) -> int:
     """ipvsadm ``parse_fwmark``: 1..4294967295."""
-    value, rest = _strtol_prefix(text)
-    if value is None or rest or value > _LONG_MAX - 1 or value < _LONG_MIN + 1:
+    value, rest = strtol(text)
+    if value is None or rest or value > LONG_MAX - 1 or value < LONG_MIN + 1:
         value = None
     elif value < 0:
         value += 1 << 64  # strtol's long stored in an unsigned long
@@ -909,10 +663,10 @@ def parse(argv: list[str], resolver: Resolver) -> Command:
     if not args:
         return Command(CMD_LIST)  # bare ipvsadm lists the table (main)
     st = _State()
-    popt = _Popt(args)
+    popt = Popt(OPTIONS, args)
     try:
-        first = popt.next_opt()
-    except _PoptError:
+        first = _next_opt(popt)
+    except PoptError:
         first = None
     if first is None:
         raise UsageError(TRY_HELP, 255)
@@ -936,9 +690,9 @@ def parse(argv: list[str], resolver: Resolver) -> Command:
 
     while True:
         try:
-            got = popt.next_opt()
-        except _PoptError as e:
-            raise UsageError(f"{popt.bad_option()}: {_POPT_REASON[e.code]}\n", 255, fatal=False) from None
+            got = _next_opt(popt)
+        except PoptError as e:
+            raise UsageError(f"{popt.bad_option()}: {REASON[e.code]}\n", 255, fatal=False) from None
         if got is None:
             break
         _apply_option(st, got[0], got[1], popt, resolver)
@@ -961,7 +715,16 @@ def parse(argv: list[str], resolver: Resolver) -> Command:
     return _finish(st)
 
 
-def _apply_option(st: _State, opt: _Opt, value: str | None, popt: _Popt, resolver: Resolver) -> None:
+def _next_opt(popt: Popt) -> tuple[Opt, str | None] | None:
+    try:
+        return popt.next_opt()
+    except NoWordToTake:
+        raise UsageError(
+            f"{PROGRAM}: popt's `{EXPAND}' finds no word to take here (the real ipvsadm loops forever)\n", 2
+        ) from None
+
+
+def _apply_option(st: _State, opt: Opt, value: str | None, popt: Popt, resolver: Resolver) -> None:
     """One option after the command (the loop of ipvsadm ``parse_options``)."""
     tag = opt.tag
     if tag in ("t", "u", "sctp-service"):
@@ -993,7 +756,7 @@ def _apply_option(st: _State, opt: _Opt, value: str | None, popt: _Popt, resolve
                 raise _fail("illegal virtual server persistent mask specified")
             st.svc.netmask = mask
         else:
-            plen = _atoi(value) & 0xFFFFFFFF
+            plen = atoi(value) & 0xFFFFFFFF
             if not 1 <= plen <= 128:
                 raise _fail("illegal ipv6 netmask specified")
             st.svc.netmask = plen
@@ -1163,9 +926,8 @@ def _finish(st: _State) -> Command:
             raise _fail("Different address family is allowed only for tunneling servers")
         if given & {O_TUN_TYPE, O_TUN_PORT, O_TUN_NOCSUM, O_TUN_CSUM, O_TUN_REMCSUM} and fwd != CONN_F_TUNNEL:
             raise _fail("Tunnel options conflict with forward method")
-        _check_rules(
-            _TUNNEL_RULES[st.tun_type], given, _TUN_OPTION_ORDER, f"'{_TUN_NAMES[st.tun_type]}' tunnel type"
-        )
+        what = f"'{TUN_TYPE_NAMES[st.tun_type]}' tunnel type"
+        _check_rules(_TUNNEL_RULES[st.tun_type], given, _TUN_OPTION_ORDER, what)
 
     if cmd == CMD_LIST and (
         (given & {O_CONNECTION, O_TIMEOUT, O_DAEMON} and given & {O_STATS, O_RATE, O_THRESHOLDS})

@@ -1,7 +1,7 @@
 """ipvsadm's listings, byte for byte: ``-L``/``-l`` (with ``--stats``,
 ``--rate``, ``--exact``, ``--thresholds``, ``--persistent-conn``,
 ``--tun-info``, ``--nosort``), ``-L -c``, ``-L --timeout``, ``-L --daemon`` and
-``-S`` (save), plus JSON views of the same data for scripts.
+``-S`` (save).  pylvs's own JSON views of the table are :mod:`lvs.json_views`.
 
 The layout rules are those of ipvsadm 1.31 (``print_title``,
 ``print_service_entry``, ``print_largenum``, ``print_conn``, ``list_conn``,
@@ -39,12 +39,8 @@ from ..constants import (
     CONN_F_FWD_MASK,
     CONN_F_LOCALNODE,
     CONN_F_MASQ,
-    CONN_F_SYNC,
-    CONN_F_TEMPLATE,
     CONN_F_TUNNEL,
     CONN_TAB_SIZE,
-    DEST_F_AVAILABLE,
-    DEST_F_OVERLOAD,
     IPPROTO_SCTP,
     IPPROTO_TCP,
     IPPROTO_UDP,
@@ -59,8 +55,9 @@ from ..constants import (
     TUN_TYPE_GUE,
     TUN_TYPE_IPIP,
 )
+from .libc import scan_d, scan_hx, strtoul
 from .names import FilesResolver
-from .proc import _conns, kernel_service_order, proc_ip_vs_conn_rows, remaining_seconds
+from .proc import kernel_service_order, proc_ip_vs_conn_rows, table_conns
 from .sort import cmp_dests, cmp_services, sort_dests, sort_services
 from .sort import msort as merge_sort
 
@@ -70,15 +67,15 @@ if TYPE_CHECKING:
 __all__ = [
     "cmp_dests",
     "cmp_services",
-    "conns_json",
     "list_conns",
     "list_daemons",
     "list_services",
     "list_timeouts",
     "merge_sort",
+    "ordered_services",
     "print_largenum",
     "save_rules",
-    "services_json",
+    "sched_flag_names",
 ]
 
 # ipvsadm's format bits (the values are pylvs's own; only their meaning matters).
@@ -97,7 +94,6 @@ _ADDRPORT_MAX = 59  # snprintf into a 60-byte buffer
 _SVC_NAME_CUT = 33
 _DEST_NAME_CUT = 28
 
-_TUN_NAMES = {TUN_TYPE_IPIP: "ipip", TUN_TYPE_GUE: "gue", TUN_TYPE_GRE: "gre"}
 _TUN_FLAG_SHORT = ("-c", "+c", "r+c")
 _TUN_FLAG_OPTS = ("--tun-nocsum", "--tun-csum", "--tun-remcsum")
 
@@ -183,7 +179,7 @@ def _fwd_switch(conn_flags: int) -> str:
     }.get(conn_flags & CONN_F_FWD_MASK, "(null)")
 
 
-def _sched_flag_names(sched_name: str, flags: int) -> list[str]:
+def sched_flag_names(sched_name: str, flags: int) -> list[str]:
     """ipvsadm ``print_sched_flags``: sh and mh name their two flags, any
     other scheduler shows ``flag-1``..``flag-3``."""
     if sched_name in ("sh", "mh"):
@@ -279,7 +275,7 @@ def _service_line(svc: Service, svc_name: str, fmt: int) -> str:
         if svc.flags & SVC_F_ONEPACKET:
             text += " -o"
         if svc.flags & SVC_F_SCHED_MASK:
-            text += " -b " + ",".join(_sched_flag_names(svc.sched_name, svc.flags))
+            text += " -b " + ",".join(sched_flag_names(svc.sched_name, svc.flags))
         return text + "\n"
     if fmt & FMT_STATS:
         return f"{svc_name:<33}" + "".join(print_largenum(v, exact) for v in svc.stats.counters()) + "\n"
@@ -287,7 +283,7 @@ def _service_line(svc: Service, svc_name: str, fmt: int) -> str:
         return f"{svc_name:<33}" + "".join(print_largenum(v, exact) for v in svc.stats.rates()) + "\n"
     text = f"{svc_name} {svc.sched_name}"
     if svc.flags & SVC_F_SCHED_MASK:
-        text += " (" + ",".join(_sched_flag_names(svc.sched_name, svc.flags)) + ")"
+        text += " (" + ",".join(sched_flag_names(svc.sched_name, svc.flags)) + ")"
     if svc.flags & SVC_F_PERSISTENT:
         text += f" persistent {_u32(svc.timeout)}"
         mask = _mask_text(svc)
@@ -366,7 +362,8 @@ def _service_entry(svc: Service, fmt: int, resolver: FilesResolver | None) -> st
     return "".join(out)
 
 
-def _ordered_services(ipvs: Any, fmt: int) -> list[Service]:
+def ordered_services(ipvs: Any, fmt: int = 0) -> list[Service]:
+    """The services in ``ipvsadm -L``'s order (``fmt`` with FMT_NOSORT: the kernel's)."""
     services = kernel_service_order(ipvs)
     if not fmt & FMT_NOSORT:
         services = sort_services(services)
@@ -421,7 +418,7 @@ def list_services(
         svc = ipvs.get_service(key)
         return _title(fmt) + _service_entry(svc, fmt, res)
     out = [_banner(ipvs), _title(fmt)]
-    out.extend(_service_entry(svc, fmt, res) for svc in _ordered_services(ipvs, fmt))
+    out.extend(_service_entry(svc, fmt, res) for svc in ordered_services(ipvs, fmt))
     return "".join(out)
 
 
@@ -460,71 +457,13 @@ def save_rules(ipvs: Any, *, numeric: bool, sort: bool = True, resolver: FilesRe
     Thresholds are not saved; the Local method is saved as ``-g``."""
     fmt = _make_fmt(numeric=numeric, sort=sort, rule=True)
     res = _pick_resolver(numeric, resolver)
-    return "".join(_service_entry(svc, fmt, res) for svc in _ordered_services(ipvs, fmt))
+    return "".join(_service_entry(svc, fmt, res) for svc in ordered_services(ipvs, fmt))
 
 
 # -- connections (-L -c) -----------------------------------------------------------------
-def _scan_hex16(tok: str) -> int | None:
-    """``%hX``: an optional sign, an optional 0x, hex digits; None if none."""
-    text = tok
-    neg = text.startswith("-")
-    if text[:1] in "+-":
-        text = text[1:]
-    if text[:2].lower() == "0x" and len(text) > 2 and text[2] in "0123456789abcdefABCDEF":
-        text = text[2:]
-    digits = ""
-    for ch in text:
-        if ch in "0123456789abcdefABCDEF":
-            digits += ch
-        else:
-            break
-    if not digits:
-        return None
-    value = int(digits, 16)
-    return (-value if neg else value) & 0xFFFF
-
-
-def _scan_int(tok: str) -> int | None:
-    """``%d``: an optional sign and decimal digits; None if none."""
-    text = tok
-    sign = 1
-    if text[:1] in "+-":
-        sign = -1 if text[0] == "-" else 1
-        text = text[1:]
-    digits = ""
-    for ch in text:
-        if ch.isdigit():
-            digits += ch
-        else:
-            break
-    if not digits:
-        return None
-    return sign * int(digits)
-
-
-def _strtoul_hex32(tok: str) -> int:
-    """``(u32) strtoul(tok, NULL, 16)`` on a 64-bit host."""
-    value = _strtoul_hex64(tok)
-    return value & _U32
-
-
-def _strtoul_hex64(tok: str) -> int:
-    text = tok.strip()
-    neg = text.startswith("-")
-    if text[:1] in "+-":
-        text = text[1:]
-    if text[:2].lower() == "0x":
-        text = text[2:]
-    digits = ""
-    for ch in text:
-        if ch in "0123456789abcdefABCDEF":
-            digits += ch
-        else:
-            break
-    value = int(digits, 16) if digits else 0
-    if value >= 1 << 64:
-        value = (1 << 64) - 1
-    return (-value) & ((1 << 64) - 1) if neg else value
+def _hex_u32(token: str) -> int:
+    """``(u32) strtoul(token, NULL, 16)``: an IPv4 address of /proc's conn lines."""
+    return strtoul(token, 16) & _U32
 
 
 def _parse_conn_line(line: str) -> dict[str, Any] | None:
@@ -539,12 +478,12 @@ def _parse_conn_line(line: str) -> dict[str, Any] | None:
         if kind == "s":
             values.append(tok)
         elif kind == "x":
-            v = _scan_hex16(tok)
+            v = scan_hx(tok)
             if v is None:
                 break
             values.append(v)
         else:
-            v = _scan_int(tok)
+            v = scan_d(tok)
             if v is None:
                 break
             values.append(v)
@@ -574,7 +513,7 @@ def _conn_row(line: str, fmt: int, resolver: FilesResolver | None) -> str:
         if caddr is not None:
             vaddr = inet_pton(AF_INET, f["v"]) or 0
         else:
-            caddr, vaddr = _strtoul_hex32(f["c"]), _strtoul_hex32(f["v"])
+            caddr, vaddr = _hex_u32(f["c"]), _hex_u32(f["v"])
     daf = AF_INET
     daddr = inet_pton(AF_INET6, f["d"])
     if daddr is not None:
@@ -582,7 +521,7 @@ def _conn_row(line: str, fmt: int, resolver: FilesResolver | None) -> str:
     else:
         daddr = inet_pton(AF_INET, f["d"])
         if daddr is None:
-            daddr = _strtoul_hex32(f["d"])
+            daddr = _hex_u32(f["d"])
     cname = _addrport(af, caddr, f["cport"], proto, fmt, resolver)
     vname = _addrport(af, vaddr, f["vport"], proto, fmt, resolver)
     dname = _addrport(daf, daddr, f["dport"], proto, fmt, resolver)
@@ -616,7 +555,7 @@ def list_conns(
         )
     else:
         out.append(f"pro expire {'state':<11} {'source':<18} {'virtual':<18} destination\n")
-    for line in proc_ip_vs_conn_rows(_conns(ipvs), now):
+    for line in proc_ip_vs_conn_rows(table_conns(ipvs), now):
         out.append(_conn_row(line, fmt, res))
     return "".join(out)
 
@@ -664,155 +603,3 @@ def list_daemons(ipvs: Any) -> str:
             text += f", ttl={ttl}"
         out.append(text + ")\n")
     return "".join(out)
-
-
-# -- JSON ----------------------------------------------------------------------------------
-_STATS_FIELDS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
-_RATE_FIELDS = ("cps", "inpps", "outpps", "inbps", "outbps")
-_FWD_JSON = {
-    CONN_F_MASQ: "masq",
-    CONN_F_LOCALNODE: "local",
-    CONN_F_TUNNEL: "tunnel",
-    CONN_F_DROUTE: "route",
-}
-
-
-def _af_name(af: int) -> str:
-    return "inet6" if af == AF_INET6 else "inet"
-
-
-def _stats_json(stats: Any) -> dict[str, dict[str, int]]:
-    return {
-        "counters": dict(zip(_STATS_FIELDS, stats.counters())),
-        "rates": dict(zip(_RATE_FIELDS, stats.rates())),
-    }
-
-
-def _dest_json(dest: Dest) -> dict[str, Any]:
-    tunnel = None
-    if dest.conn_flags & CONN_F_FWD_MASK == CONN_F_TUNNEL:
-        tunnel = {
-            "type": _TUN_NAMES.get(dest.tun_type, str(dest.tun_type)),
-            "port": dest.tun_port,
-            "csum": ("nocsum", "csum", "remcsum")[dest.tun_flags] if 0 <= dest.tun_flags < 3 else None,
-        }
-    return {
-        "af": _af_name(dest.af),
-        "address": format_ip(dest.af, dest.addr),
-        "port": dest.port,
-        "forward": _FWD_JSON.get(dest.conn_flags & CONN_F_FWD_MASK, "bypass"),
-        "weight": dest.weight,
-        "u_threshold": dest.u_threshold,
-        "l_threshold": dest.l_threshold,
-        "active_conns": dest.activeconns,
-        "inactive_conns": dest.inactconns,
-        "persistent_conns": dest.persistconns,
-        "available": bool(dest.flags & DEST_F_AVAILABLE),
-        "overloaded": bool(dest.flags & DEST_F_OVERLOAD),
-        "tunnel": tunnel,
-        **_stats_json(dest.stats),
-    }
-
-
-def _service_json(svc: Service) -> dict[str, Any]:
-    persistent = bool(svc.flags & SVC_F_PERSISTENT)
-    if svc.af == AF_INET6:
-        netmask: Any = svc.netmask
-    else:
-        netmask = format_ip(AF_INET, _u32(svc.netmask))
-    dests = sort_dests(svc.destinations)
-    return {
-        "af": _af_name(svc.af),
-        "protocol": None if svc.fwmark else _protocol_label(svc.protocol).lower(),
-        "address": None if svc.fwmark else format_ip(svc.af, svc.addr),
-        "port": None if svc.fwmark else svc.port,
-        "fwmark": svc.fwmark or None,
-        "scheduler": svc.sched_name,
-        "sched_flags": _sched_flag_names(svc.sched_name, svc.flags),
-        "persistent": persistent,
-        "timeout": svc.timeout if persistent else None,
-        "netmask": netmask,
-        "pe_name": svc.pe_name or None,
-        "one_packet": bool(svc.flags & SVC_F_ONEPACKET),
-        **_stats_json(svc.stats),
-        "destinations": [_dest_json(d) for d in dests],
-        "kernel_order": [f"{format_ip(d.af, d.addr)}:{d.port}" for d in svc.destinations],
-    }
-
-
-def services_json(ipvs: Any, now: float) -> dict[str, Any]:
-    """The service table as plain data, in ``ipvsadm -L``'s order.
-
-    Keys: ``version`` ("1.2.1"), ``conn_tab_size``, ``time`` (the virtual
-    time asked for), ``totals`` (``counters``/``rates`` of the whole table),
-    ``services``: a list of objects with ``af`` ("inet"|"inet6"),
-    ``protocol`` ("tcp"|"udp"|"sctp", null for a fwmark service), ``address``,
-    ``port``, ``fwmark`` (null unless a mark service), ``scheduler``,
-    ``sched_flags`` (e.g. ["sh-fallback","sh-port"]), ``persistent``,
-    ``timeout`` (seconds, null unless persistent), ``netmask`` (dotted IPv4
-    mask or IPv6 prefix length), ``pe_name``, ``one_packet``, ``counters``
-    (conns, inpkts, outpkts, inbytes, outbytes), ``rates`` (cps, inpps,
-    outpps, inbps, outbps), ``kernel_order`` (the real servers'
-    ``addr:port`` in scheduling order, newest first) and ``destinations``
-    (sorted as ipvsadm does): ``af``, ``address``, ``port``, ``forward``
-    ("masq"|"local"|"tunnel"|"route"), ``weight``, ``u_threshold``,
-    ``l_threshold``, ``active_conns``, ``inactive_conns``,
-    ``persistent_conns``, ``available``, ``overloaded``, ``tunnel`` (null or
-    ``type``/``port``/``csum``), ``counters``, ``rates``.
-    """
-    version = getattr(ipvs, "version", IPVS_VERSION)
-    return {
-        "version": ".".join(str(v) for v in version),
-        "conn_tab_size": getattr(ipvs, "conn_tab_size", CONN_TAB_SIZE),
-        "time": now,
-        "totals": _stats_json(ipvs.stats),
-        "services": [_service_json(s) for s in _ordered_services(ipvs, 0)],
-    }
-
-
-def conns_json(ipvs: Any, now: float) -> list[dict[str, Any]]:
-    """The connection table as plain data, one object per entry (templates
-    included), in table order.
-
-    Keys: ``protocol`` (kernel label: "TCP", "UDP", "SCTP", "IP" for fwmark
-    templates), ``af``, ``client`` / ``virtual`` / ``destination`` (each
-    ``{"address", "port"}``; the destination has its own ``af``), ``fwmark``,
-    ``state`` (as /proc prints it), ``template`` (bool), ``forward``,
-    ``expires_in`` (whole seconds left, as /proc shows), ``timeout``
-    (seconds the timer is re-armed with), ``flags`` (raw IP_VS_CONN_F_*),
-    ``origin`` ("LOCAL"|"SYNC"), ``pe_name`` and ``pe_data`` (null when absent).
-    """
-    from .proc import proto_name
-
-    out = []
-    for cp in _conns(ipvs):
-        daf = getattr(cp, "daf", cp.af) or cp.af
-        pe_data = getattr(cp, "pe_data", b"") or b""
-        if isinstance(pe_data, (bytes, bytearray)):
-            pe_text: str | None = pe_data.decode("latin-1") if pe_data else None
-        else:
-            pe_text = str(pe_data) or None
-        out.append(
-            {
-                "protocol": proto_name(cp.protocol),
-                "af": _af_name(cp.af),
-                "client": {"address": format_ip(cp.af, cp.caddr), "port": cp.cport},
-                "virtual": {"address": format_ip(cp.af, cp.vaddr), "port": cp.vport},
-                "destination": {
-                    "af": _af_name(daf),
-                    "address": format_ip(daf, cp.daddr),
-                    "port": cp.dport,
-                },
-                "fwmark": cp.fwmark,
-                "state": cp.state_name(),
-                "template": bool(cp.flags & CONN_F_TEMPLATE),
-                "forward": _FWD_JSON.get(cp.flags & CONN_F_FWD_MASK, "bypass"),
-                "expires_in": remaining_seconds(cp.expires, now),
-                "timeout": cp.timeout,
-                "flags": cp.flags,
-                "origin": "SYNC" if cp.flags & CONN_F_SYNC else "LOCAL",
-                "pe_name": getattr(cp, "pe_name", "") or None,
-                "pe_data": pe_text,
-            }
-        )
-    return out

@@ -150,7 +150,7 @@ def remaining_seconds(expires: float, now: float) -> int:
     return (jiffies * 1000 // HZ) // 1000
 
 
-def _conns(ipvs: Any) -> Iterable[Conn]:
+def table_conns(ipvs: Any) -> Iterable[Conn]:
     """The entries to list: the table's own, then copies of the entries other
     tables hold for the same director (``ipvs.remote_conns``: lvsd's
     ``--workers`` processes, gathered by the daemon before a listing)."""
@@ -275,14 +275,14 @@ def proc_ip_vs_conn_rows(conns: Iterable[Conn], now: float) -> Iterator[str]:
 def proc_ip_vs_conn(ipvs: Any, now: float) -> str:
     """``/proc/net/ip_vs_conn``: every entry of the connection table (the
     kernel prints in hash-bucket order; pylvs prints in its table's order)."""
-    return CONN_HEADER + "".join(proc_ip_vs_conn_rows(_conns(ipvs), now))
+    return CONN_HEADER + "".join(proc_ip_vs_conn_rows(table_conns(ipvs), now))
 
 
 def proc_ip_vs_conn_sync(ipvs: Any, now: float) -> str:
     """``/proc/net/ip_vs_conn_sync``: like ip_vs_conn without PE data, with an
     Origin column, ``SYNC`` for entries learnt from a master, else ``LOCAL``."""
     out = [CONN_SYNC_HEADER]
-    for cp in _conns(ipvs):
+    for cp in table_conns(ipvs):
         caddr, vaddr, daddr, proto = _conn_fields(cp)
         origin = "SYNC" if cp.flags & CONN_F_SYNC else "LOCAL"
         out.append(
