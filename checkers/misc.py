@@ -3,7 +3,7 @@ keepalived does: quotes and backslash escapes, no shell) in its own process grou
 down; 2-255: down, or with ``misc_dynamic`` up with weight status - 2 (the
 policy applies that).  A script still running at ``misc_timeout`` (default:
 the delay loop) gets SIGTERM, and SIGKILL two seconds later; that attempt
-fails."""
+fails.  ``user USER [GROUP]`` runs it as that user."""
 
 from __future__ import annotations
 
@@ -20,6 +20,16 @@ from .base import Outcome
 TERM_GRACE = 2.0
 
 
+def _primary_group(user: str) -> str:
+    import grp
+    import pwd
+
+    try:
+        return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+    except KeyError:
+        return user
+
+
 def _kill_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
@@ -31,6 +41,10 @@ async def probe(chk: Any) -> Outcome:
     if not argv:
         return Outcome(False, "misc_path is empty or has an unterminated quote")
     timeout = opts.get("misc_timeout") or chk.delay_loop
+    ids: dict[str, str] = {}
+    if opts.get("user"):  # keepalived's "user USER [GROUP]": the script runs as them
+        ids["user"] = opts["user"]
+        ids["group"] = opts.get("group") or _primary_group(opts["user"])
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -38,9 +52,11 @@ async def probe(chk: Any) -> Outcome:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,
+            **ids,  # type: ignore[arg-type]
         )
-    except OSError as exc:
-        return Outcome(False, f"cannot run {argv[0] if argv else '(empty)'}: {exc.strerror}")
+    except (OSError, KeyError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else f"unknown user or group ({exc})"
+        return Outcome(False, f"cannot run {argv[0] if argv else '(empty)'}: {why}")
     try:
         status = await asyncio.wait_for(proc.wait(), timeout)
     except TimeoutError:

@@ -55,7 +55,7 @@ from .dr_frag import Fragments, FragState
 from .dr_receive import Receive
 from .dr_xmit import PlaneStats, Transmit
 from .icmp import RateLimit
-from .neighbours import LinkInfo, NextHop, Resolver
+from .neighbours import Resolver
 from .netfilter import NftError, NftGuard, delete_table, nft_available
 from .nfqueue import NfQueue, bind_free_queue
 
@@ -258,6 +258,11 @@ class DirectPlane(FastPath, Receive, Fragments, Transmit):
             )
         return text
 
+    def _problem(self, text: str) -> None:
+        """A failure the operator sees in the warnings and the log."""
+        self._warnings.append(text)
+        log.error("%s", text)
+
     def warnings(self) -> list[str]:
         return list(self._warnings)
 
@@ -325,15 +330,13 @@ class DirectPlane(FastPath, Receive, Fragments, Transmit):
             try:
                 self._open()
             except Exception as exc:
-                self._warnings.append(f"DR/TUN capture not started: {exc}")
-                log.error("DR/TUN capture not started: %s", exc)
+                self._problem(f"DR/TUN capture not started: {exc}")
                 return
         if self.guard is not None:
             try:
                 self.guard.update(new)
             except Exception as exc:
-                self._warnings.append(f"nftables update failed: {exc}")
-                log.error("nftables update failed: %s", exc)
+                self._problem(f"nftables update failed: {exc}")
         if self.ring is not None:
             try:
                 prog = compile_filter(new)
@@ -354,8 +357,7 @@ class DirectPlane(FastPath, Receive, Fragments, Transmit):
             try:
                 self._open_queue()
             except Exception as exc:
-                self._warnings.append(f"firewall-mark DR/TUN services not served: {exc}")
-                log.error("firewall-mark DR/TUN services not served: %s", exc)
+                self._problem(f"firewall-mark DR/TUN services not served: {exc}")
                 return
         if self.guard is None or self.queue is None:
             return
@@ -363,8 +365,7 @@ class DirectPlane(FastPath, Receive, Fragments, Transmit):
             self.guard.update_fwmarks(marks, self.queue.queue_num)
             self._marks = marks
         except Exception as exc:
-            self._warnings.append(f"firewall-mark queue rules not updated: {exc}")
-            log.error("firewall-mark queue rules not updated: %s", exc)
+            self._problem(f"firewall-mark queue rules not updated: {exc}")
 
 
-__all__ = ["QUEUE_BASE", "DirectPlane", "LinkInfo", "NextHop", "PlaneStats", "Resolver"]
+__all__ = ["QUEUE_BASE", "DirectPlane"]

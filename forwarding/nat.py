@@ -43,6 +43,7 @@ Client address
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import socket
 from collections.abc import Callable
@@ -52,7 +53,7 @@ from lvs.constants import AF_INET6, DEST_F_AVAILABLE, SVC_F_PERSISTENT
 from lvs.core import Director
 from lvs.model import Service
 
-from .nat_common import RelayContext, ServedAddress, log, raise_nofile, tune_gc
+from .nat_common import RelayContext, ServedAddress, _nofile, log, raise_nofile, tune_gc
 from .nat_services import NatServices
 from .nat_tcp import CONNECTING, TcpSession
 from .nat_udp import UdpService
@@ -125,6 +126,8 @@ class Listener(ServedAddress):
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
             else:
                 sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+            if self.udp:
+                _size_rcvbuf(sock, ctx.udp_rcvbuf)
             sock.bind((self.host, self.vport))
             if not self.udp:
                 sock.listen(BACKLOG)
@@ -178,7 +181,7 @@ class Listener(ServedAddress):
             self.front.close()
 
 
-class NatPlane(NatServices):
+class NatPlane(NatServices[Listener]):
     """The NAT data plane of one process (lvsd alone, or one worker).
 
     ``proxy_protocol`` maps a real server endpoint ``(host, port)`` to the
@@ -210,16 +213,18 @@ class NatPlane(NatServices):
         )
         self.ctx.problems = self.problems
         self.reuse_port = reuse_port
-        self.served: dict[Any, Listener] = {}  # type: ignore[assignment]
         self.loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_soon = False
+        self._sweeps = 0
 
     # -- life cycle ------------------------------------------------------------------
     def start(self) -> None:
         """Serve the current table and follow its changes (call inside the loop)."""
         self.loop = self.ctx.loop = asyncio.get_running_loop()
         raise_nofile()
+        self.ctx.budget.limit = _nofile()
+        self.ctx.measure_fds()
         tune_gc()
         self.follow()
         self._sweeper = self.loop.call_later(SWEEP, self._sweep)
@@ -266,7 +271,11 @@ class NatPlane(NatServices):
             f"connect failures {ctx.connect_failures}, connect timeouts {ctx.connect_timeouts}, "
             f"resets {ctx.resets}, expired {ctx.expired}, no-dest {ctx.nodest}, "
             f"UDP flows {ctx.udp_flows_opened}, UDP dropped {ctx.udp_dropped}, "
-            f"ICMP unreachable {ctx.icmp.sent if ctx.icmp is not None else 0}"
+            f"ICMP unreachable {ctx.icmp.sent if ctx.icmp is not None else 0}; "
+            f"limits: {ctx.udp_sockets} UDP flow sockets, {ctx.udp_reclaimed} idle ones reclaimed, "
+            f"UDP dropped for want of a descriptor {ctx.udp_fd_drops}, UDP dropped by a full receive buffer "
+            f"{ctx.udp_rcvbuf_drops}, TCP refused at the connection limit {ctx.limit_refused} "
+            f"(descriptor limit {ctx.budget.limit}, {ctx.budget.reserve} reserved)"
         )
 
     # -- serving (NatServices) -----------------------------------------------------------
@@ -275,12 +284,12 @@ class NatPlane(NatServices):
         listener.open(self.ctx, self.reuse_port, self.problem)
         return listener
 
-    def service_changed(self, svc: Service, served: ServedAddress) -> None:
+    def service_changed(self, svc: Service, served: Listener) -> None:
         if self.reuse_port:
-            served.steer(bool(svc.flags & SVC_F_PERSISTENT))  # type: ignore[attr-defined]
+            served.steer(bool(svc.flags & SVC_F_PERSISTENT))
 
-    def close_service(self, served: ServedAddress) -> None:
-        served.close()  # type: ignore[attr-defined]
+    def close_service(self, served: Listener) -> None:
+        served.close()
 
     def table_changed(self) -> None:
         if not self._sweep_soon and self.loop is not None:
@@ -295,6 +304,17 @@ class NatPlane(NatServices):
     def _sweep(self) -> None:
         try:
             self._walk(self.now(), flush=True)
+            ctx = self.ctx
+            self._sweeps += 1
+            if self._sweeps % 4 == 0:
+                ctx.measure_fds()
+            for svc in ctx.udp_services:
+                dropped = svc.rcvbuf_drops()
+                if dropped:
+                    ctx.udp_rcvbuf_drops += dropped
+                    ctx.note("udp-rcvbuf", f"{svc.service.describe()}: {dropped} datagrams dropped by the "
+                             f"kernel: the VIP socket's receive buffer ({ctx.udp_rcvbuf} bytes, "
+                             "--udp-rcvbuf) was full")  # fmt: skip
         finally:
             if self.loop is not None:
                 self._sweeper = self.loop.call_later(SWEEP, self._sweep)
@@ -341,6 +361,7 @@ class NatPlane(NatServices):
             cp = f.conn
             if flush and f.flush(director, now):
                 refresh(cp, now)
+                f.last = now
             if not cp.hashed:
                 f.close()
                 del front.flows[addr]
@@ -352,11 +373,26 @@ class NatPlane(NatServices):
         for key, f in list(front.ops.items()):
             if flush and f.flush(director):
                 f.idle = 0
+                f.last = now
             elif flush:
                 f.idle += 1
                 if f.idle * SWEEP >= timeout:
                     f.close()
                     del front.ops[key]
 
+
+def _size_rcvbuf(sock: socket.socket, size: int) -> None:
+    """A UDP VIP socket's receive buffer: SO_RCVBUFFORCE (root may exceed
+    net.core.rmem_max), else SO_RCVBUF (capped by rmem_max)."""
+    if size <= 0:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+SO_RCVBUFFORCE = 33
 
 __all__ = ["SWEEP", "Listener", "NatPlane"]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 from lvs.addr import format_ip, inet_pton
 from lvs.constants import AF_INET6, IPPROTO_UDP
 from lvs.core import Director
+from lvs.limits import FdBudget, RateLimitedLog
 from lvs.model import ServiceKey
 
 log = logging.getLogger("lvsd.nat")
@@ -85,6 +87,53 @@ class RelayContext:
         self.nodest = 0
         self.udp_dropped = 0
         self.udp_flows_opened = 0
+        #: descriptors: what relays may use (lvs/limits.py); the UDP services
+        #: share it, idle flow sockets are reclaimed under pressure
+        self.budget = FdBudget(_nofile())
+        self.udp_services: list[Any] = []
+        self.udp_sockets = 0
+        self.udp_reclaimed = 0
+        self.udp_fd_drops = 0
+        self.udp_rcvbuf_drops = 0
+        self.limit_refused = 0
+        #: SO_RCVBUF of the VIP sockets of UDP services (bytes)
+        self.udp_rcvbuf = DEFAULT_UDP_RCVBUF
+        self.limited_log = RateLimitedLog()
+
+    def note(self, kind: str, text: str) -> None:
+        """A warning that may repeat thousands of times a second (connect
+        failures, limits): logged at most once per 10 s per kind, with the
+        count of the lines held back."""
+        admit, held = self.limited_log.admit(kind, self.now())
+        if admit:
+            log.warning("%s%s", text, f" ({held} more like it in the last 10 s)" if held else "")
+
+    def tcp_allowed(self) -> bool:
+        return self.budget.tcp_allowed(len(self.sessions), self.udp_sockets)
+
+    def udp_room(self) -> bool:
+        """Room for one more UDP flow socket, after closing the least
+        recently used idle ones (idle 1 s or more) if needed."""
+        n = self.budget.udp_to_reclaim(len(self.sessions), self.udp_sockets)
+        if not n:
+            return True
+        now = self.now()
+        idle = [(f.last, f) for svc in self.udp_services for f in svc.flows.values() if f.last < now - 1.0]
+        idle += [(f.last, f) for svc in self.udp_services for f in svc.ops.values() if f.last < now - 1.0]
+        idle.sort(key=lambda pair: pair[0])
+        for _, f in idle[:n]:
+            f.front.forget(f)
+            self.udp_reclaimed += 1
+        return self.budget.room(len(self.sessions), self.udp_sockets) >= 1
+
+    def measure_fds(self) -> None:
+        """Recount the descriptors open besides relays (listeners, control
+        connections, logs); called every few seconds."""
+        try:
+            total = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            return
+        self.budget.other = max(0, total - 2 * len(self.sessions) - self.udp_sockets)
 
     def target(self, cp: Any) -> tuple[str, int]:
         """The real server of an entry as (host, port) text for connect()."""
@@ -145,6 +194,20 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20000, 20, 50)
+
+
+#: receive buffer of a UDP service's VIP socket: a burst of 2,000 datagrams
+#: overflowed the kernel's default (about 200 kB); lvsd --udp-rcvbuf
+DEFAULT_UDP_RCVBUF = 8 * 1024 * 1024
+
+
+def _nofile() -> int:
+    try:
+        import resource
+
+        return int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    except (ImportError, ValueError, OSError):
+        return 1024
 
 
 def raise_nofile() -> None:

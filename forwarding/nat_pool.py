@@ -392,7 +392,7 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-class NatWorkerPlane(NatServices):
+class NatWorkerPlane(NatServices[ServedAddress]):
     """The NAT data plane of ``lvsd --workers N`` as the main process sees it:
     it follows the table, holds the VIPs and feeds the :class:`WorkerPool`,
     whose processes carry the traffic."""

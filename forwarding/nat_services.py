@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from lvs.constants import CONN_F_FWD_MASK, CONN_F_MASQ, IPPROTO_TCP, IPPROTO_UDP, SVC_F_PERSISTENT
 from lvs.core import Director
@@ -47,7 +47,11 @@ def unserved_reason(svc: Service) -> str | None:
     return None
 
 
-class NatServices:
+#: what a plane keeps per served service (a listener, or just the address)
+S = TypeVar("S", bound=ServedAddress)
+
+
+class NatServices(Generic[S]):
     """The served services of a NAT plane: follows the table's changes,
     holds the VIPs and the warnings.  Subclasses serve: :meth:`open_service`
     (raise OSError if it cannot be served), :meth:`service_changed`,
@@ -57,21 +61,21 @@ class NatServices:
         self.director = director
         self.now = now_fn
         self.vips = VipManager(manage_vips)
-        self.served: dict[ServiceKey, ServedAddress] = {}
+        self.served: dict[ServiceKey, S] = {}
         #: warnings by key (a service key, ("vip", key), "icmp" or the text)
         self.problems: dict[Any, str] = {}
         self._unserved: dict[ServiceKey, str] = {}
 
     # -- what subclasses do -----------------------------------------------------------
-    def open_service(self, svc: Service, address: ServedAddress) -> ServedAddress:
+    def open_service(self, svc: Service, address: ServedAddress) -> S:
         """Serve ``svc`` at ``address``: returns what :meth:`close_service`
         gets back (``address`` or an object that extends it)."""
         raise NotImplementedError
 
-    def service_changed(self, svc: Service, served: ServedAddress) -> None:
+    def service_changed(self, svc: Service, served: S) -> None:
         """A served service was changed (or just opened)."""
 
-    def close_service(self, served: ServedAddress) -> None:
+    def close_service(self, served: S) -> None:
         raise NotImplementedError
 
     def table_changed(self) -> None:

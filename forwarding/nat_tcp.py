@@ -238,24 +238,33 @@ class TcpSession(asyncio.Protocol):
         #: the plane's shared state, and the virtual service the client connected to
         self.ctx = ctx
         self.service = service
+        #: the client's and the real server's connections
         self.client: asyncio.Transport | None = None
         self.server: asyncio.Transport | None = None
+        #: the protocol of the real server's side (its counters: out_bytes, out_packets)
         self.up: _Upstream | None = None
+        #: the core's entry of this connection, and its key
         self.conn: Any = None
         self.flow: Flow | None = None
         #: early client data (before the real server answered) waits here
         self.early: list[bytes] = []
         self.early_eof = False
         self.early_paused = False
+        #: write to the real server, and the bytes still queued there (bound
+        #: methods of its transport once connected: one attribute read per read)
         self.to_server: Callable[[Any], None] = self.early_write
         self.server_backlog: Callable[[], int] = _always
+        #: client -> real server traffic not yet handed to the core (flush)
         self.in_bytes = 0
         self.in_packets = 0
+        #: each side sent its FIN (EOF seen)
         self.client_fin = False
         self.server_fin = False
+        #: relaying paused: the entry's real server is unavailable
         self.frozen = False
         self.state = CONNECTING
         self.accepted_at = 0.0
+        #: the connect to the real server while it runs
         self.task: Connect | None = None
 
     # -- client side events ------------------------------------------------------
@@ -272,6 +281,16 @@ class TcpSession(asyncio.Protocol):
         ctx = self.ctx
         ctx.accepted += 1
         peer = transport.get_extra_info("peername")
+        if not ctx.tcp_allowed():
+            # the descriptor budget (lvs/limits.py): refuse rather than run
+            # the control socket out of descriptors
+            ctx.limit_refused += 1
+            ctx.note("tcp-limit", f"{self.service.describe()}: connection from {peer[0]}:{peer[1]} refused: "
+                     f"{len(ctx.sessions)} TCP relays at the limit (descriptors {ctx.budget.limit}, "
+                     f"max-conns {ctx.budget.max_conns or 'none'})")  # fmt: skip
+            self.state = DONE
+            _rst(transport)
+            return
         service = self.service
         af = service.af
         vaddr = service.vaddr
@@ -376,6 +395,9 @@ class TcpSession(asyncio.Protocol):
                 ctx.connect_timeouts += 1
             else:
                 ctx.connect_failures += 1
+                cp = self.conn
+                ctx.note("tcp-connect", f"real server {ip_text(cp.daf, cp.daddr)}:{cp.dport} of "
+                         f"{self.service.describe()}: connect failed: {exc}")  # fmt: skip
                 if isinstance(exc, ConnectionRefusedError):
                     self.seg_out(RST, ctx.now())
             _rst(self.client)

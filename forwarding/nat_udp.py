@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,10 @@ from lvs.core import FORWARD, REJECT, Director
 from lvs.model import Flow
 
 from . import proxyproto
-from .nat_common import RelayContext, ServedAddress, ip_int, log
+from .nat_common import RelayContext, ServedAddress, ip_int
+
+SO_MEMINFO = 55
+SK_MEMINFO_DROPS = 8
 
 
 class UdpFlow(asyncio.DatagramProtocol):
@@ -49,11 +53,13 @@ class UdpFlow(asyncio.DatagramProtocol):
     __slots__ = (
         "addr",
         "conn",
+        "counted",
         "dest",
         "front",
         "idle",
         "in_bytes",
         "in_packets",
+        "last",
         "ok",
         "out_bytes",
         "out_packets",
@@ -79,6 +85,12 @@ class UdpFlow(asyncio.DatagramProtocol):
         self.in_bytes = self.out_bytes = self.in_packets = self.out_packets = 0
         self.idle = 0
         self.task: asyncio.Future[Any] | None = None
+        #: when it last carried traffic (the sweep notes it): the least
+        #: recently used idle flows give their socket back under pressure
+        self.last = front.ctx.now()
+        #: its socket counts in the descriptor budget
+        self.counted = True
+        front.ctx.udp_sockets += 1
 
     def factory(self) -> UdpFlow:
         return self
@@ -109,6 +121,9 @@ class UdpFlow(asyncio.DatagramProtocol):
 
     def close(self) -> None:
         self.ok = False
+        if self.counted:
+            self.counted = False
+            self.front.ctx.udp_sockets -= 1
         if self.task is not None:
             self.task.cancel()
             self.task = None
@@ -141,7 +156,7 @@ class UdpFlow(asyncio.DatagramProtocol):
 class UdpService(asyncio.DatagramProtocol):
     """The VIP socket of one UDP service."""
 
-    __slots__ = ("ctx", "flows", "ops", "service", "transport")
+    __slots__ = ("_drops", "ctx", "flows", "ops", "service", "transport")
 
     def __init__(self, ctx: RelayContext, service: ServedAddress) -> None:
         self.ctx = ctx
@@ -154,6 +169,36 @@ class UdpService(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.ctx.udp_services.append(self)
+        self._drops = 0
+
+    def rcvbuf_drops(self) -> int:
+        """Datagrams the kernel dropped since the last call because the VIP
+        socket's receive buffer was full (SO_MEMINFO's drop count)."""
+        t = self.transport
+        sock = t.get_extra_info("socket") if t is not None else None
+        if sock is None:
+            return 0
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (SK_MEMINFO_DROPS + 1))
+        except OSError:
+            return 0
+        total = struct.unpack(f"{SK_MEMINFO_DROPS + 1}I", raw)[SK_MEMINFO_DROPS]
+        new, self._drops = total - self._drops, total
+        return max(0, new)
+
+    def forget(self, f: UdpFlow) -> None:
+        """Close an idle flow's socket to give the descriptor back; its
+        entry stays in the table, a later datagram opens a new socket to the
+        same real server."""
+        if self.flows.get(f.addr) is f:
+            del self.flows[f.addr]
+        else:
+            for key, g in list(self.ops.items()):
+                if g is f:
+                    del self.ops[key]
+                    break
+        f.close()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         f = self.flows.get(addr)
@@ -188,6 +233,9 @@ class UdpService(asyncio.DatagramProtocol):
             key = (addr, cp.daf, cp.daddr, cp.dport)
             g = self.ops.get(key)
             if g is None or not g.ok:
+                if not ctx.udp_room():
+                    self._no_fd(addr)
+                    return
                 g = self.ops[key] = self.open_flow(addr, cp)
             g.conn = cp
             g.idle = 0
@@ -199,8 +247,19 @@ class UdpService(asyncio.DatagramProtocol):
             return
         if f is not None:
             f.close()
+            del self.flows[addr]
+        if not ctx.udp_room():
+            self._no_fd(addr)
+            return
         f = self.flows[addr] = self.open_flow(addr, cp)
         f.sendto(data)
+
+    def _no_fd(self, addr: Any) -> None:
+        ctx = self.ctx
+        ctx.udp_fd_drops += 1
+        ctx.note("udp-fd", f"{self.service.describe()}: datagram from {addr[0]}:{addr[1]} dropped: "
+                 f"no descriptor for a new flow socket ({ctx.udp_sockets} UDP flow sockets, "
+                 f"{len(ctx.sessions)} TCP relays, limit {ctx.budget.limit}, none idle for 1 s)")  # fmt: skip
 
     def open_flow(self, addr: Any, cp: Any) -> UdpFlow:
         f = UdpFlow(self, addr, cp)
@@ -220,9 +279,11 @@ class UdpService(asyncio.DatagramProtocol):
         if fut.cancelled():
             return
         if fut.exception() is not None:
-            log.debug("UDP upstream for %s: %s", f.addr, fut.exception())
             f.ok = False
             self.ctx.connect_failures += 1
+            self.ctx.note("udp-connect", f"{self.service.describe()}: cannot open a UDP socket to the "
+                          f"real server {self.ctx.target(f.conn)}: {fut.exception()}")  # fmt: skip
+            f.close()
             if self.flows.get(f.addr) is f:
                 del self.flows[f.addr]
             return
@@ -256,5 +317,7 @@ class UdpService(asyncio.DatagramProtocol):
             f.close()
         self.flows.clear()
         self.ops.clear()
+        if self in self.ctx.udp_services:
+            self.ctx.udp_services.remove(self)
         if self.transport is not None:
             self.transport.close()

@@ -91,6 +91,11 @@ def nft_available(nft: str = "nft") -> bool:
     return shutil.which(nft) is not None
 
 
+def run_script(script: str, nft: str = "nft") -> None:
+    """Run an nft script as one transaction; :class:`NftError` on failure."""
+    _run(script, nft)
+
+
 def _run(script: str, nft: str = "nft", check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [nft, "-f", "-"], input=script, capture_output=True, text=True, timeout=20, check=False
@@ -209,6 +214,25 @@ def fwmark_batch(table: str, marks: Iterable[tuple[int, int]], queue_num: int, s
     return begin + b"".join(msgs) + end
 
 
+def queue_rule_batch(table: str, chain: str, queue_num: int, seq: int = 1) -> bytes:
+    """One nf_tables transaction: delete every rule of ``chain`` (a regular
+    chain the table's own rules jump to), then add one rule ``counter`` +
+    xt ``NFQUEUE --queue-num N`` (no bypass: with nobody bound, the packet is
+    dropped and the sender retries).  Two ACKs."""
+    begin = nlmsg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, b"")
+    where = nla(1, _str(table)) + nla(2, _str(chain))
+    delete = nlmsg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELRULE, NLM_F_REQUEST | NLM_F_ACK, seq + 1,
+                   NFPROTO_INET, 0, where)  # fmt: skip
+    target = nla(1, _str("NFQUEUE")) + nla(2, _be32(NFQUEUE_TARGET_REV))
+    target += nla(3, struct.pack("=HHH2x", queue_num, 1, 0))
+    exprs = _expr("counter", nla(1, bytes(8)) + nla(2, bytes(8))) + _expr("target", target)
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND
+    add = nlmsg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE, flags, seq + 2, NFPROTO_INET, 0,
+                where + _nest(4, exprs))  # fmt: skip
+    end = nlmsg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 3, 0, NFNL_SUBSYS_NFTABLES, b"")
+    return begin + delete + add + end
+
+
 def send_batch(data: bytes, acks: int, timeout: float = 5.0) -> None:
     """Send an nf_tables batch and wait for its ``acks`` ACKs; raise
     :class:`NftError` on the first error (the kernel then aborts the whole
@@ -321,6 +345,8 @@ __all__ = [
     "elements_script",
     "fwmark_batch",
     "nft_available",
+    "queue_rule_batch",
     "ruleset",
+    "run_script",
     "send_batch",
 ]

@@ -327,11 +327,18 @@ class NfQueue:
             self.verdict_msgs += 1
         return bytes(out)
 
-    def send_verdicts(self, verdicts: list[tuple[int, int]]) -> None:
-        """All verdicts of one batch in one ``send``."""
-        if not verdicts:
+    def marked_verdict_message(self, packet_id: int, verdict: int, mark: int) -> bytes:
+        """One NFQNL_MSG_VERDICT for ``packet_id`` that also sets the packet's
+        mark (``NFQA_MARK``, ``nfqnl_recv_verdict``)."""
+        mtype = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
+        body = nla(NFQA_VERDICT_HDR, _VERDICT.pack(verdict, packet_id)) + nla(NFQA_MARK, _U32BE.pack(mark))
+        self.verdict_msgs += 1
+        return nlmsg(mtype, NLM_F_REQUEST, self._next_seq(), 0, self.queue_num, body)
+
+    def send_raw(self, data: bytes) -> None:
+        """Verdict messages built by the caller, in one ``send``."""
+        if not data:
             return
-        data = self.verdict_messages(verdicts)
         try:
             self.sock.send(data)
         except BlockingIOError:
@@ -342,6 +349,12 @@ class NfQueue:
                 self.sock.send(data)
             finally:
                 self.sock.setblocking(False)
+
+    def send_verdicts(self, verdicts: list[tuple[int, int]]) -> None:
+        """All verdicts of one batch in one ``send``."""
+        if not verdicts:
+            return
+        self.send_raw(self.verdict_messages(verdicts))
 
     def close(self) -> None:
         """Unbind (the kernel also does it when the socket closes) and close."""

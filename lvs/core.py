@@ -766,8 +766,26 @@ class Director:
                 cp.flags &= ~CONN_F_NOOUTPUT
             else:
                 direction = DIR_INPUT_ONLY
+        new = next_state(cp.state, direction, tcp_flags, bool(self.ipvs.sysctl.secure_tcp))
+        self._move_tcp_state(cp, new)
+
+    def kernel_tcp_state(self, cp: Conn, state: int, now: float) -> bool:
+        """A forwarder that leaves a flow's packets to the kernel (the kernel
+        NAT engine: netfilter's conntrack follows the TCP exchange) reports
+        the IPVS TCP state the flow has reached: the entry moves there with
+        the same active/inactive accounting as a packet would give, takes the
+        state's timeout and its timer is re-armed.  False (nothing done) if
+        the entry is no longer hashed."""
+        if not cp.hashed:
+            return False
+        self._move_tcp_state(cp, state)
+        self._put(cp, now)
+        return True
+
+    def _move_tcp_state(self, cp: Conn, new: int) -> None:
+        """``set_tcp_state``'s bookkeeping: ActiveConn/InActConn of the dest,
+        the template assured on ESTABLISHED, the state's timeout."""
         old = cp.state
-        new = next_state(old, direction, tcp_flags, bool(self.ipvs.sysctl.secure_tcp))
         if new != old:
             dest = cp.dest
             if dest is not None:

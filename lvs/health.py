@@ -475,6 +475,8 @@ class HealthMonitor:
             self._schedule(chk, now + chk.delay_loop)
             return
         chk.last_reason = reason
+        if chk.conf.log_all_failures and chk.is_up and chk.retry_it < chk.retry:
+            self._log(f"{chk.kind} attempt on service {chk.describe()} failed: {reason}.")
         if chk.retry_it >= chk.retry:
             if chk.is_up or not chk.has_run:
                 rs = chk.rs
@@ -611,6 +613,19 @@ class HealthMonitor:
                 rs.alive = False
             self._ipvs_cmd("add" if add else "del", vs, rs, now)
             rs.alive = True
+
+    def shutdown_scripts(self) -> list[str]:
+        """``omega``: at shutdown keepalived runs the notify_down script of every
+        live real server and the quorum_down script of a virtual server that
+        had quorum (ipwrapper.c clear_services with omega)."""
+        out: list[str] = []
+        for vs in self.vss:
+            if not vs.conf.omega:
+                continue
+            out.extend(rs.conf.notify_down for rs in vs.rs if rs.alive and rs.conf.notify_down)
+            if vs.quorum_state_up and vs.conf.quorum_down:
+                out.append(vs.conf.quorum_down)
+        return out
 
     # -- views ------------------------------------------------------------------------------
     def find(self, key: ServiceKey, af: int, addr: int, port: int) -> RsState | None:

@@ -686,7 +686,9 @@ def _checker(ctx: _Ctx, node: Node, rs: RealServerConf, vs: VirtualServerConf) -
             opts["urls"].append(_url(ctx, child))
         elif kw == "virtualhost":
             opts["virtualhost"] = _arg(child)
-        elif kw in ("fast_recovery", "enable_sni", "misc_dynamic"):
+        elif kw == "fast_recovery":
+            ctx.warn(child, "fast_recovery is not implemented by lvsd: checks keep their delays")
+        elif kw in ("enable_sni", "misc_dynamic"):
             opts[kw] = _bool(child)
         elif kw == "http_protocol":
             opts[kw] = _arg(child)
@@ -709,6 +711,8 @@ def _checker(ctx: _Ctx, node: Node, rs: RealServerConf, vs: VirtualServerConf) -
             opts["misc_timeout"] = float(_uint(child, 1, 2**31 - 1))
         elif kw == "user":
             opts["user"] = _arg(child)
+            if len(child.args) > 1:
+                opts["group"] = child.args[1]
         elif kw == "helo_name":
             opts["helo_name"] = _arg(child)
         elif kw == "host":

@@ -7,17 +7,20 @@ atomically (write, fsync, rename) and reads it.
 
 The file is JSON with the table as ``ipvsadm -S -n`` text (so an operator can
 read it and ``ipvsadm -R`` it elsewhere), the three ``--set`` timeouts, every
-sysctl, the VIPs lvsd itself added to ``lo`` (a successor removes those a
-dead lvsd left), and whether the writer stopped cleanly.
+sysctl (and sync_threshold's period), the running sync daemons (kernel state
+too: a successor starts them again), the VIPs lvsd itself added to ``lo`` (a
+successor removes those a dead lvsd left), and whether the writer stopped
+cleanly.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .ctl import IPVS
+from .ctl import IPVS, SyncDaemon
+from .errors import IPVSError
 from .sysctl import SysctlError, Sysctls
 
 FORMAT = "pylvs-state"
@@ -42,6 +45,10 @@ class State:
     #: services and real servers in ``rules``, for the log
     services: int = 0
     dests: int = 0
+    #: the running sync daemons (``--start-daemon``), as SyncDaemon fields
+    daemons: list[dict[str, Any]] = field(default_factory=list)
+    #: sync_threshold's second number (the sysctl is a vector)
+    sync_period: int = 50
 
 
 def snapshot(ipvs: IPVS, vips: list[tuple[int, str]], pid: int, clean: bool = False) -> State:
@@ -57,6 +64,8 @@ def snapshot(ipvs: IPVS, vips: list[tuple[int, str]], pid: int, clean: bool = Fa
         clean=clean,
         services=len(ipvs.services),
         dests=sum(len(svc.destinations) for svc in ipvs.services.values()),
+        daemons=[asdict(d) for d in ipvs.daemons.values()],
+        sync_period=ipvs.sysctl.sync_period,
     )
 
 
@@ -71,6 +80,8 @@ def render(state: State) -> str:
         "timeouts": list(state.timeouts),
         "sysctl": state.sysctl,
         "vips": [list(v) for v in state.vips],
+        "daemons": state.daemons,
+        "sync_period": state.sync_period,
         "rules": state.rules,
     }
     return json.dumps(obj, indent=1) + "\n"
@@ -95,6 +106,7 @@ def parse(text: str) -> State:
         rules = obj.get("rules", "")
         if not isinstance(rules, str):
             raise ValueError("rules must be text")
+        daemons = [_daemon_fields(d) for d in obj.get("daemons", [])]
         return State(
             rules=rules,
             timeouts=(timeouts[0], timeouts[1], timeouts[2]),
@@ -104,6 +116,8 @@ def parse(text: str) -> State:
             clean=bool(obj.get("clean", False)),
             services=int(obj.get("services", 0)),
             dests=int(obj.get("dests", 0)),
+            daemons=daemons,
+            sync_period=int(obj.get("sync_period", 50)),
         )
     except (TypeError, ValueError) as exc:
         raise StateError(f"damaged state file: {exc}") from None
@@ -119,4 +133,41 @@ def apply_sysctls(sysctls: Sysctls, values: dict[str, int]) -> list[str]:
             problems.append(f"unknown sysctl {name}")
         except SysctlError as exc:
             problems.append(str(exc))
+    return problems
+
+
+_TEXT_FIELDS = ("state", "mcast_ifn", "mcast_group")
+_DAEMON_TYPES = {f.name: (str if f.name in _TEXT_FIELDS else int) for f in fields(SyncDaemon)}
+
+
+def _daemon_fields(obj: Any) -> dict[str, Any]:
+    """A saved sync daemon, checked field by field (ValueError if damaged)."""
+    if not isinstance(obj, dict) or obj.get("state") not in ("master", "backup"):
+        raise ValueError("a sync daemon needs state master or backup")
+    out: dict[str, Any] = {}
+    for name, kind in _DAEMON_TYPES.items():
+        if name in obj:
+            value = obj[name]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"sync daemon field {name} must be {kind.__name__}")
+            out[name] = value
+    return out
+
+
+def restore_sync(ipvs: IPVS, state: State) -> list[str]:
+    """sync_threshold's period, then the saved sync daemons, started again
+    through ``ipvs.start_daemon`` (lvsd's hook opens their sockets); returns
+    the problems (a daemon whose interface is gone, ...)."""
+    problems = []
+    try:
+        ipvs.sysctl.set("sync_threshold", f"{ipvs.sysctl.sync_threshold} {state.sync_period}")
+    except (KeyError, ValueError) as exc:
+        problems.append(f"sync_threshold period {state.sync_period}: {exc}")
+    for saved in state.daemons:
+        daemon = SyncDaemon(**saved)
+        try:
+            ipvs.start_daemon(daemon)
+        except IPVSError as exc:
+            what = f"--start-daemon {daemon.state} --mcast-interface {daemon.mcast_ifn}"
+            problems.append(f"{what}: {exc.message}")
     return problems

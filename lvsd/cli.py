@@ -200,7 +200,8 @@ def print_health(health: list[dict] | None) -> None:
         quorum = "up" if vs["quorum_up"] else "DOWN"
         print(f"virtual server {vs['virtual_server']} (quorum {quorum}):")
         for rs in vs["real_servers"]:
-            line = f"  {rs['server']} {rs['state']} since {rs['since']:.1f}s, weight {rs['weight']}"
+            since = rs.get("since_utc") or f"{rs['since']:.1f} s after start"
+            line = f"  {rs['server']} {rs['state']} since {since}, weight {rs['weight']}"
             line += f", checkers {'+'.join(rs['checkers']) or 'none'}"
             if rs["state"] == "down" and rs["failed_checker"]:
                 line += f", failed: {rs['failed_checker']}: {rs['last_failure']}"

@@ -34,12 +34,18 @@ MAX_PARALLEL = 256
 SAFETY_MARGIN = 5.0
 #: scripts (notify_up/down, quorum_up/down) get this long before SIGKILL
 SCRIPT_TIMEOUT = 30.0
+#: omega's scripts at shutdown get what keepalived gives them (TIMER_HZ: one second)
+OMEGA_SCRIPT_TIMEOUT = 1.0
 
 
 def read_sources(path: str, yaml: bool) -> dict[str, str]:
     """The configuration's file texts: ``path`` and, for keepalived.conf, every
     file its ``include`` globs name (relative to the including file's
     directory, in sorted order, as keepalived resolves them)."""
+    if yaml:
+        from .config import read_config
+
+        return {path: read_config(path)}
     texts = {path: _read(path)}
     if not yaml:
         parse_keepalived(texts[path], path, _recording_includer(texts))
@@ -228,6 +234,10 @@ class HealthRunner:
         self._wake.set()
         if self.child is not None:
             self.child.stop()
+        if self.monitor is not None and self.emit is None:
+            scripts = self.monitor.shutdown_scripts()  # omega
+            if scripts:
+                await asyncio.gather(*(run_script(s, OMEGA_SCRIPT_TIMEOUT) for s in scripts))
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -320,7 +330,22 @@ class HealthRunner:
 
     # -- views ---------------------------------------------------------------------------------
     def status(self) -> list[dict[str, Any]]:
-        return self.monitor.status() if self.monitor is not None else []
+        """``lvsadm --status``: each checked real server's health, ``since``
+        also as UTC wall time."""
+        if self.monitor is None:
+            return []
+        out = self.monitor.status()
+        for vs in out:
+            for rs in vs["real_servers"]:
+                rs["since_utc"] = self._utc(rs["since"])
+        return out
+
+    def _utc(self, since: float) -> str:
+        import datetime
+        import time
+
+        wall = time.time() - (self.now() - since)
+        return datetime.datetime.fromtimestamp(wall, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
     def annotate(self, services_json: dict[str, Any]) -> None:
         """Add each real server's health to ``--json services``."""
@@ -344,6 +369,8 @@ class HealthRunner:
                 d_af, d_addr = parse_ip(dest["address"])
                 rs = monitor.find(key, d_af, d_addr, dest["port"])
                 dest["health"] = monitor.health_of(rs) if rs is not None else None
+                if dest["health"] is not None:
+                    dest["health"]["since_utc"] = self._utc(dest["health"]["since"])
             for vs in monitor.vss:
                 if key in vs.conf.keys:
                     svc["health"] = {
@@ -355,7 +382,7 @@ class HealthRunner:
                     }
 
 
-async def run_script(command: str) -> None:
+async def run_script(command: str, timeout: float = SCRIPT_TIMEOUT) -> None:
     """Run a notify/quorum script (split as keepalived does, no shell)."""
     argv = split_command(command)
     if not argv:
@@ -369,10 +396,12 @@ async def run_script(command: str) -> None:
         log.warning("cannot run script %s: %s", command, exc)
         return
     try:
-        status = await asyncio.wait_for(proc.wait(), SCRIPT_TIMEOUT)
+        async with asyncio.timeout(timeout):
+            status = await proc.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
+        await proc.wait()
         log.warning("script %s timed out and was killed", command)
         return
     if status:

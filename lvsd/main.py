@@ -601,7 +601,7 @@ class Daemon:
 
     def restore(self, state: Any) -> None:
         """Bring back the table, timeouts and sysctls of ``state``."""
-        from lvs.state import apply_sysctls
+        from lvs.state import apply_sysctls, restore_sync
 
         problems = apply_sysctls(self.ipvs.sysctl, state.sysctl)
         if any(state.timeouts):
@@ -610,6 +610,8 @@ class Daemon:
             reply = self.run_ipvsadm(["-R"], state.rules)
             if reply["rc"] != 0:
                 problems.append(reply["stderr"].strip())
+        problems += restore_sync(self.ipvs, state)
+        self.syncd.refresh_params()
         dests = sum(len(svc.destinations) for svc in self.ipvs.services.values())
         how = "stopped cleanly" if state.clean else "did not stop cleanly (crash or kill)"
         if self.inherit is not None:
@@ -710,6 +712,8 @@ class Daemon:
             "transparent": self.opts.transparent,
         }
         plane: Any
+        if getattr(self.opts, "nat_engine", "proxy") == "kernel" and self.start_kernel_nat_plane():
+            return
         if self.opts.workers > 1:
             from forwarding.nat_pool import NatWorkerPlane
 
@@ -720,8 +724,38 @@ class Daemon:
             plane = NatPlane(self.director, self.now, **options)
         if self.inherit is not None:
             plane.vips.adopt(self.inherit.vips)
+        ctx = getattr(plane, "ctx", None)
+        if ctx is not None:  # the limits (lvs/limits.py); --workers: each worker keeps the defaults
+            ctx.udp_rcvbuf = self.opts.udp_rcvbuf
+            ctx.budget.max_conns = self.opts.max_conns
+            ctx.budget.reserve = self.opts.reserve_fds
         self.planes.append(plane)
         plane.start()
+
+    def start_kernel_nat_plane(self) -> bool:
+        """``--nat-engine kernel`` (forwarding/nat_kernel.py, experimental):
+        True if it serves; else the reason is logged and shown by
+        ``lvsadm --status``, and the proxy engine serves instead."""
+        from forwarding.nat_kernel import KernelNatPlane, KernelNatUnavailable
+
+        name = "".join(ch if ch.isalnum() else "_" for ch in (self.opts.socket or ""))
+        plane = KernelNatPlane(self.director, self.now, manage_vips=not self.opts.no_vip,
+                               table="pylvs_nat" + (f"_{name}" if name else ""))  # fmt: skip
+        if self.inherit is not None:
+            plane.vips.adopt(self.inherit.vips)
+        try:
+            plane.start()
+        except KernelNatUnavailable as exc:
+            text = f"--nat-engine kernel cannot start: {exc}; the proxy NAT engine serves instead"
+            log.error("%s", text)
+            self.warnings.append(text)
+            return False
+        if self.opts.workers > 1 or self.opts.transparent or self.opts.proxy_protocol:
+            text = "--nat-engine kernel ignores --workers, --transparent and --proxy-protocol (proxy options)"
+            log.warning("%s", text)
+            self.warnings.append(text)
+        self.planes.append(plane)
+        return True
 
     def start_direct_plane(self) -> None:
         """DR/TUN plane (forwarding/dr.py): it opens its capture socket and
@@ -849,6 +883,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--started-by", default="by hand", help=argparse.SUPPRESS)
     ap.add_argument(
+        "--max-conns", type=int, default=0, metavar="N",
+        help="NAT: at most N TCP relays (further connections are reset, counted and logged); "
+        "default: as many as the descriptor limit allows after --reserve-fds",
+    )  # fmt: skip
+    ap.add_argument(
+        "--reserve-fds", type=int, default=64, metavar="N",
+        help="descriptors relays never take, so the control socket always answers (default 64)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--udp-rcvbuf", type=int, default=8 * 1024 * 1024, metavar="BYTES",
+        help="receive buffer of each UDP service's socket (default 8 MiB; drops are counted)",
+    )  # fmt: skip
+    ap.add_argument(
         "--socket", help="control socket name (abstract) or path; default from LVSD_SOCKET or 'pylvs'"
     )
     ap.add_argument("--allow-group", action="append", default=[], help="a group whose members may use lvsadm")
@@ -862,6 +909,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="RIP:PORT=v1|v2",
         help="send a PROXY protocol header to this NAT real server (repeatable)",
+    )
+    ap.add_argument(
+        "--nat-engine",
+        choices=["proxy", "kernel"],
+        default="proxy",
+        help="how -m services are served: proxy (default: lvsd relays the connections) or kernel "
+        "(EXPERIMENTAL: lvsd decides each new flow's first packet through NFQUEUE and netfilter's NAT "
+        "moves the bytes; needs root, nftables and nfnetlink_queue; falls back to proxy with a message)",
     )
     ap.add_argument(
         "--transparent", action="store_true", help="NAT: connect to real servers from the client's address"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from forwarding import packet
-from forwarding.dr import LinkInfo, NextHop, Resolver
+from forwarding.neighbours import LinkInfo, NextHop, Resolver
 from lvs.addr import parse_ip
 
 VIP = "207.175.44.110"

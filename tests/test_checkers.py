@@ -210,6 +210,9 @@ def test_misc_exit_codes_and_timeout(tmp_path: Path) -> None:
     for code, ok in ((0, True), (1, False), (2, False), (255, False)):
         out = probe(checker("MISC_CHECK", 80, f"misc_path \"/bin/sh -c 'exit {code}'\""))
         assert out.ok == ok and out.exit_code == code
+    as_nobody = "misc_path \"/bin/sh -c 'test $(id -u) = 65534'\""
+    assert not probe(checker("MISC_CHECK", 80, as_nobody)).ok
+    assert probe(checker("MISC_CHECK", 80, as_nobody + "\n user nobody")).ok
     pidfile = tmp_path / "pid"
     script = f"/bin/sh -c 'echo $$ > {pidfile}; exec sleep 30'"
     t0 = time.monotonic()

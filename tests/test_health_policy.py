@@ -304,3 +304,21 @@ def test_table_always_matches_alive_state(steps: list[tuple[int, bool]]) -> None
                 else:
                     assert name not in table
             assert all(rs.alive == (rs.num_failed_checkers == 0) for rs in mon.vss[0].rs)
+
+
+def test_omega_scripts_and_log_all_failures() -> None:
+    extra = "    omega\n    quorum_down /bin/qdown"
+    rs2 = "        notify_down /bin/down2"
+    _, mon = build(vs_extra=extra, rs2_extra=rs2)
+    assert mon.shutdown_scripts() == ["/bin/down2", "/bin/qdown"]
+    _, plain = build(rs2_extra=rs2)
+    assert plain.shutdown_scripts() == []
+    cfg = parse_keepalived(BASE.format(vs_extra="", rs2_extra="").replace(
+        "retry 2", "retry 2\n            log_all_failures"), "k.conf")  # fmt: skip
+    mon = HealthMonitor(IPVS(), cfg.services, random.Random(1))
+    mon.start(0.0)
+    t = settle(mon, 0, 4, {})
+    settle(mon, t, t + 1.5, {"10.1.0.2:8080": False})
+    assert any(
+        o.text.startswith("TCP_CHECK attempt on service [10.1.0.2]:tcp:8080 failed") for o in mon.outbox
+    )

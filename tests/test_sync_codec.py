@@ -172,3 +172,32 @@ def test_refresh_period_and_retries_hold_back_resends() -> None:
     # retry (sync_retries 1) 60/8 s later; then nothing until it moves 60 s
     assert sent == [0, 8]
     assert m.needed(d.conns.lookup_in(17, AF_INET, f.caddr, f.cport, f.vaddr, f.vport), 99, 70.0)
+
+
+def test_state_file_keeps_sync_daemons_and_the_period() -> None:
+    """lvs.state: the running sync daemons and sync_threshold's period go
+    into lvsd's state file and come back (a crashed or restarted lvsd starts
+    them again); a damaged daemon entry is a StateError."""
+    import json
+
+    import pytest
+
+    from lvs.ctl import SyncDaemon
+    from lvs.state import StateError, parse, render, restore_sync, snapshot
+
+    ipvs = IPVS()
+    ipvs.sysctl.set("sync_threshold", "2 20")
+    ipvs.start_daemon(SyncDaemon("master", "eth1", 7, 0, "", 8848, 1))
+    ipvs.start_daemon(SyncDaemon("backup", "eth1", 7, 1400, "ff02::81", 9000, 1))
+    text = render(snapshot(ipvs, [], 1))
+    again = IPVS()
+    state = parse(text)
+    again.sysctl.set("sync_threshold", str(state.sysctl["sync_threshold"]))
+    assert restore_sync(again, state) == []
+    assert again.daemons == ipvs.daemons
+    assert (again.sysctl.sync_threshold, again.sysctl.sync_period) == (2, 20)
+    assert restore_sync(again, state)[0].endswith("Daemon has already run")
+    obj = json.loads(text)
+    obj["daemons"][0]["syncid"] = "7"
+    with pytest.raises(StateError):
+        parse(json.dumps(obj))

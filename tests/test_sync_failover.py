@@ -140,17 +140,25 @@ class Lab:
         assert r.returncode == 0, (d, args, r.stdout, r.stderr)
         return r.stdout
 
-    def start_director(self, d: str) -> None:
+    def start_director(self, d: str, restarted: bool = False) -> None:
         """lvsd (DR plane; keepalived owns the VIP), the service, and both
         sync daemons on eth1."""
         log = open(self.tmp / f"lvsd-{d}.log", "a")  # noqa: SIM115 - closed with the process
         p = subprocess.Popen([*self.pre(d), PY, "-m", "lvsd.main", "--foreground", "--socket", self.sock[d],
-                              "--no-vip", "--no-nat", "--log-level", "debug"],
+                              "--no-vip", "--no-nat", "--log-level", "debug", "--state", str(self.tmp / f"{d}.state")],
                              stdout=subprocess.DEVNULL, stderr=log, text=True, cwd=ROOT)  # fmt: skip
         log.close()
         self.procs.append(p)
         self.lvsd[d] = p
         wait_ready(self.sock[d], self.pre(d))
+        if restarted:
+            # lvsd restores its table and its sync daemons from its state
+            # file after a crash (the kernel's would have outlived the process)
+            assert f"{VIP}:{PORT}" in self.adm(d, "-L", "-n")
+            daemons = self.adm(d, "-L", "--daemon")
+            assert "master sync daemon (mcast=eth1, syncid=7" in daemons, daemons
+            assert "backup sync daemon (mcast=eth1, syncid=7" in daemons, daemons
+            return
         self.adm(d, "-A", "-t", f"{VIP}:{PORT}", "-s", "rr")
         for k in (1, 2):
             self.adm(d, "-a", "-t", f"{VIP}:{PORT}", "-r", f"172.16.0.2{k}:{PORT}", "-g")
@@ -257,7 +265,7 @@ def test_vrrp_failover_carries_the_connections_on(lab: Lab) -> None:
     # the old master comes back, as BACKUP (nopreempt), and learns the flows from the new master
     time.sleep(max(0.0, t_kill + 4 - time.monotonic()))
     lab.reboot(d1)
-    lab.start_director(d1)
+    lab.start_director(d1, restarted=True)
     lab.start_keepalived(d1, 150)
     back = lab.wait(lambda: lab.synced(d1) >= CONNS, 14, 0.2)
     print(f"the old master, back as backup, holds the {CONNS} flows again {back:.2f} s after its restart")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -398,3 +399,127 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _udp_sink(stop: threading.Event, got: list[int]) -> tuple[socket.socket, threading.Thread]:
+    """A UDP real server that counts what it receives (and what its own
+    receive buffer drops, SO_MEMINFO)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, 33, 32 * 1024 * 1024)  # SO_RCVBUFFORCE
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(0.2)
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                s.recv(64)
+                got[0] += 1
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return s, t
+
+
+def _meminfo_drops(s: socket.socket) -> int:
+    import struct
+
+    return struct.unpack("9I", s.getsockopt(socket.SOL_SOCKET, 55, 36))[8]
+
+
+def _counter(text: str, label: str) -> int:
+    m = re.search(re.escape(label) + r" (\d+)", text)
+    assert m, (label, text)
+    return int(m.group(1))
+
+
+@pytest.mark.skipif(not is_root(), reason="needs root to bind 127.1.x.y sources at this rate and size buffers")
+def test_udp_churn_under_a_descriptor_limit_is_counted_and_control_answers() -> None:
+    """Test point 4: 100,000 UDP sources at up to 5,000/s through an lvsd whose
+    RLIMIT_NOFILE is 20,000: lvsadm -L -n answers throughout, idle flow
+    sockets are given back, and every datagram sent is either received by
+    the real server or counted as lost (by lvsd's counters or the real
+    server's own receive buffer)."""
+    import resource
+
+    stop = threading.Event()
+    got = [0]
+    sink, sink_thread = _udp_sink(stop, got)
+    vport = _free_port()
+    name = unique_socket()
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+
+    lvsd = subprocess.Popen([PY, "-m", "lvsd.main", "--foreground", "--no-dr", "--no-vip", "--socket", name],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                            preexec_fn=limit)  # fmt: skip
+    control: list[int] = []
+    try:
+        wait_ready(name)
+        assert lvsadm(name, "-A", "-u", f"127.0.0.1:{vport}", "-s", "rr").returncode == 0
+        assert lvsadm(name, "-a", "-u", f"127.0.0.1:{vport}", "-r", f"127.0.0.1:{sink.getsockname()[1]}",
+                      "-m").returncode == 0  # fmt: skip
+
+        def ask() -> None:
+            while not stop.is_set():
+                control.append(lvsadm(name, "-L", "-n", timeout=20).returncode)
+                time.sleep(0.5)
+
+        asker = threading.Thread(target=ask, daemon=True)
+        asker.start()
+        sent = 0
+        total, rate = 100_000, 5000
+        t0 = time.monotonic()
+        for i in range(total):
+            src = (f"127.1.{(i >> 8) & 255}.{i & 255}", 20000 + (i >> 16))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(src)
+                s.sendto(b"x", ("127.0.0.1", vport))
+            sent += 1
+            ahead = t0 + sent / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        elapsed = time.monotonic() - t0
+        time.sleep(3)  # what is queued reaches the real server
+        status = ""
+        with Client(autostart=False, name=name) as c:
+            for _ in range(50):  # until lvsd's counters stop moving
+                data = c.call("status")["data"]
+                status = " ".join(data["planes"])
+                before = got[0]
+                time.sleep(0.6)
+                if got[0] == before:
+                    break
+        stop.set()
+        asker.join(timeout=30)
+        lost_counted = (
+            _counter(status, "UDP dropped")
+            + _counter(status, "UDP dropped for want of a descriptor")
+            + _counter(status, "UDP dropped by a full receive buffer")
+            + _counter(status, "connect failures")
+        )
+        backend_drops = _meminfo_drops(sink)
+        print(f"sent {sent} in {elapsed:.1f} s; received {got[0]}; lvsd counted {lost_counted}; "
+              f"real server dropped {backend_drops}; {status}")  # fmt: skip
+        assert control and all(rc == 0 for rc in control), control
+        assert sent == total
+        assert got[0] + lost_counted + backend_drops == sent
+        reclaimed = re.search(r"(\d+) idle ones reclaimed", status)
+        assert reclaimed and int(reclaimed.group(1)) > 0  # 100k flows in 20k descriptors
+        assert lvsadm(name, "-L", "-n").returncode == 0
+    finally:
+        stop.set()
+        lvsd.terminate()
+        try:
+            lvsd.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            lvsd.kill()
+            lvsd.wait()
+        sink.close()
+        sink_thread.join(timeout=5)
