@@ -27,7 +27,20 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .nfqueue import NETLINK_NETFILTER, NETLINK_NO_ENOBUFS, SO_RCVBUFFORCE, SOL_NETLINK, iter_attrs, iter_msgs
+from .nfqueue import (
+    NETLINK_NETFILTER,
+    NETLINK_NO_ENOBUFS,
+    NLA_F_NESTED,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    SO_RCVBUFFORCE,
+    SOL_NETLINK,
+    iter_attrs,
+    iter_msgs,
+    nl_errors,
+    nla,
+    nlmsg,
+)
 
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW = 0
@@ -196,6 +209,46 @@ class ConntrackEvents:
             self.sock.close()
 
 
+def delete_message(af: int, protocol: int, saddr: int, sport: int, daddr: int, dport: int, seq: int) -> bytes:
+    """IPCTNL_MSG_CT_DELETE of the entry whose original tuple is given
+    (``ctnetlink_del_conntrack``), with an ACK asked for."""
+    if af == socket.AF_INET6:
+        ip = nla(CTA_IP_V6_SRC, saddr.to_bytes(16, "big")) + nla(CTA_IP_V6_DST, daddr.to_bytes(16, "big"))
+    else:
+        ip = nla(CTA_IP_V4_SRC, saddr.to_bytes(4, "big")) + nla(CTA_IP_V4_DST, daddr.to_bytes(4, "big"))
+    proto = (nla(CTA_PROTO_NUM, bytes([protocol])) + nla(CTA_PROTO_SRC_PORT, struct.pack("!H", sport))
+             + nla(CTA_PROTO_DST_PORT, struct.pack("!H", dport)))  # fmt: skip
+    tup = nla(CTA_TUPLE_IP | NLA_F_NESTED, ip) + nla(CTA_TUPLE_PROTO | NLA_F_NESTED, proto)
+    body = nla(CTA_TUPLE_ORIG | NLA_F_NESTED, tup)
+    mtype = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
+    return nlmsg(mtype, NLM_F_REQUEST | NLM_F_ACK, seq, af, 0, body)
+
+
+def delete_entries(tuples: list[tuple[int, int, int, int, int, int]], timeout: float = 2.0) -> int:
+    """Delete the conntrack entries of these original tuples ((af, protocol,
+    saddr, sport, daddr, dport)); the number the kernel deleted (the others
+    were already gone)."""
+    if not tuples:
+        return 0
+    deleted = 0
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sk:
+        sk.bind((0, 0))
+        sk.settimeout(timeout)
+        for start in range(0, len(tuples), 256):
+            chunk = tuples[start : start + 256]
+            sk.send(b"".join(delete_message(*t, seq=start + i + 1) for i, t in enumerate(chunk)))
+            got = 0
+            while got < len(chunk):
+                try:
+                    reply = sk.recv(1 << 16)
+                except TimeoutError:
+                    return deleted
+                for err in nl_errors(reply):
+                    got += 1
+                    deleted += err == 0
+    return deleted
+
+
 def enable_accounting() -> bool:
     """Turn on conntrack's per-entry counters in this namespace
     (``net.netfilter.nf_conntrack_acct``); False if it cannot."""
@@ -207,4 +260,14 @@ def enable_accounting() -> bool:
         return False
 
 
-__all__ = ["DESTROY", "NEW", "UPDATE", "ConntrackEvents", "CtEvent", "enable_accounting", "parse_event"]
+__all__ = [
+    "DESTROY",
+    "NEW",
+    "UPDATE",
+    "ConntrackEvents",
+    "CtEvent",
+    "delete_entries",
+    "delete_message",
+    "enable_accounting",
+    "parse_event",
+]

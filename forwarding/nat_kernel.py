@@ -48,14 +48,15 @@ move each entry to the TCP state conntrack reached (``Director.
 kernel_tcp_state``: ESTABLISHED, FIN_WAIT, TIME_WAIT...; so ActiveConn and
 InActConn follow the kernel), and a flow's end (conntrack DESTROY) adds its
 packet and byte counters (``nf_conntrack_acct``, switched on in the
-namespace) and expires its entry.
+namespace) and expires its entry.  A real server that is no longer
+available (deleted) gets its flows' conntrack entries deleted, so their
+next packets meet the core's verdict as in the kernel (dropped, or passed
+on with expire_nodest_conn).
 
 Not done yet: counters of a flow arrive only when it ends (long flows do
 not show in ``--rate`` meanwhile); the IPVS timeouts are not imposed on the
 conntrack entries (an IPVS entry may expire while conntrack still
-translates its flow, whose later counters are then lost); deleting or
-quiescing a real server does not end its established flows
-(expire_nodest_conn); one-packet scheduling (conntrack keeps the binding);
+translates its flow, whose later counters are then lost); one-packet scheduling (conntrack keeps the binding);
 firewall-mark, wildcard (0.0.0.0) and port-0 services; events of every
 conntrack entry of the namespace are read (no kernel-side filter yet); the
 short-connection TIME_WAIT collision after DNAT (issue 16).  The README
@@ -83,7 +84,7 @@ from lvs.conn import (
     TCP_S_SYN_RECV,
     TCP_S_TIME_WAIT,
 )
-from lvs.constants import CONN_F_FWD_MASK, CONN_F_MASQ, IPPROTO_TCP
+from lvs.constants import CONN_F_FWD_MASK, CONN_F_MASQ, CONN_F_TEMPLATE, DEST_F_AVAILABLE, IPPROTO_TCP
 from lvs.core import ACCEPT, DROP, FORWARD, REJECT, Director
 from lvs.model import Flow, Service
 
@@ -130,7 +131,7 @@ MAX_FIRST_LEN = 1 << 20
 #: what this engine does not do yet, shown in lvsadm --status
 NOT_YET = (
     "nat-engine kernel is EXPERIMENTAL: states follow conntrack's events, counters arrive when a flow ends, "
-    "IPVS timeouts are not imposed on conntrack, a deleted real server keeps its established flows, "
+    "IPVS timeouts are not imposed on conntrack, "
     "no fwmark/wildcard/port-0 services, no fix yet for short connections meeting TIME_WAIT"
 )
 
@@ -252,6 +253,8 @@ class KernelNatPlane(NatServices):
         #: it, conntrack's counters at the end include it
         self._first_len: dict[tuple[int, int, int, int, int, int], int] = {}
         self.ct_states = 0
+        #: flows whose conntrack entries were deleted for an unavailable real server
+        self._ended: set[tuple[int, int, int, int, int, int]] = set()
         self.ct_ended = 0
 
     # -- life cycle ------------------------------------------------------------------
@@ -357,6 +360,34 @@ class KernelNatPlane(NatServices):
             self._refresh_soon = True
             self.loop.call_soon(self._refresh)
 
+    def _end_unavailable(self) -> None:
+        """``ip_vs_in_hook`` drops (or, with expire_nodest_conn, expires) the
+        packets of an entry whose real server is no longer available
+        (deleted, or its service gone); here conntrack would go on
+        translating them, so their conntrack entries are deleted: the
+        flow's next packet starts a new conntrack entry, is queued, and the
+        core gives it the kernel's verdict (DROP, or the entry expired and
+        the packet, not a SYN, passed to the local stack)."""
+        doomed = []
+        for cp in self.director.conns:
+            dest = cp.dest
+            if dest is None or dest.flags & DEST_F_AVAILABLE or cp.flags & CONN_F_FWD_MASK != CONN_F_MASQ:
+                continue
+            flow = (cp.af, cp.protocol, cp.caddr, cp.cport, cp.vaddr, cp.vport)
+            if cp.flags & CONN_F_TEMPLATE or flow in self._ended:
+                continue
+            self._ended.add(flow)
+            doomed.append(flow)
+        if doomed:
+            try:
+                n = ct_events.delete_entries(doomed)
+            except OSError as exc:
+                log.warning("cannot delete the conntrack entries of removed real servers: %s", exc)
+                return
+            log.info("real servers no longer available: %d of %d conntrack entries deleted", n, len(doomed))
+        if len(self._ended) > MAX_FIRST_LEN:
+            self._ended.clear()
+
     def _mark_of(self, af: int, addr: int, port: int) -> int:
         key = (af, addr, port)
         mark = self.marks.get(key)
@@ -373,6 +404,8 @@ class KernelNatPlane(NatServices):
         self._refresh_soon = False
         if self.guard is None:
             return
+        if len(self.director.conns):
+            self._end_unavailable()
         services = []
         for key in self.served:
             services.append((key.af, key.protocol, key.addr, key.port))

@@ -120,19 +120,23 @@ def update_overload(dest: Dest) -> None:
 
 def unicast_dest(af: int, addr: int) -> bool:
     """Whether ``ip_vs_new_dest`` takes ``addr`` as a real server: an IPv4 one
-    must be unicast or local (``inet_addr_type``: not 0/8, 255.255.255.255,
-    multicast 224/4, or the loopback's broadcast 127.255.255.255); an IPv6 one
+    must be unicast or local (``inet_addr_type``: not 0.0.0.0 (6.1's
+    ``ipv4_is_zeronet``; 0.1.2.3 is taken), 255.255.255.255, multicast 224/4,
+    or the loopback's broadcast 127.255.255.255); an IPv6 one
     unicast and not link-local (``ipv6_addr_type``: not ::, ff00::/8, fe80::/10,
     or v4-mapped ::ffff:0:0/96).  (The kernel would take a link-local address
     configured on the director; pylvs sees no interface addresses.)"""
     if af == AF_INET6:
         return not (addr == 0 or addr >> 120 == 0xFF or addr >> 118 == 0xFE80 >> 6 or addr >> 32 == 0xFFFF)
-    return not (addr >> 24 == 0 or addr >> 28 == 0xE or addr in (0xFFFFFFFF, 0x7FFFFFFF))
+    return not (addr == 0 or addr >> 28 == 0xE or addr in (0xFFFFFFFF, 0x7FFFFFFF))
 
 
-def _addr_in_af(af: int, addr: int) -> int:
-    """``ip_vs_addr_equal(af, ...)``: an IPv4 comparison reads the first word only."""
-    return addr if af == AF_INET6 else addr & 0xFFFFFFFF
+def _addr_in_af(af: int, addr_af: int, addr: int) -> int:
+    """What ``ip_vs_addr_equal(af, ...)`` compares of an address of family
+    ``addr_af``: all of it for IPv6, the first 32-bit word for IPv4."""
+    if af == AF_INET6:
+        return addr
+    return (addr >> 96) & 0xFFFFFFFF if addr_af == AF_INET6 else addr & 0xFFFFFFFF
 
 
 class IPVS:
@@ -461,7 +465,7 @@ class IPVS:
                 and (
                     vkey.fwmark != 0
                     or (
-                        _addr_in_af(vkey.af, okey.addr) == _addr_in_af(vkey.af, vkey.addr)
+                        _addr_in_af(vkey.af, okey.af, okey.addr) == _addr_in_af(vkey.af, vkey.af, vkey.addr)
                         and okey.port == vkey.port
                     )
                 )
@@ -474,11 +478,13 @@ class IPVS:
 
     def trash_expire(self, now: float) -> None:
         """``ip_vs_dest_trash_expire``, every 60 s while the trash holds dests:
-        a dest still referenced by entries stays; the first run that finds it
-        unreferenced notes the time; 120 s after that it is freed."""
+        a dest still referenced by entries or by an lblc/lblcr cache stays;
+        the first run that finds it unreferenced notes the time; 120 s after
+        that it is freed."""
+        held = {id(d) for svc in self.services.values() if svc.scheduler for d in svc.scheduler.holds()}
         keep = []
         for dest in self.trash:
-            if dest.refcnt > 0:
+            if dest.refcnt > 0 or id(dest) in held:
                 keep.append(dest)
             elif dest.trash_since is None:
                 dest.trash_since = now

@@ -10,6 +10,7 @@ and every scheduler's tie-break depends on that order.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -350,6 +351,12 @@ class Scheduler:
 
     def tick(self, now: float) -> None:
         """Periodic work (garbage collection of caches)."""
+
+    def holds(self) -> Iterable[Dest]:
+        """The real servers this scheduler's own state holds a reference on
+        (``ip_vs_dest_hold``): such a dest stays in the trash after deletion
+        until the reference goes.  Only lblc and lblcr keep any."""
+        return ()
 
     def explain(self) -> str:
         """A one-line description of the scheduler's state, for teaching."""

@@ -33,7 +33,7 @@ from .constants import (
     IPPROTO_TCP,
     IPPROTO_UDP,
 )
-from .core import DROP, FORWARD, Director
+from .core import DROP, FORWARD, REJECT, Director
 from .ctl import IPVS
 from .ipvsadm.grammar import Resolver
 from .ipvsadm.names import NullResolver
@@ -132,8 +132,11 @@ class Simulation:
         self.now = 0.0
         self.net = VirtualNet()
         self.held: dict[str, Flow] = {}
+        #: the local socket each held flow was accepted by (see _reached)
+        self.peers: dict[str, tuple[int, int, int]] = {}
         #: held flows whose FIN the director dropped, with the virtual time of the close
         self.unsent_fins: list[tuple[Flow, float]] = []
+        self.unsent_peers: dict[int, tuple[int, int, int] | None] = {}
         self.index = 0
         self.runner = runner or _default_runner(resolver or NullResolver())
         #: add an "explain" field to every flow line (see lvs.explain)
@@ -201,7 +204,13 @@ class Simulation:
         if v.action != FORWARD or v.conn is None:
             # an entry the SYN was dropped on still shows in /proc/net/ip_vs_conn
             shown = v.conn if v.conn is not None and v.conn.hashed else None
-            return self._report("tcp", flow, src, dst, mark, shown, error="Connection refused")
+            line = self._report("tcp", flow, src, dst, mark, shown, error="Operation now in progress")
+            if v.action in (DROP, REJECT):
+                # nothing answers the client (the director's ICMP does not end a local
+                # connect): it resends its SYN after 1 s, meets the same answer, and the
+                # lab's connect timeout (1 s) gives up
+                self.sleep(SYN_RETRY)
+            return line
         cp = v.conn
         if not self.net.is_local(cp.daf, cp.daddr):
             # nobody answers: the entry stays SYN_RECV; the client's SYN timer
@@ -211,13 +220,7 @@ class Simulation:
             self.sleep(SYN_RETRY)
             d.process_in(flow, self.now, SYN, LEN_SYN)
             return line
-        if (cp.flags & CONN_F_FWD_MASK) == CONN_F_MASQ:
-            reached = (cp.daf, cp.daddr, cp.dport)
-        else:
-            # direct routing or a tunnel to a local server: ip_vs_send_or_cont
-            # hands the packet to the local stack unchanged, still addressed
-            # to the virtual address and port the client used
-            reached = (flow.af, flow.vaddr, flow.vport)
+        reached = self._reached(flow, cp)
         if reached not in self.net.listeners:
             # a local address with nobody listening answers RST (CLOSE)
             d.process_out(cp, self.now, RST | ACK, LEN_RST)
@@ -227,11 +230,22 @@ class Simulation:
         line = self._report("tcp", flow, src, dst, mark, cp)
         if hold:
             self.held[src] = flow
+            self.peers[src] = reached
         else:
             self._close_flow(flow)
         return line
 
-    def _close_flow(self, flow: Flow) -> bool:
+    @staticmethod
+    def _reached(flow: Flow, cp) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
+        """The local socket a packet of ``cp`` reaches: the real server's
+        address and port under NAT; under direct routing or a tunnel to a
+        local server (ip_vs_send_or_cont) the packet goes to the local stack
+        unchanged, still addressed to the virtual address and port."""
+        if (cp.flags & CONN_F_FWD_MASK) == CONN_F_MASQ:
+            return (cp.daf, cp.daddr, cp.dport)
+        return (flow.af, flow.vaddr, flow.vport)
+
+    def _close_flow(self, flow: Flow, peer: tuple[int, int, int] | None = None) -> bool:
         """The client closes; the listener sees EOF and closes too.  False when
         the director dropped the client's FIN (its real server is deleted)."""
         d = self.director
@@ -239,6 +253,11 @@ class Simulation:
         if v.action != FORWARD or v.conn is None:
             return v.action != DROP
         cp = v.conn
+        if v.new and self._reached(flow, cp) != peer:
+            # the entry went (expire_nodest_conn, expiry) and sloppy_tcp scheduled the
+            # FIN as a new connection, to a socket that knows no such connection (RST)
+            d.process_out(cp, self.now, RST | ACK, LEN_RST)
+            return True
         # the listener closes on EOF at once: its ACK rides on its FIN
         d.process_out(cp, self.now, FIN | ACK, LEN_FIN)
         d.process_in(flow, self.now, ACK, LEN_ACK)
@@ -249,8 +268,10 @@ class Simulation:
             names = list(self.held)
         for name in names:
             flow = self.held.pop(name, None)
-            if flow is not None and not self._close_flow(flow):
+            peer = self.peers.pop(name, None)
+            if flow is not None and not self._close_flow(flow, peer):
                 self.unsent_fins.append((flow, self.now))
+                self.unsent_peers[id(flow)] = peer
 
     def _retry_fins(self, end: float) -> None:
         """The client's kernel retries a FIN the director dropped: the segment
@@ -275,10 +296,12 @@ class Simulation:
             self.director.advance(self.now, t)
             self.now = t
             self.unsent_fins.remove((flow, closed))
-            if not self._close_flow(flow):
+            if not self._close_flow(flow, self.unsent_peers.get(id(flow))):
                 self.unsent_fins.append((flow, closed))
         horizon = FIN_PROBE_BASE * ((1 << FIN_PROBES) - 1)
         self.unsent_fins = [(f, c) for f, c in self.unsent_fins if c + horizon > end]
+        live = {id(f) for f, _ in self.unsent_fins}
+        self.unsent_peers = {k: v for k, v in self.unsent_peers.items() if k in live}
 
     def _before(self, flow: Flow) -> None:
         if self.explain:
@@ -457,9 +480,12 @@ def simulate(
     classic: bool = False,
     explain: bool = False,
     resolver: Resolver | None = None,
+    svc_hash_salt: int | None = None,
 ) -> None:
     """Run a scenario and write its JSON lines to ``out``."""
-    sim = Simulation(seed=seed, classic=classic, explain=explain, resolver=resolver)
+    sim = Simulation(
+        seed=seed, classic=classic, explain=explain, resolver=resolver, svc_hash_salt=svc_hash_salt
+    )
 
     def emit(obj: dict) -> None:
         out.write(json.dumps(obj) + "\n")

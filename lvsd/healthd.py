@@ -43,15 +43,9 @@ def read_sources(path: str, yaml: bool) -> dict[str, str]:
     file its ``include`` globs name (relative to the including file's
     directory, in sorted order, as keepalived resolves them)."""
     if yaml:
-        from lvs.config import ConfigError
+        from .config import read_config
 
-        try:
-            with open(path, encoding="utf-8") as fh:
-                return {path: fh.read()}
-        except OSError as exc:
-            raise ConfigError(f"{path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not valid UTF-8") from None
+        return {path: read_config(path)}
     texts = {path: _read(path)}
     if not yaml:
         parse_keepalived(texts[path], path, _recording_includer(texts))

@@ -50,6 +50,13 @@ def _teaching(ns: argparse.Namespace, lines: list[str]) -> int:
     return 0
 
 
+def _salt(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
 def main(argv: list[str]) -> int:
     """``lvsadm simulate [--seed N] [--classic] [--explain] [--report] [--plot FILE]
     [--compare S1,S2,...] [--disruption [--servers N]] SCENARIO``."""
@@ -59,6 +66,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--classic", action="store_true", help="pre-2025 kernel rules")
     ap.add_argument("--explain", action="store_true", help="say why each flow went where it went")
     ap.add_argument("--report", action="store_true", help="plain text for people instead of JSON lines")
+    ap.add_argument("--svc-hash-salt", type=_salt, metavar="N",
+                    help="the kernel's (size_t)netns_ipvs >> 8 of a boot to replay (--nosort, /proc order)")
     ap.add_argument("--plot", metavar="FILE", help="draw the run (PNG or SVG by the extension)")
     ap.add_argument("--compare", metavar="S1,S2", help="run the scenario under each scheduler, side by side")
     ap.add_argument("--disruption", action="store_true",
@@ -67,6 +76,8 @@ def main(argv: list[str]) -> int:
     ns = ap.parse_args(argv)
     if ns.scenario is None and not ns.disruption:
         ap.error("the following arguments are required: scenario")
+    if ns.svc_hash_salt is not None and not 0 <= ns.svc_hash_salt <= 255:
+        ap.error("--svc-hash-salt must be between 0 and 255")
     if ns.disruption and not 1 <= ns.servers <= 64:
         ap.error("--servers must be between 1 and 64")
     lines: list[str] = []
@@ -82,9 +93,12 @@ def main(argv: list[str]) -> int:
     try:
         if ns.disruption or ns.compare:
             return _teaching(ns, lines)
-        run = simulate_report if ns.report else simulate
         resolver = default_resolver()
-        run(lines, sys.stdout, seed=ns.seed, classic=ns.classic, explain=ns.explain, resolver=resolver)
+        common = {"seed": ns.seed, "classic": ns.classic, "explain": ns.explain, "resolver": resolver}
+        if ns.report:
+            simulate_report(lines, sys.stdout, **common)
+        else:
+            simulate(lines, sys.stdout, svc_hash_salt=ns.svc_hash_salt, **common)
         if ns.plot:
             return _teaching(ns, lines)
     except ScenarioError as exc:

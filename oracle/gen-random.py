@@ -17,11 +17,14 @@ that the kernel's answer does not depend on wall-clock timing inside the VM:
 * every snapshot is preceded by ``sleep 3`` so that the rate estimator (2 s) has copied
   the counters that ``--stats`` shows.
 
-Kinds: ``mixed`` (every scheduler and flag, add/edit/delete/re-add of real servers while
-connections are open, thresholds, sysctls, -E, one-packet services, persistence with
-netmask and expiry), ``trash`` (real servers deleted with connections and added back:
-the kernel's destination trash), ``wide`` (tables spread over the address space, listed
-with every ipvsadm view, ``--nosort`` and ``/proc/net/ip_vs``).
+Kinds: ``quick`` (``mixed`` with fewer flows and operations, for a loaded lab), ``batch``
+(``quick`` in address ranges of its own, for run-batch.sh; ``trashb`` the same for
+``trash``), ``mixed`` (every scheduler
+and flag, add/edit/delete/re-add of real servers while connections are open, thresholds,
+sysctls, -E, one-packet services, persistence with netmask and expiry), ``trash`` (real
+servers deleted with connections and added back: the kernel's destination trash),
+``wide`` (tables spread over the address space, listed with every ipvsadm view,
+``--nosort`` and ``/proc/net/ip_vs``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from pathlib import Path
 SCHEDULERS = ["rr", "wrr", "lc", "wlc", "fo", "ovf", "lblc", "lblcr", "dh", "sh", "mh", "sed", "nq", "twos"]
 METHODS = ["-m", "-g", "-i"]
 NONLOCAL_TCP_MAX = 0
+#: kinds made for run-batch.sh (address ranges and marks of their own, by the seed)
+BATCHED = ("batch", "trashb")
 SYSCTLS = {
     "expire_nodest_conn": [0, 0, 1],
     "expire_quiescent_template": [0, 0, 1],
@@ -100,6 +105,18 @@ class Gen:
         self.held: list[tuple[Service, str]] = []
         self.src_base = 0
         self.nonlocal_tcp = 0
+        #: fewer flows per operation (quick scenarios)
+        self.flow_scale = 1.0
+        #: clients live in 10.<client_net>.0.0/16: 2, or for ``batch`` scenarios, which
+        #: run-batch.sh records several to a VM boot, one of 16..23 by the seed, so
+        #: that neighbours never reuse a client address and port
+        self.client_net = 16 + seed % 8 if kind in BATCHED else 2
+        #: virtual addresses in 10.<vip_net>.0.0/24 and 10.<vip_net>.9.0/24, marks from
+        #: mark_base + 1: 0 and 0, or 32..39 and 1000..8000 by the seed for ``batch``, so
+        #: that a scenario never meets its predecessor's trashed servers (the trash is
+        #: found by virtual address and port, or by mark)
+        self.vip_net = 32 + seed % 8 if kind in BATCHED else 0
+        self.mark_base = 1000 * (1 + seed % 8) if kind in BATCHED else 0
 
     def out(self, line: str) -> None:
         self.lines.append(line)
@@ -146,7 +163,7 @@ class Gen:
         self.src_base += 1
         a, b = divmod(self.src_base if ip_group is None else ip_group, 200)
         # every group has its own 100 client ports: no two flows share a client address and port
-        src = f"10.2.{a}.{b + 1}:{10000 + 100 * self.src_base}"
+        src = f"10.{self.client_net}.{a}.{b + 1}:{10000 + 100 * self.src_base}"
         srcstep = rng.choice([1, 1, 3, 7, 256])
         srcmod = rng.choice([0, 0, 4, 16])
         dst = f"{svc.vip}:{svc.port}" if svc.kind != "fwm" else f"{svc.vip}:{rng.choice([80, 443])}"
@@ -171,7 +188,7 @@ class Gen:
         """UDP datagrams from the client ports of earlier flows (the existing entry path)."""
         if svc.kind != "udp" or not self.rng.random() < 0.5:
             return
-        self.out(f"udp 10.2.0.{self.rng.randint(1, 3)}:4242 {svc.vip}:{svc.port}")
+        self.out(f"udp 10.{self.client_net}.0.{self.rng.randint(1, 3)}:4242 {svc.vip}:{svc.port}")
 
     def snapshot(self, label: str) -> None:
         self.out("sleep 3")
@@ -195,12 +212,13 @@ class Gen:
     def header(self) -> None:
         rng = self.rng
         self.out(f"# pylvs random scenario: kind={self.kind} seed={self.seed} (oracle/gen-random.py)")
-        self.out("local 10.2.0.0/16 10.1.0.0/24 10.0.9.0/24 10.0.0.0/24")
+        v = self.vip_net
+        self.out(f"local 10.{self.client_net}.0.0/16 10.1.0.0/24 10.{v}.9.0/24 10.{v}.0.0/24")
         # real servers listen on their own address (NAT) and on the virtual addresses: a
         # direct-routing or tunnel server that is local gets the packet unchanged, addressed
         # to the virtual address (nobody listening there would answer RST: CLOSE, 10 s)
         self.out("listen " + " ".join(f"10.1.0.{i}:{p}" for i in range(1, 61) for p in (80, 443)))
-        vips = [f"10.0.{n}.{i}:{p}" for n in (0, 9) for i in range(1, 4) for p in (80, 443)]
+        vips = [f"10.{self.vip_net}.{n}.{i}:{p}" for n in (0, 9) for i in range(1, 4) for p in (80, 443)]
         self.out("listen " + " ".join(vips))
         sysctls = [f"net.ipv4.vs.{k}={rng.choice(v)}" for k, v in SYSCTLS.items() if rng.random() < 0.6]
         if sysctls:
@@ -212,13 +230,13 @@ class Gen:
         for i in range(n):
             kind = rng.choice(["tcp", "tcp", "udp", "udp", "fwm"])
             if kind == "fwm":
-                mark = rng.randint(1, 50)
+                mark = self.mark_base + rng.randint(1, 50)
                 while mark in used_marks:
                     mark += 1
                 used_marks.add(mark)
-                svc = Service(kind, f"10.0.9.{i + 1}", 0, mark)
+                svc = Service(kind, f"10.{self.vip_net}.9.{i + 1}", 0, mark)
             else:
-                svc = Service(kind, f"10.0.0.{i + 1}", 80 if kind == "tcp" else 53, 0)
+                svc = Service(kind, f"10.{self.vip_net}.0.{i + 1}", 80 if kind == "tcp" else 53, 0)
             sched = rng.choice(SCHEDULERS[:-1]) if rng.random() < 0.95 else "twos"
             self.out(f"ipvsadm -A {svc.opt} {service_opts(rng, svc, sched, persist_p)}")
             for _ in range(rng.randint(2, 5)):
@@ -226,12 +244,12 @@ class Gen:
                 self.out(f"ipvsadm -a {svc.opt} -r {ep} {self.dest_opts(svc, ep)}")
             self.services.append(svc)
 
-    def op(self, svc: Service) -> None:
+    def op(self, svc: Service, snapshots: bool = True) -> None:
         rng = self.rng
         r = rng.random()
         alive = [ep for ep in svc.dests if ep not in svc.deleted]
         if r < 0.35:
-            self.flows(svc, rng.randint(2, 12), rng.choice([1, 1, 0]))
+            self.flows(svc, max(1, int(rng.randint(2, 12) * self.flow_scale)), rng.choice([1, 1, 0]))
             self.udp_repeat(svc)
         elif r < 0.47 and alive:
             ep = rng.choice(alive)
@@ -259,8 +277,29 @@ class Gen:
             # -Z takes the counters as the estimator last copied them: let it run first
             self.out("sleep 3")
             self.out(f"ipvsadm -Z {svc.opt}" if rng.random() < 0.5 else "ipvsadm -Z")
-        else:
+        elif snapshots:
             self.snapshot("mid")
+
+    def quick(self) -> None:
+        """``mixed`` made cheap for a loaded lab: 1-2 services, few flows, 4-9 operations,
+        one snapshot at the end (the flows, ipvsadm steps and that snapshot are compared)."""
+        rng = self.rng
+        self.header()
+        self.make_services(rng.randint(1, 2))
+        self.flow_scale = 0.5
+        for svc in self.services:
+            self.flows(svc, rng.randint(2, 6), 1)
+        for _ in range(rng.randint(4, 9)):
+            self.op(rng.choice(self.services), snapshots=False)
+        self.snapshot("end")
+
+    def batch(self) -> None:
+        """``quick`` for run-batch.sh (several scenarios to one VM boot)."""
+        self.quick()
+
+    def trashb(self) -> None:
+        """``trash`` for run-batch.sh."""
+        self.trash()
 
     def mixed(self) -> None:
         rng = self.rng
@@ -454,7 +493,7 @@ def main() -> int:
     ap.add_argument("seed", type=int)
     ap.add_argument("count", type=int)
     ap.add_argument("outdir", type=Path)
-    ap.add_argument("--kind", choices=["mixed", "trash", "wide"], default="mixed")
+    ap.add_argument("--kind", choices=["mixed", "quick", "batch", "trash", "trashb", "wide"], default="mixed")
     ns = ap.parse_args()
     ns.outdir.mkdir(parents=True, exist_ok=True)
     for k in range(ns.count):

@@ -54,6 +54,7 @@ rarely as convenient.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from lvs.addr import fold, format_ip
@@ -207,6 +208,10 @@ class CacheGC:
             if goal <= 0:
                 break
         self.rover = j
+
+    def holds(self) -> Iterable[Dest]:
+        """The dests the cache entries point at (each entry holds its dest)."""
+        return [en.dest for en in self.entries.values()]
 
     def done(self) -> None:
         self.dead = True

@@ -43,6 +43,7 @@ The rule, in plain words:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from lvs.addr import format_ip
@@ -206,6 +207,10 @@ class LBLCRScheduler(CacheGC, Scheduler):
     # -- garbage collection (same timer rules as lblc) ----------------------------
     def _expiration(self) -> float:
         return self.ctx.lblcr_expiration
+
+    def holds(self) -> Iterable[Dest]:
+        """The members of every cached set (each membership holds its dest)."""
+        return [m for en in self.entries.values() for m in en.set.members]
 
     def account(self, flow: Flow, now: float) -> Account:
         """Cache hit or miss, the set's least-loaded member, the shrink rule, the

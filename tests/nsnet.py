@@ -55,6 +55,11 @@ def sh(*args: str, check: bool = True, timeout: float = 30) -> subprocess.Comple
     return r
 
 
+def veth(name: str, ns: str, peer: str, peer_ns: str) -> None:
+    """A veth pair: ``name`` in namespace ``ns``, ``peer`` in ``peer_ns``."""
+    sh("ip", "link", "add", name, "netns", ns, "type", "veth", "peer", "name", peer, "netns", peer_ns)
+
+
 def dr_netns_reason() -> str | None:
     """None if the DR/TUN namespace tests can run here (root, network
     namespaces, nft for lvsd's rules), else the reason to skip them."""
@@ -101,7 +106,7 @@ class Topology:
         self.ns(c, "ip", "link", "add", "br0", "type", "bridge")
         self.ns(c, "ip", "link", "set", "br0", "up")
         self.ns(c, "ip", "addr", "add", f"{CLIENT}/24", "dev", "br0")
-        sh("ip", "link", "add", "veth01", "netns", c, "type", "veth", "peer", "name", "veth10", "netns", d)
+        veth("veth01", c, "veth10", d)
         self.ns(c, "ip", "link", "set", "veth01", "master", "br0", "up")
         self.ns(d, "ip", "link", "set", "veth10", "up")
         self.ns(d, "ip", "addr", "add", f"{DIR_CLIENT_SIDE}/24", "dev", "veth10")
@@ -115,42 +120,14 @@ class Topology:
             self.ns(d, "ip", "addr", "add", "2001:db8:16::1/64", "dev", "br1", "nodad")
             self.ns(c, "ip", "-6", "route", "add", f"{VIP6}/128", "via", "2001:db8:10::1")
         for k, r in enumerate(self.rs, start=1):
-            sh(
-                "ip",
-                "link",
-                "add",
-                f"veth1{k}",
-                "netns",
-                d,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth1",
-                "netns",
-                r,
-            )
+            veth(f"veth1{k}", d, "eth1", r)
             self.ns(d, "ip", "link", "set", f"veth1{k}", "master", "br1", "up")
             self.ns(r, "ip", "link", "set", "eth1", "up")
             self.ns(r, "ip", "addr", "add", f"{rip(k)}/24", "dev", "eth1")
             if self.nat:
                 self.ns(r, "ip", "route", "add", "default", "via", DIP)
                 continue
-            sh(
-                "ip",
-                "link",
-                "add",
-                f"veth0{k + 1}",
-                "netns",
-                c,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                r,
-            )
+            veth(f"veth0{k + 1}", c, "eth0", r)
             self.ns(c, "ip", "link", "set", f"veth0{k + 1}", "master", "br0", "up")
             self.ns(r, "ip", "link", "set", "eth0", "up")
             self.ns(r, "ip", "addr", "add", f"10.0.0.{2 + k}/24", "dev", "eth0")

@@ -73,7 +73,7 @@ def without_out_counters(snapshot: str) -> str:
 
 
 #: what the lab VM's resolver knows: its /etc/hosts, and the /etc/services setup.sh copied
-LAB_HOSTS = "127.0.0.1 localhost\n"
+LAB_HOSTS = (Path(__file__).parent / "data" / "lab" / "etc-hosts").read_text()
 LAB_SERVICES = Path(__file__).parent / "data" / "lab" / "etc-services"
 
 
@@ -137,7 +137,9 @@ def salt_of(scenario: list[str], recorded: list[dict]) -> int | None:
         candidates = fits
 
     sim.run(scenario, emit)
-    return min(candidates) if candidates else None
+    # netns_ipvs is page-aligned, so the real value is a multiple of 16 (bits 12-15 of
+    # its address); others may fit the outputs as well
+    return min(candidates, key=lambda v: (v % 16 != 0, v)) if candidates else None
 
 
 def uses_random_scheduler(scenario: list[str]) -> bool:

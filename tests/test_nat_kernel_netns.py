@@ -125,20 +125,25 @@ def test_kernel_engine_netns() -> None:
             assert Counter(r["server"] for r in udp) == {"rs1": 2, "rs2": 2}, udp
             assert {r["peer"] for r in udp} == {CLIENT}
 
+            # a local client (the director itself): queued at output, DNAT there
+            r = t.ns(t.director, PY, "-m", "tests.natk_prog", "tcp", VIP, str(PORT), "2", timeout=60)
+            local = json.loads(r.stdout)
+            assert sorted(x.get("server", "?") for x in local) == ["rs1", "rs2"], (local, _read(log))
+
             # conntrack's events move the entries: the short connections are
             # over (TIME_WAIT, inactive); UDP entries are inactive
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 conns = adm("-L", "-n", "-c")
-                if conns.count("TIME_WAIT") == 6:
+                if conns.count("TIME_WAIT") == 8:
                     break
                 time.sleep(0.2)
-            assert conns.count("TIME_WAIT") == 6 and conns.count("\nUDP ") == 4, (conns, adm("--status"))
+            assert conns.count("TIME_WAIT") == 8 and conns.count("\nUDP ") == 4, (conns, adm("--status"))
             assert f"{CLIENT}:" in conns
             listing = adm("-L", "-n")
             rows = [line.split() for line in listing.splitlines() if line.strip().startswith("->")]
             rows = [r for r in rows if r[1].startswith("172.16.")]
-            assert [(r[-2], r[-1]) for r in rows] == [("0", "3")] * 2 + [("0", "2")] * 2, listing
+            assert [(r[-2], r[-1]) for r in rows] == [("0", "4")] * 2 + [("0", "2")] * 2, listing
 
             # a flow held open across a SIGKILL of lvsd
             hold = subprocess.Popen(
@@ -179,6 +184,28 @@ def test_kernel_engine_netns() -> None:
             tcp = _clients(t, "tcp", 2)
             assert sorted(r.get("server", "?") for r in tcp) == ["rs1", "rs2"], (tcp, _read(log))
             assert "replaced the nftables table" in _read(log)
+            hold.stdin.close()
+            hold.wait(timeout=10)
+
+            # a real server deleted: its established flow ends (the kernel's
+            # IPVS drops the packets of an entry whose dest is gone)
+            hold = subprocess.Popen(
+                [*t.prefix(t.client), PY, "-m", "tests.natk_prog", "hold", VIP, str(PORT)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            )  # fmt: skip
+            t.procs.append(hold)  # type: ignore[arg-type]
+            assert hold.stdin is not None and hold.stdout is not None
+            assert hold.stdout.readline().strip() == "connected"
+            hold.stdin.write("one\n")
+            hold.stdin.flush()
+            name = hold.stdout.readline().split("|")[0]
+            adm("-d", "-t", f"{VIP}:{PORT}", "-r", f"{rip(int(name[2:]))}:{PORT}")
+            hold.stdin.write("two\n")
+            hold.stdin.flush()
+            answer = hold.stdout.readline()
+            assert answer.startswith("error"), (answer, _read(log))
+            # the held flow and the short connection of the restart check there
+            assert "no longer available: 2 of 2 conntrack entries deleted" in _read(log), _read(log)
             hold.stdin.close()
             hold.wait(timeout=10)
 

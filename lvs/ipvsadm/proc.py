@@ -61,9 +61,13 @@ SVC_TAB_MASK = (1 << SVC_TAB_BITS) - 1
 
 #: The kernel mixes ``(size_t)netns_ipvs >> 8`` into the service hash, so the
 #: bucket order depends on where the netns struct was allocated.  Only the low
-#: 8 bits matter; 0x20 is one of the 64 values that give the golden machine's
-#: order (UDP 10.0.0.2:53, TCP [2001:db8::1]:443, TCP 10.0.0.1:80).  An IPVS
-#: object may carry its own ``svc_hash_salt``.
+#: 8 bits matter, and the struct is page-aligned, so the value is a multiple of
+#: 16.  It changes from boot to boot: the lab kernel showed 0x10, 0x20, 0x30,
+#: 0x60, 0x70 and 0xa0 in a dozen boots, none of them often enough to be "the"
+#: value.  0x20 gives the golden machine's order (UDP 10.0.0.2:53, TCP
+#: [2001:db8::1]:443, TCP 10.0.0.1:80).  An IPVS object may carry its own
+#: ``svc_hash_salt`` (``Simulation(svc_hash_salt=...)``, ``lvsadm simulate
+#: --svc-hash-salt``) to replay a recorded boot.
 DEFAULT_SVC_HASH_SALT = 0x20
 
 _U32 = 0xFFFFFFFF
