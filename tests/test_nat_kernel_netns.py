@@ -25,7 +25,7 @@ import pytest
 
 from forwarding.nat_kernel import KernelNatUnavailable, check_possible, elements_script, ruleset
 
-from .helpers import PY, ROOT, lvsadm, unique_socket, wait_ready
+from .helpers import PY, ROOT, lvsadm, running_lvsd, unique_socket, wait_ready
 from .nsnet import CLIENT, VIP, Topology, dr_netns_reason, rip
 
 _why = dr_netns_reason()
@@ -246,3 +246,12 @@ def test_conntrack_event_parsing() -> None:
     assert (ev.protocol, ev.sport, ev.dport, ev.tcp_state) == (6, 40000, 8080, 7)
     assert ev.saddr == int.from_bytes(socket.inet_aton("10.0.0.2"), "big")
     assert (ev.orig_packets, ev.orig_bytes, ev.reply_packets, ev.reply_bytes) == (6, 400, 5, 900)
+
+
+def test_falls_back_to_proxy_with_a_message() -> None:
+    """lvsd --nat-engine kernel where the engine cannot start (here: no nft
+    on PATH) says why in --status and serves with the proxy engine."""
+    with running_lvsd("--nat-engine", "kernel", "--no-dr", "--no-vip", env={"PATH": "/nonexistent"}) as sock:
+        status = lvsadm(sock, "--status").stdout
+        assert "--nat-engine kernel cannot start" in status and "proxy NAT engine serves instead" in status, status
+        assert "nat: " in status, status  # the proxy plane's own line
