@@ -125,7 +125,7 @@ def _int_arg(query: dict[str, list[str]], name: str, default: int, top: int) -> 
     if not values:
         return default
     text = values[-1]
-    if not text.isdigit() or len(text) > 9:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:  # "²".isdigit() too
         raise HttpError(400, f"{name} must be a whole number")
     return min(int(text), top)
 

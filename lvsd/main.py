@@ -456,7 +456,16 @@ class Daemon:
         ticker = asyncio.create_task(self.ticker())
         if self.health is not None:
             self.health.start(child=not self.opts.health_in_process)
-        await self.observer.start()
+        try:
+            await self.observer.start()
+        except OSError as exc:  # --http's port taken: stop as on SIGTERM, then say why
+            log.error("%s", exc)
+            self.stop_reason = f"cannot serve --http: {exc}"
+            self._stop.set()
+            start_error: OSError | None = exc
+        else:
+            start_error = None
+            _tell_parent("ok")
         if inh is not None:
             from .restart import signal_ready
 
@@ -483,6 +492,8 @@ class Daemon:
         self.save_state(clean=True)
         log.info("lvsd %d stopped (%s): table of %d services saved in %s", os.getpid(), self.stop_reason,
                  len(self.ipvs.services), self.state_path)  # fmt: skip
+        if start_error is not None:
+            raise start_error
 
     # -- hitless restart (lvsd/restart.py) ---------------------------------------------
     async def restart(self, who: str) -> dict[str, Any]:
@@ -975,7 +986,11 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(Daemon(opts).run())
     except OSError as exc:
         print(f"lvsd: {exc}", file=sys.stderr)
+        _tell_parent(f"lvsd: {exc}")
         return 1
+    except SystemExit as exc:
+        _tell_parent(str(exc.code) if exc.code not in (None, 0) else "ok")
+        raise
     return 0
 
 
@@ -1044,16 +1059,70 @@ def _log_workers_alike(log_file: str | None, level: str) -> None:
         os.environ.pop(LOG_FILE_ENV, None)
 
 
+#: seconds the command that started lvsd waits for it to be serving
+READY_TIMEOUT = 30.0
+#: the daemon's end of the pipe to the process that started it (see _daemonize)
+_ready_fd: int | None = None
+
+
 def _daemonize() -> None:
-    """Detach: fork, new session, standard streams to /dev/null."""
+    """Detach: fork, new session, standard streams to /dev/null.  The first
+    process stays until the daemon serves (control socket, planes, --http
+    listener) or fails, and exits 0 or prints the daemon's error and exits
+    1: so ``lvsd --http ...; lvsadm -A ...`` does not race lvsadm's
+    auto-start, and a port in use is reported where lvsd was started."""
+    global _ready_fd
+    read_end, write_end = os.pipe()
     if os.fork() > 0:
-        os._exit(0)
+        os.close(write_end)
+        os._exit(_wait_for_daemon(read_end))
+    os.close(read_end)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
+    _ready_fd = write_end
     fd = os.open(os.devnull, os.O_RDWR)
     for target in (0, 1, 2):
         os.dup2(fd, target)
+
+
+def _wait_for_daemon(read_end: int) -> int:
+    import select
+
+    data = b""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(read_end, 4096)
+        if not chunk:
+            break
+        data += chunk
+        if data.endswith(b"\n"):
+            break
+    text = data.decode("utf-8", "replace").strip()
+    if text == "ok":
+        return 0
+    if not data and time.monotonic() >= deadline:
+        print(f"lvsd: still starting after {READY_TIMEOUT:g} s", file=sys.stderr)
+        return 0
+    print(text or "lvsd: exited while starting", file=sys.stderr)
+    return 1
+
+
+def _tell_parent(text: str) -> None:
+    """Tell the process that started the daemon how the start went (once)."""
+    global _ready_fd
+    if _ready_fd is None:
+        return
+    fd, _ready_fd = _ready_fd, None
+    try:
+        os.write(fd, text.encode("utf-8", "replace")[:4000] + b"\n")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 if __name__ == "__main__":

@@ -142,3 +142,25 @@ def test_shutdown_removes_vips_and_nft_tables(tmp_path: Path) -> None:
             log.close()
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_lvsd_returns_when_serving_and_reports_a_taken_port() -> None:
+    """``lvsd --http ...`` (daemonizing) returns once lvsd serves, so the next
+    lvsadm finds it (no race with auto-start); a taken --http port is
+    reported by the command that started lvsd, with status 1."""
+    from .natlab import free_port
+
+    name, other = unique_socket(), unique_socket()
+    port = free_port()
+    env = {**os.environ, "LVSADM_NO_AUTOSTART": "1"}
+    start = [PY, "-m", "lvsd.main", "--no-dr", "--no-nat", "--http", f"127.0.0.1:{port}"]
+    try:
+        r = subprocess.run([*start, "--socket", name], capture_output=True, text=True, timeout=60, env=env)
+        assert (r.returncode, r.stderr) == (0, "")
+        assert lvsadm(name, "-L", "-n").returncode == 0  # at once: lvsd was serving when it returned
+        r = subprocess.run([*start, "--socket", other], capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 1 and "address already in use" in r.stderr, r.stderr
+        assert lvsadm(other, "-L", "-n").returncode != 0  # it did not stay behind
+    finally:
+        lvsadm(name, "--shutdown")
+        lvsadm(other, "--shutdown")

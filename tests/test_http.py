@@ -262,3 +262,34 @@ def test_limits(lab: Lab) -> None:
     while not raw(lab, b"GET /api/events HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200 "):
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_metrics_with_workers_answer_for_all(backends: Backends, tmp_path: Path) -> None:
+    """lvsd --workers 2: the connections live in the workers, and /metrics
+    and the procfs files (asked of the workers first) count them as -L -n does."""
+    http_port, vport = free_port(), free_port()
+    rports = [backends.http(0), backends.http(0)]
+    with running_lvsd("--no-dr", "--workers", "2", "--http", f"127.0.0.1:{http_port}",
+                      "--procfs", str(tmp_path)) as name:  # fmt: skip
+        lab = Lab(name, http_port, tmp_path, vport, rports)
+        vip = f"127.0.0.1:{vport}"
+        lab.adm("-A", "-t", vip, "-s", "rr")
+        for p in rports:
+            lab.adm("-a", "-t", vip, "-r", f"127.0.0.1:{p}", "-m")
+        deadline = time.monotonic() + 15
+        while True:  # both workers listen once the service reached them
+            try:
+                lab.traffic(12)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        listing, text = stable(lab, lambda: lab.get("/metrics")[2].decode())
+        got = node_ipvs(text)
+        assert got == listing
+        assert sum(v for (n, _), v in got.items() if n == "node_ipvs_backend_connections_inactive") >= 12
+        assert got[("node_ipvs_connections_total", ())] >= 12
+        deadline = time.monotonic() + 10
+        while "  -> 7F000001" not in (tmp_path / "net" / "ip_vs").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lvsd.http import HttpError, parse_head
+from lvsd.http import HttpError, _int_arg, parse_head
 
 from .helpers import lvsadm, running_lvsd
 from .natlab import free_port
@@ -129,3 +129,14 @@ def test_parse_head_only_raises_http_errors(head: bytes) -> None:
         return
     assert method in ("GET", "HEAD") and path.startswith("/")
     assert isinstance(query, dict)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12))
+def test_query_numbers_are_ascii_digits(text: str) -> None:
+    try:
+        value = _int_arg({"limit": [text]}, "limit", 5, 100)
+    except HttpError as exc:
+        assert exc.code == 400
+        return
+    assert text.isascii() and text.isdigit() and value == min(int(text), 100)
