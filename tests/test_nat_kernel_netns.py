@@ -17,9 +17,9 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -90,8 +90,8 @@ def _clients(t: Topology, kind: str, n: int) -> list[dict[str, str]]:
 @pytest.mark.netns
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(_why is not None, reason=_why or "")
-def test_kernel_engine_netns() -> None:
-    tmp = tempfile.mkdtemp(prefix="natk-")
+def test_kernel_engine_netns(tmp_path: Path) -> None:
+    tmp = str(tmp_path)
     state, log = f"{tmp}/state.json", f"{tmp}/lvsd.log"
     sock = unique_socket()
     with Topology(2, nat=True) as t:
