@@ -8,8 +8,10 @@ and the packet length, and the current virtual time ``now``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Container
 from dataclasses import dataclass
+from typing import Any
 
 from .addr import v6_prefix_mask
 from .conn import (
@@ -18,6 +20,8 @@ from .conn import (
     TCP_S_ESTABLISHED,
     TCP_S_FIN_WAIT,
     TCP_S_NONE,
+    TCP_S_SYN_RECV,
+    TCP_S_SYNACK,
     TCP_S_TIME_WAIT,
     Conn,
     PeConn,
@@ -43,6 +47,7 @@ from .constants import (
     SVC_F_PERSISTENT,
 )
 from .ctl import IPVS
+from .defense import Defense
 from .model import Dest, Flow, Service
 from .pe_sip import fill_param as pe_sip_fill_param
 from .pe_sip import pe_key
@@ -81,6 +86,11 @@ class Director:
         """``table_seed``: the connection table's hash secret (ConnTable)."""
         self.ipvs = ipvs or IPVS()
         self.conns = ConnTable(table_seed)
+        #: amemthresh/drop_entry/drop_packet/secure_tcp (lvs/defense.py),
+        #: updated once a second by lvsd
+        self.defense = Defense()
+        self.defense_drops = 0
+        self.defense_dropped_entries = 0
         self.ipvs.conns = self.conns
         self.ipvs.nodest_flush = self.expire_nodest_conns
         self._next_estimate = 0.0
@@ -348,6 +358,41 @@ class Director:
             if ct is not None and not ct.n_control:
                 self.conn_del(ct, now)
 
+    def random_dropentry(self, now: float, rng: Any) -> int:
+        """``ip_vs_random_dropentry`` (drop_entry defence, once a second):
+        look at a random 1/32 of the table; drop half-open TCP entries and,
+        by :meth:`Defense.todrop_entry`'s rates, established TCP and UDP
+        entries idle 60 s or more with few incoming packets.  Returns how
+        many were dropped."""
+        n = len(self.conns)
+        if not n:
+            return 0
+        sample = max(1, n >> 5)
+        start = rng.randrange(n)
+        dropped = 0
+        for cp in list(itertools.islice(itertools.chain(self.conns, self.conns), start, start + sample)):
+            if cp.n_control or not cp.hashed:
+                continue
+            if cp.flags & CONN_F_TEMPLATE:
+                if not cp.flags & CONN_F_ONE_PACKET:
+                    continue
+            else:
+                idle_60 = cp.timeout - (cp.expires - now) >= 60
+                if cp.protocol == IPPROTO_TCP:
+                    if cp.state in (TCP_S_SYN_RECV, TCP_S_SYNACK):
+                        pass
+                    elif cp.state != TCP_S_ESTABLISHED or not self.defense.todrop_entry(cp.in_pkts, idle_60):
+                        continue
+                elif not self.defense.todrop_entry(cp.in_pkts, idle_60):
+                    continue
+            control = cp.control
+            self.expire(cp, now)
+            if control is not None and not control.n_control and control.hashed:
+                self.expire(control, now)
+            dropped += 1
+        self.defense_dropped_entries += dropped
+        return dropped
+
     def expire_now(self, cp: Conn, now: float) -> None:
         """``ip_vs_conn_expire_now``: let the timer fire at once."""
         if cp.n_control:
@@ -581,6 +626,9 @@ class Director:
                 return Verdict(ACCEPT)
             if protocol == IPPROTO_TCP and not self._tcp_may_schedule(tcp_flags):
                 return Verdict(ACCEPT)
+            if self.defense.drop_rate and self.defense.todrop():
+                self.defense_drops += 1
+                return Verdict(DROP)  # ip_vs_todrop: "we are very loaded" (drop_packet)
             cp, ignored = self.schedule(svc, flow, now, payload, l4_offset)
             if cp is None:
                 return Verdict(REJECT if ignored == 0 else (DROP if ignored < 0 else ACCEPT))
@@ -766,7 +814,9 @@ class Director:
                 cp.flags &= ~CONN_F_NOOUTPUT
             else:
                 direction = DIR_INPUT_ONLY
-        new = next_state(cp.state, direction, tcp_flags, bool(self.ipvs.sysctl.secure_tcp))
+        # the DoS table while secure_tcp is above 1 (update_defense_level's
+        # ip_vs_protocol_timeout_change(ipvs, secure_tcp > 1))
+        new = next_state(cp.state, direction, tcp_flags, self.ipvs.sysctl.secure_tcp > 1)
         self._move_tcp_state(cp, new)
 
     def kernel_tcp_state(self, cp: Conn, state: int, now: float) -> bool:

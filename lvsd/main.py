@@ -85,6 +85,8 @@ class Daemon:
         self.argv: list[str] = list(getattr(opts, "argv", []))
         self.inherit: Any = None
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._rng: Any = None
+        self._peak_entries = 0
         self.writer: StateWriter | None = StateWriter(self.state_path, self.render_state)
         self.durable: asyncio.Future[Any] | None = None
         self.server.pending_write = self.pending_write
@@ -300,6 +302,13 @@ class Daemon:
             "state_problem": self.state_problem,
             "restored": self.restored,
             "denied": self.server.denied,
+            "defense": {
+                "available_pages": _available_pages(),
+                "amemthresh": self.ipvs.sysctl.amemthresh,
+                "drop_rate": self.director.defense.drop_rate,
+                "dropped_new_connections": self.director.defense_drops,
+                "dropped_entries": self.director.defense_dropped_entries,
+            },
             "warnings": list(self.warnings) + [w for p in self.planes for w in p.warnings()],
             "sync": self.syncd.describe(),
             "health": self.health.status() if self.health is not None else None,
@@ -390,11 +399,57 @@ class Daemon:
     async def ticker(self) -> None:
         """Drive the core's timers; expiry runs in slices so no request or
         packet waits long behind it."""
+        next_defense = 0.0
         while not self._stop.is_set():
-            more = self.director.tick(self.now(), EXPIRY_BUDGET)
+            now = self.now()
+            more = self.director.tick(now, EXPIRY_BUDGET)
             if self.drains:
                 self.step_drains()
+            if now >= next_defense:
+                next_defense = now + 1.0
+                self.defend(now)
+                self.give_back_memory()
             await asyncio.sleep(0 if more else TICK)
+
+    def give_back_memory(self) -> None:
+        """After a flood (the table fell below a quarter of its peak of more
+        than 20,000 entries): collect and hand freed heap back to the
+        system (glibc malloc_trim), so RSS does not stay at the peak."""
+        n = len(self.director.conns)
+        self._peak_entries = max(self._peak_entries, n)
+        if self._peak_entries < 20_000 or n * 4 > self._peak_entries:
+            return
+        import contextlib
+        import ctypes
+        import gc
+
+        before = _rss_kb()
+        gc.collect()
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        log.info("the table fell from %d to %d entries: memory given back, RSS %d -> %d kB",
+                 self._peak_entries, n, before, _rss_kb())  # fmt: skip
+        self._peak_entries = n
+
+    def defend(self, now: float) -> None:
+        """defense_work_handler, once a second: the defence level from the
+        memory available (lvs/defense.py), then drop_entry's random drops."""
+        import random
+
+        sysctl = self.ipvs.sysctl
+        if not (sysctl.drop_entry or sysctl.drop_packet or sysctl.secure_tcp):
+            self.director.defense.drop_rate = 0
+            self.director.defense.dropentry = False
+            return
+        for change in self.director.defense.update(sysctl, _available_pages()):
+            log.warning("defence: %s; drop_entry %d, drop_packet %d (1 new connection in %d dropped), "
+                        "secure_tcp %d", change, sysctl.drop_entry, sysctl.drop_packet,
+                        self.director.defense.drop_rate, sysctl.secure_tcp)  # fmt: skip
+        if self.director.defense.dropentry:
+            dropped = self.director.random_dropentry(now, self._rng or random.Random())
+            if dropped:
+                log.info("defence: drop_entry dropped %d entries (%d in all)", dropped,
+                         self.director.defense_dropped_entries)  # fmt: skip
 
     async def run(self) -> None:
         source = self.opts.keepalived_conf or self.opts.config
@@ -804,6 +859,31 @@ def _needs_workers(req: Request) -> bool | None:
             return None  # the request itself reports it
         return bool(cmd.connection) if cmd.kind == CMD_LIST else None
     return None
+
+
+def _rss_kb() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _available_pages() -> int:
+    """si_meminfo's freeram + bufferram in pages, as update_defense_level
+    counts available memory (MemFree + Buffers of /proc/meminfo)."""
+    kb = 0
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(("MemFree:", "Buffers:")):
+                    kb += int(line.split()[1])
+    except (OSError, ValueError):
+        return 1 << 30
+    return kb // (os.sysconf("SC_PAGE_SIZE") // 1024)
 
 
 def _argv_for_successor(argv: list[str]) -> list[str]:

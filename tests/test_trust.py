@@ -33,40 +33,42 @@ SYSTEM_PY = shutil.which("python3", path="/usr/bin:/bin")
 # older lvsd used, the filesystem path if it may) and records what it gets
 SQUATTER = r"""
 import json, os, socket, sys, time
-path, abstract, log, ready = sys.argv[1:5]
+path, abstract, log, ready, stop = sys.argv[1:6]
 took = []
 socks = []
-for label, addr in (("abstract", "\0" + abstract), ("path", path)):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.bind(addr); s.listen(8); s.setblocking(False); socks.append(s); took.append(label)
-    except OSError as exc:
-        took.append(f"{label}: {exc.strerror}")
-open(ready, "w").write(json.dumps(took))
 got = b""
-deadline = time.time() + float(sys.argv[5])
-while time.time() < deadline:
-    # keep trying to replace lvsd's socket, as a squatter would
-    if "path" not in took:
+try:
+    for label, addr in (("abstract", "\0" + abstract), ("path", path)):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            os.unlink(path)
-            took.append("unlinked lvsd's socket")
-        except OSError:
-            pass
-    for s in socks:
-        try:
-            c, _ = s.accept()
-        except BlockingIOError:
-            continue
-        c.settimeout(1)
-        try:
-            c.sendall(b'{"id":1,"ok":true,"rc":0,"stdout":"FAKE TABLE\\n","stderr":"","seq":1}\n')
-            got += c.recv(65536)
-        except OSError:
-            pass
-        c.close()
-    time.sleep(0.005)
-open(log, "w").write(json.dumps({"took": took, "got": got.decode(errors="replace")}))
+            s.bind(addr); s.listen(8); s.setblocking(False); socks.append(s); took.append(label)
+        except OSError as exc:
+            took.append(f"{label}: {exc.strerror}")
+    open(ready, "w").write(json.dumps(took))
+    deadline = time.time() + 60
+    while time.time() < deadline and not os.path.exists(stop):
+        # keep trying to replace lvsd's socket, as a squatter would
+        if "path" not in took:
+            try:
+                os.unlink(path)
+                took.append("unlinked lvsd's socket")
+            except OSError:
+                pass
+        for s in socks:
+            try:
+                c, _ = s.accept()
+            except OSError:
+                continue
+            c.settimeout(1)
+            try:
+                c.sendall(b'{"id":1,"ok":true,"rc":0,"stdout":"FAKE TABLE\\n","stderr":"","seq":1}\n')
+                got += c.recv(65536)
+            except OSError:
+                pass
+            c.close()
+        time.sleep(0.005)
+finally:
+    open(log, "w").write(json.dumps({"took": took, "got": got.decode(errors="replace")}))
 """
 
 
@@ -90,11 +92,12 @@ def _as_nobody() -> None:
 needs_root = pytest.mark.skipif(not is_root() or SYSTEM_PY is None, reason="needs root and /usr/bin/python3")
 
 
-def _squat(path: str, abstract: str, seconds: float, tmp: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
+def _squat(path: str, abstract: str, tmp: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """Start the squatter as nobody; it stops when ``tmp/stop`` exists."""
     log, ready = tmp / "squatter.json", tmp / "ready.json"
     assert SYSTEM_PY is not None
     proc = subprocess.Popen(
-        [SYSTEM_PY, "-c", SQUATTER, path, abstract, str(log), str(ready), str(seconds)],
+        [SYSTEM_PY, "-c", SQUATTER, path, abstract, str(log), str(ready), str(tmp / "stop")],
         preexec_fn=_as_nobody, cwd="/",
     )  # fmt: skip
     deadline = time.monotonic() + 10
@@ -111,7 +114,7 @@ def test_nobody_cannot_take_lvsds_name_before_or_after_it_starts(open_tmp: Path)
     root's commands and answers none; lvsd still starts."""
     name = unique_socket()
     path = socket_address(name)
-    proc, log, ready = _squat(path, name + ".ctl", 6, open_tmp)
+    proc, log, ready = _squat(path, name + ".ctl", open_tmp)
     took = json.loads(ready.read_text())
     assert took[0] == "abstract"  # it holds the name an abstract-socket lvsd used
     assert took[1].startswith("path: ")  # but not lvsd's socket path
@@ -121,6 +124,8 @@ def test_nobody_cannot_take_lvsds_name_before_or_after_it_starts(open_tmp: Path)
         with Client(autostart=False, name=name) as c:
             lvsd_pid = c.call("status")["data"]["pid"]
             assert c.call("ipvsadm", argv=["-L", "-n"], stdin="")["stdout"].count("TCP  10.0.0.1:80 rr") == 1
+        time.sleep(0.5)  # the squatter keeps trying while lvsd serves
+        (open_tmp / "stop").touch()
         proc.wait(timeout=20)
         result = json.loads(log.read_text())
         assert "unlinked lvsd's socket" not in result["took"]
@@ -142,8 +147,9 @@ def test_lvsadm_refuses_a_socket_held_by_another_user(open_tmp: Path) -> None:
     """A control socket (an explicit path) answered by nobody's process:
     lvsadm checks SO_PEERCRED first, sends nothing and says why."""
     path = str(open_tmp / "lvsd.ctl")
-    proc, log, _ = _squat(path, unique_socket(), 3, open_tmp)
+    proc, log, _ = _squat(path, unique_socket(), open_tmp)
     r = lvsadm(path, "-A", "-t", "10.0.0.1:80", "-s", "rr")
+    (open_tmp / "stop").touch()
     proc.wait(timeout=20)
     assert r.returncode == 2
     assert "SECURITY" in r.stderr and "uid 65534 (nobody)" in r.stderr and "nothing was sent" in r.stderr
