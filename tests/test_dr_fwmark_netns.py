@@ -235,11 +235,14 @@ def test_fwmark_rules_lifecycle() -> None:
             assert time.monotonic() < deadline
             time.sleep(0.1)
         with running_lvsd("--no-vip", prefix=pre, socket_name=crash) as sock:
-            # as for the address/port table: the leftover goes when the new
-            # lvsd installs its own (with its first DR/TUN service)
-            assert lvsadm(sock, "-A", "-f", "1", "-s", "rr", prefix=pre).returncode == 0
-            assert lvsadm(sock, "-a", "-f", "1", "-r", rip(1), "-g", prefix=pre).returncode == 0
-            rules = ruleset(t)
+            # the new lvsd restores the crashed one's table (its state file)
+            # and replaces the leftover nft table with its own
+            listing = lvsadm(sock, "-L", "-n", prefix=pre).stdout
+            assert "FWM  1 wlc" in listing and f"{rip(1)}:0" in listing, listing
+            deadline = time.monotonic() + 10
+            while "meta mark 0x00000001 counter" not in (rules := ruleset(t)):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
             assert rules.count(f"table inet pylvs_{crash}") == 1, rules
             assert rules.count("meta mark 0x00000001 counter") == 1, rules
             assert servers(t.clients("tcp", VIP, 8080, 2)) == ["rs1", "rs1"]

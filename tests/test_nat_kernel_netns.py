@@ -17,15 +17,15 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from forwarding.nat_kernel import KernelNatUnavailable, check_possible, elements_script, ruleset
 
-from .helpers import PY, ROOT, lvsadm, unique_socket, wait_ready
+from .helpers import PY, ROOT, lvsadm, running_lvsd, unique_socket, wait_ready
 from .nsnet import CLIENT, VIP, Topology, dr_netns_reason, rip
 
 _why = dr_netns_reason()
@@ -90,8 +90,8 @@ def _clients(t: Topology, kind: str, n: int) -> list[dict[str, str]]:
 @pytest.mark.netns
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(_why is not None, reason=_why or "")
-def test_kernel_engine_netns() -> None:
-    tmp = tempfile.mkdtemp(prefix="natk-")
+def test_kernel_engine_netns(tmp_path: Path) -> None:
+    tmp = str(tmp_path)
     state, log = f"{tmp}/state.json", f"{tmp}/lvsd.log"
     sock = unique_socket()
     with Topology(2, nat=True) as t:
@@ -246,3 +246,12 @@ def test_conntrack_event_parsing() -> None:
     assert (ev.protocol, ev.sport, ev.dport, ev.tcp_state) == (6, 40000, 8080, 7)
     assert ev.saddr == int.from_bytes(socket.inet_aton("10.0.0.2"), "big")
     assert (ev.orig_packets, ev.orig_bytes, ev.reply_packets, ev.reply_bytes) == (6, 400, 5, 900)
+
+
+def test_falls_back_to_proxy_with_a_message() -> None:
+    """lvsd --nat-engine kernel where the engine cannot start (here: no nft
+    on PATH) says why in --status and serves with the proxy engine."""
+    with running_lvsd("--nat-engine", "kernel", "--no-dr", "--no-vip", env={"PATH": "/nonexistent"}) as sock:
+        status = lvsadm(sock, "--status").stdout
+        assert "--nat-engine kernel cannot start" in status and "proxy NAT engine serves instead" in status, status
+        assert "nat: " in status, status  # the proxy plane's own line
