@@ -14,7 +14,7 @@ from lvs.constants import IPPROTO_UDP
 from lvs.core import DROP, FORWARD
 from lvs.defense import Defense
 from lvs.sysctl import INT_MAX, INT_MIN, SysctlError, Sysctls, check_value
-from tests.test_core_decisions import CLIENT, Lab
+from tests.corelab import CLIENT, Lab
 
 
 def test_drop_packet_auto_mode_follows_memory_as_update_defense_level() -> None:
@@ -66,14 +66,14 @@ def test_random_dropentry_drops_half_open_tcp_and_idle_udp() -> None:
 
 def _udp(caddr: int) -> object:
     from lvs.model import Flow
-    from tests.test_core_decisions import VIP
+    from tests.corelab import VIP
 
     return Flow(2, IPPROTO_UDP, caddr, 4000, VIP, 53)
 
 
 def _tcp(caddr: int) -> object:
     from lvs.model import Flow
-    from tests.test_core_decisions import VIP
+    from tests.corelab import VIP
 
     return Flow(2, 6, caddr, 4000, VIP, 80)
 
