@@ -93,7 +93,7 @@ def replay(scenario: list[str], salt: int | None = None, seed: int = 0) -> list[
     return got
 
 
-def _order_command(d: dict) -> str | None:
+def order_command(d: dict) -> str | None:
     """The command of an ``sh`` or ``capture`` step whose output shows the kernel's
     service order (``cat /proc/net/ip_vs``, anything with ``--nosort``), else None."""
     if d.get("step") == "sh":
@@ -105,12 +105,37 @@ def _order_command(d: dict) -> str | None:
     return cmd if cmd == "cat /proc/net/ip_vs" or "--nosort" in cmd else None
 
 
+def _listing_command(d: dict) -> str | None:
+    """The command of an ``ipvsadm -L``/``-l``/``-S`` step or capture: its sorted
+    output still depends on the salt, through the input order of libipvs's
+    non-transitive sort."""
+    if d.get("step") in ("ipvsadm", "sh"):
+        cmd = d["args"] if d["step"] == "sh" else "ipvsadm " + d["args"]
+    elif d.get("step") == "capture":
+        cmd = d["args"].partition(" ")[2]
+    else:
+        return None
+    words = cmd.split()
+    if len(words) < 2 or words[0] != "ipvsadm":
+        return None
+    if words[1] not in ("-L", "-l", "-S", "--list", "--save"):
+        return None
+    # counters, rates, entries and timers are no evidence of the order
+    volatile = {"--stats", "--rate", "--exact", "-c", "--connection", "--timeout", "--daemon"}
+    return None if volatile.intersection(words) else cmd
+
+
 def salt_of(scenario: list[str], recorded: list[dict]) -> int | None:
     """The service-hash salt of the recorded boot: the first value (0..255) under
     which every ``cat /proc/net/ip_vs`` and ``--nosort`` step (``sh`` or
-    ``capture``) of the replay prints what the kernel printed; None if the record
-    has no such step or no value fits."""
-    wanted = [d["output"] for d in recorded if _order_command(d)]
+    ``capture``) of the replay prints what the kernel printed; a record with none
+    of those is read from its ipvsadm listings instead (a wide table's sorted
+    order shows the salt too). None if the record has no such step or no value fits."""
+    select = order_command
+    wanted = [d["output"] for d in recorded if select(d)]
+    if not wanted:
+        select = _listing_command
+        wanted = [d["output"] for d in recorded if select(d)]
     if not wanted:
         return None
     sim = Simulation(resolver=lab_resolver())
@@ -119,7 +144,7 @@ def salt_of(scenario: list[str], recorded: list[dict]) -> int | None:
 
     def emit(d: dict) -> None:
         nonlocal seen, candidates
-        cmd = _order_command(d)
+        cmd = select(d)
         if cmd is None or seen >= len(wanted):
             return
         want = wanted[seen]
@@ -130,8 +155,8 @@ def salt_of(scenario: list[str], recorded: list[dict]) -> int | None:
             result = sim.command(cmd.split())
             if result is None:
                 continue
-            # sh steps log stdout and stderr together, captures stdout alone
-            text = result[1] + result[2] if d["step"] == "sh" else result[1]
+            # sh and ipvsadm steps log stdout and stderr together, captures stdout alone
+            text = result[1] + result[2] if d["step"] != "capture" else result[1]
             if text.removesuffix("\n") == want:
                 fits.add(salt)
         candidates = fits
