@@ -28,11 +28,11 @@ import pytest
 from lvs.constants import DEST_F_OVERLOAD
 from tests.oracle_compare import (
     LAB_SERVICES,
-    order_command,
     comparable,
     first_difference,
     lab_resolver,
     load_trace,
+    order_command,
     replay,
     salt_of,
     uses_random_scheduler,
