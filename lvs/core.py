@@ -135,21 +135,9 @@ class Director:
                 flow_af, protocol, caddr, cport, vaddr, vport, dest.af, dest.addr, dport, flags, fwmark,
                 pe_name=pe_name, pe_data=pe_data,
             )  # fmt: skip
-        cp.dest = dest
-        cp.svc = dest.svc
         cp.timeout = INITIAL_TIMEOUT
         cp.expires = now + INITIAL_TIMEOUT
-        dest.refcnt += 1
-        if cp.flags & CONN_F_TEMPLATE:
-            dest.persistconns += 1
-        else:
-            if cp.flags & CONN_F_INACTIVE:
-                dest.inactconns += 1
-            else:
-                dest.activeconns += 1
-            overload = dest.flags & DEST_F_OVERLOAD
-            self.ipvs.dest_conn_bound(dest)
-            self._counts_changed(dest, overload != dest.flags & DEST_F_OVERLOAD)
+        self._bind_dest(cp, dest)
         if not cp.flags & CONN_F_ONE_PACKET:
             self.conns.hash(cp)
         if self.sync is not None:
@@ -184,6 +172,12 @@ class Director:
         if not cp.flags & CONN_F_TEMPLATE:
             conn_flags &= ~CONN_F_INACTIVE
         cp.flags = (cp.flags & ~(CONN_F_FWD_MASK | CONN_F_NOOUTPUT)) | conn_flags
+        self._bind_dest(cp, dest)
+
+    def _bind_dest(self, cp: Conn, dest: Dest) -> None:
+        """The counting half of ``ip_vs_bind_dest``: the entry holds the dest,
+        and a template counts as persistconns, any other entry as inactconns
+        or activeconns by its INACTIVE flag (the overload threshold checked)."""
         cp.dest = dest
         cp.svc = dest.svc
         dest.refcnt += 1
