@@ -24,6 +24,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from lvs.ipvsadm.names import FilesResolver
 from lvs.simulate import Simulation
 
@@ -209,3 +211,28 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
+
+
+def watch_twos(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Check twos' kernel invariants on every decision of the test (never a
+    weight-0 or overloaded server; None only when every server is one of
+    those); returns the list of picks, filled as the test runs."""
+    from lvs.constants import DEST_F_OVERLOAD
+    from lvs.sched import get_scheduler
+
+    cls = get_scheduler("twos")
+    assert cls is not None
+    original = cls.schedule
+    picks: list = []
+
+    def checked(self, flow, now):  # type: ignore[no-untyped-def]
+        dest = original(self, flow, now)
+        if dest is not None:
+            assert dest.weight > 0 and not dest.flags & DEST_F_OVERLOAD
+            picks.append(dest)
+        else:
+            assert all(d.weight == 0 or d.flags & DEST_F_OVERLOAD for d in self.svc.destinations)
+        return dest
+
+    monkeypatch.setattr(cls, "schedule", checked)
+    return picks

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from lvs.constants import DEST_F_OVERLOAD
 from lvs.simulate import Simulation
+from tests.oracle_compare import watch_twos
 
 DATA = Path(__file__).parent / "data"
 SCENARIOS = sorted(p.stem for p in (DATA / "scenarios").glob("*.scn"))
@@ -66,23 +66,7 @@ def test_replay_matches_kernel(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(RANDOM))
 def test_twos_never_picks_quiesced_or_overloaded(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lvs.sched import get_scheduler
-
-    cls = get_scheduler("twos")
-    assert cls is not None
-    original = cls.schedule
-    picks = []
-
-    def checked(self, flow, now):  # type: ignore[no-untyped-def]
-        dest = original(self, flow, now)
-        if dest is not None:
-            assert dest.weight > 0 and not dest.flags & DEST_F_OVERLOAD
-            picks.append(dest)
-        else:
-            assert all(d.weight == 0 or d.flags & DEST_F_OVERLOAD for d in self.svc.destinations)
-        return dest
-
-    monkeypatch.setattr(cls, "schedule", checked)
+    picks = watch_twos(monkeypatch)
     got = comparable(run_scenario(name, seed=7))
     want = comparable(load_trace(name))
     assert [g[0] for g in got] == [w[0] for w in want]

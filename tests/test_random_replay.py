@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from lvs.constants import DEST_F_OVERLOAD
 from tests.oracle_compare import (
     LAB_SERVICES,
     comparable,
@@ -36,6 +35,7 @@ from tests.oracle_compare import (
     replay,
     salt_of,
     uses_random_scheduler,
+    watch_twos,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -97,23 +97,7 @@ RANDOM_SCHED = [t for t in TRACES if uses_random_scheduler(_scenario(t).read_tex
 def test_twos_invariants(trace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """twos never picks a weight-0 or overloaded server, and schedules a flow
     whenever the kernel did (with a seed of its own, not the kernel's)."""
-    from lvs.sched import get_scheduler
-
-    cls = get_scheduler("twos")
-    assert cls is not None
-    original = cls.schedule
-    picks = []
-
-    def checked(self, flow, now):  # type: ignore[no-untyped-def]
-        dest = original(self, flow, now)
-        if dest is not None:
-            assert dest.weight > 0 and not dest.flags & DEST_F_OVERLOAD
-            picks.append(dest)
-        else:
-            assert all(d.weight == 0 or d.flags & DEST_F_OVERLOAD for d in self.svc.destinations)
-        return dest
-
-    monkeypatch.setattr(cls, "schedule", checked)
+    watch_twos(monkeypatch)
     scenario = _scenario(trace).read_text().splitlines()
     got = comparable(replay(scenario, seed=11), random_sched=True)
     assert got == comparable(load_trace(trace), random_sched=True)
