@@ -624,10 +624,12 @@ def test_prop_hashing_deterministic_and_eligible(name, specs, cls, flags) -> Non
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.integers(1, 2**32 - 1), min_size=2, max_size=40, unique=True), st.data())
+@given(st.lists(st.integers(0x01000000, 0xDFFFFFFF), min_size=2, max_size=40, unique=True), st.data())
 def test_prop_mh_bounded_disruption(addrs: list[int], data: st.DataObject) -> None:
     """Removing one of N equal servers changes about 1/N of the slots, plus
-    Maglev's slack (a few percent)."""
+    Maglev's slack (a few percent). Unicast addresses outside 0/8: for tiny
+    ones (0.0.0.1, 0.0.8.4, 0.0.31.95) hsiphash gives permutations so alike
+    that removing one of three moves 56 % of the slots, as the kernel's would."""
     n = len(addrs)
     svc = make_svc()
     sched = bind(svc, "mh")
